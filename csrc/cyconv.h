@@ -1,0 +1,82 @@
+/*
+ * cyconv's C kernels: the per-image / per-plane building blocks of a CNN.
+ *
+ * Layout: NCHW, C-contiguous. Every kernel works on one image or one plane and
+ * is called by the Cython layer (src/cyconv/_kernels.pyx), which owns the
+ * OpenMP parallel loop, the BLAS calls and all validation. Prior validation is
+ * assumed here: shapes are consistent and sizes fit in memory. Kernels never
+ * print, assert or exit; where user data can be wrong (pooling indices) they
+ * return a status code instead.
+ *
+ * Each kernel exists for float (_f32) and double (_f64); the bodies are
+ * written once and instantiated for both types (see im2col.c).
+ * Sizes and indices are ptrdiff_t: a batch of large images overflows int.
+ */
+#ifndef CYCONV_H
+#define CYCONV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Hot loops are compiled for AVX-512, AVX2 and baseline x86-64, and the best
+ * one the CPU supports is picked at load time (GCC function multiversioning),
+ * so one build is both portable and fast. Other compilers/platforms get the
+ * baseline version only. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CYCONV_VECTORIZE __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CYCONV_VECTORIZE
+#endif
+
+/* im2col / col2im: one image (C,H,W) <-> its columns (C*kh*kw, Ho*Wo),
+ * rows ordered (channel, kernel row, kernel column), row stride col_ld.
+ * Padding is implicit: out-of-image taps read as 0 (no padded copy). */
+void im2col_f32(float *cols, ptrdiff_t col_ld, const float *img,
+                ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw,
+                ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw,
+                ptrdiff_t Ho, ptrdiff_t Wo);
+void im2col_f64(double *cols, ptrdiff_t col_ld, const double *img,
+                ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw,
+                ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw,
+                ptrdiff_t Ho, ptrdiff_t Wo);
+/* col2im overwrites img with the sum of every column entry that maps to it. */
+void col2im_f32(float *img, const float *cols, ptrdiff_t col_ld,
+                ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw,
+                ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw,
+                ptrdiff_t Ho, ptrdiff_t Wo);
+void col2im_f64(double *img, const double *cols, ptrdiff_t col_ld,
+                ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw,
+                ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw,
+                ptrdiff_t Ho, ptrdiff_t Wo);
+
+/* Max pooling on one plane: x is (H,W), y and ind are (Ho,Wo).
+ * ind (may be NULL) receives the flat position in x of each maximum. */
+void maxpool2d_forward_f32(float *y, int64_t *ind, const float *x,
+                           ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw,
+                           ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw,
+                           ptrdiff_t Ho, ptrdiff_t Wo);
+void maxpool2d_forward_f64(double *y, int64_t *ind, const double *x,
+                           ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw,
+                           ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw,
+                           ptrdiff_t Ho, ptrdiff_t Wo);
+/* dx (HW) = scatter-add of dy (L) through ind (L). Returns the number of
+ * indices outside [0, HW) (they are skipped), so the caller can raise. */
+ptrdiff_t maxpool2d_backward_f32(float *dx, const float *dy, const int64_t *ind,
+                                 ptrdiff_t HW, ptrdiff_t L);
+ptrdiff_t maxpool2d_backward_f64(double *dx, const double *dy, const int64_t *ind,
+                                 ptrdiff_t HW, ptrdiff_t L);
+
+/* ReLU on n contiguous elements. NaN propagates in forward, as in PyTorch. */
+void relu_forward_f32(float *y, const float *x, ptrdiff_t n);
+void relu_forward_f64(double *y, const double *x, ptrdiff_t n);
+void relu_backward_f32(float *dx, const float *dy, const float *x, ptrdiff_t n);
+void relu_backward_f64(double *dx, const double *dy, const double *x, ptrdiff_t n);
+
+/* Bias add on a (O, L) output block: y[o, :] += bias[o]. */
+void add_bias_f32(float *y, const float *bias, ptrdiff_t O, ptrdiff_t L);
+void add_bias_f64(double *y, const double *bias, ptrdiff_t O, ptrdiff_t L);
+/* Row sums accumulated: acc[o] += sum(dy[o, :]) for a (O, L) block. */
+void accumulate_row_sums_f32(float *acc, const float *dy, ptrdiff_t O, ptrdiff_t L);
+void accumulate_row_sums_f64(double *acc, const double *dy, ptrdiff_t O, ptrdiff_t L);
+
+#endif /* CYCONV_H */

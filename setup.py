@@ -1,0 +1,115 @@
+"""Build cyconv's one compiled extension, with OpenMP when the compiler has it.
+
+Environment switches:
+  CYCONV_OPENMP=0  build serial kernels even if OpenMP is available.
+  CYCONV_OPENMP=1  fail the build if OpenMP is not available.
+  CYCONV_DEBUG=1   Cython bounds checks, -O0 -g (for chasing memory errors).
+Default: probe the compiler; without OpenMP, build serial kernels and warn.
+"""
+
+import os
+import sys
+import tempfile
+import textwrap
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+PROBE = textwrap.dedent(
+    """
+    #include <omp.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        return n > 0 ? 0 : 1;
+    }
+    """
+)
+
+
+def openmp_flags(compiler_type):
+    """Compile and link flags that turn OpenMP on for this compiler."""
+    if compiler_type == "msvc":
+        return ["/openmp"], []
+    if sys.platform == "darwin":
+        # Apple clang has no -fopenmp driver flag; libomp comes from Homebrew.
+        prefix = os.environ.get("HOMEBREW_PREFIX", "/opt/homebrew")
+        return (
+            ["-Xpreprocessor", "-fopenmp", f"-I{prefix}/opt/libomp/include"],
+            [f"-L{prefix}/opt/libomp/lib", "-lomp"],
+        )
+    return ["-fopenmp"], ["-fopenmp"]
+
+
+def probe_openmp(compiler, cflags, ldflags):
+    """True if a tiny omp.h program compiles and links with these flags."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe_omp.c")
+        with open(src, "w") as f:
+            f.write(PROBE)
+        try:
+            objs = compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
+            compiler.link_executable(objs, os.path.join(tmp, "probe_omp"), extra_postargs=ldflags)
+        except Exception:  # any compile or link failure means "no OpenMP"
+            return False
+    return True
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        mode = os.environ.get("CYCONV_OPENMP", "").strip()
+        debug = os.environ.get("CYCONV_DEBUG", "") == "1"
+        if self.compiler.compiler_type == "msvc":
+            opt = ["/Od", "/Zi"] if debug else ["/O2"]
+        else:
+            # -O3 vectorises the copy loops; never -ffast-math: it breaks NaN
+            # propagation in max pooling and ReLU and tight comparisons in tests.
+            opt = ["-O0", "-g"] if debug else ["-O3"]
+            opt += ["-std=c11", "-Wno-unused-function", "-Wno-unreachable-code"]
+
+        cflags, ldflags = openmp_flags(self.compiler.compiler_type)
+        if mode == "0":
+            use_openmp = False
+            print("cyconv: CYCONV_OPENMP=0, building serial kernels")
+        else:
+            use_openmp = probe_openmp(self.compiler, cflags, ldflags)
+            if not use_openmp and mode == "1":
+                raise RuntimeError(
+                    "cyconv: CYCONV_OPENMP=1 but the compiler cannot build an OpenMP program "
+                    f"with {cflags} {ldflags} (on macOS: brew install libomp)"
+                )
+            if use_openmp:
+                print(f"cyconv: OpenMP enabled ({' '.join(cflags)})")
+            else:
+                print(
+                    "cyconv: WARNING: the compiler cannot build OpenMP programs; "
+                    "building serial kernels (on macOS: brew install libomp)"
+                )
+        for ext in self.extensions:
+            ext.extra_compile_args = opt + (cflags if use_openmp else [])
+            ext.extra_link_args = ldflags if use_openmp else []
+        super().build_extensions()
+
+
+def extensions():
+    from Cython.Build import cythonize
+
+    debug = os.environ.get("CYCONV_DEBUG", "") == "1"
+    ext = Extension(
+        "cyconv._kernels",
+        sources=["src/cyconv/_kernels.pyx", "csrc/im2col.c", "csrc/maxpool.c", "csrc/relu.c"],
+        include_dirs=["csrc"],
+    )
+    directives = {
+        "language_level": 3,
+        "boundscheck": debug,
+        "wraparound": False,
+        "initializedcheck": debug,
+        "cdivision": True,
+    }
+    # force: the directives depend on CYCONV_DEBUG, so never reuse a stale .c file.
+    return cythonize([ext], compiler_directives=directives, force=True)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

@@ -1,0 +1,369 @@
+# cython: language_level=3
+"""Compiled kernels: the OpenMP loops around csrc/ and the BLAS calls.
+
+Prior validation assumed: every function here trusts its arguments. The Python
+layer (cyconv.functional) has checked shapes and dtypes, made every array
+C-contiguous and flat (1-D views), allocated the outputs and per-thread
+scratch, and resolved the thread count. Arrays are labelled OUT / IN / SCRATCH.
+
+Parallel loops run over the axis that owns the writes (images, or planes), so
+there are no atomics; the weight gradient uses one accumulator per thread,
+summed in thread order at the end. Everything runs with the GIL released.
+
+The GEMMs are SciPy's BLAS (scipy.linalg.cython_blas), called from inside our
+OpenMP threads on one image at a time. While a kernel runs, OpenBLAS is held
+to one thread of its own (see blas_serial_begin) so the two thread pools never
+fan out on the same cores at once.
+"""
+
+from cython.parallel cimport prange, threadid
+from libc.stdint cimport int64_t
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+ctypedef fused floating:
+    float
+    double
+
+cdef extern from "openmp_shim.h" nogil:
+    int cyconv_openmp_enabled()
+    int cyconv_omp_max_threads()
+
+cdef extern from "cyconv.h" nogil:
+    void im2col_f32(float *cols, Py_ssize_t col_ld, const float *img,
+                    Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                    Py_ssize_t Ho, Py_ssize_t Wo) noexcept
+    void im2col_f64(double *cols, Py_ssize_t col_ld, const double *img,
+                    Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                    Py_ssize_t Ho, Py_ssize_t Wo) noexcept
+    void col2im_f32(float *img, const float *cols, Py_ssize_t col_ld,
+                    Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                    Py_ssize_t Ho, Py_ssize_t Wo) noexcept
+    void col2im_f64(double *img, const double *cols, Py_ssize_t col_ld,
+                    Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                    Py_ssize_t Ho, Py_ssize_t Wo) noexcept
+    void maxpool2d_forward_f32(float *y, int64_t *ind, const float *x,
+                               Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
+                               Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                               Py_ssize_t Ho, Py_ssize_t Wo) noexcept
+    void maxpool2d_forward_f64(double *y, int64_t *ind, const double *x,
+                               Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
+                               Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                               Py_ssize_t Ho, Py_ssize_t Wo) noexcept
+    Py_ssize_t maxpool2d_backward_f32(float *dx, const float *dy, const int64_t *ind,
+                                      Py_ssize_t HW, Py_ssize_t L) noexcept
+    Py_ssize_t maxpool2d_backward_f64(double *dx, const double *dy, const int64_t *ind,
+                                      Py_ssize_t HW, Py_ssize_t L) noexcept
+    void relu_forward_f32(float *y, const float *x, Py_ssize_t n) noexcept
+    void relu_forward_f64(double *y, const double *x, Py_ssize_t n) noexcept
+    void relu_backward_f32(float *dx, const float *dy, const float *x, Py_ssize_t n) noexcept
+    void relu_backward_f64(double *dx, const double *dy, const double *x, Py_ssize_t n) noexcept
+    void add_bias_f32(float *y, const float *bias, Py_ssize_t O, Py_ssize_t L) noexcept
+    void add_bias_f64(double *y, const double *bias, Py_ssize_t O, Py_ssize_t L) noexcept
+    void accumulate_row_sums_f32(float *acc, const float *dy, Py_ssize_t O, Py_ssize_t L) noexcept
+    void accumulate_row_sums_f64(double *acc, const double *dy, Py_ssize_t O, Py_ssize_t L) noexcept
+
+
+def openmp_enabled():
+    """True if this build runs its kernels with OpenMP."""
+    return bool(cyconv_openmp_enabled())
+
+
+def omp_max_threads():
+    """The OpenMP runtime's default team size (1 in a serial build)."""
+    return cyconv_omp_max_threads()
+
+
+# ---------------------------------------------------------------------------
+# BLAS thread pinning. OpenBLAS (pthreads build) knows nothing of our OpenMP
+# threads: called from two of them with a 2-thread pool of its own, it would run
+# 4 threads on 2 cores. While a kernel runs we set every OpenBLAS in the process
+# to 1 thread and restore the previous count after. The hooks are C function
+# pointers found once by cyconv._threads (via threadpoolctl), so pinning costs a
+# few nanoseconds, not a Python call.
+
+ctypedef int (*blas_get_fn)() noexcept nogil
+ctypedef void (*blas_set_fn)(int) noexcept nogil
+
+cdef enum:
+    MAX_BLAS_LIBS = 4
+cdef blas_get_fn _blas_get[MAX_BLAS_LIBS]
+cdef blas_set_fn _blas_set[MAX_BLAS_LIBS]
+cdef int _n_blas = 0
+
+
+def set_blas_thread_hooks(list hooks):
+    """hooks: [(address of openblas_get_num_threads, address of ..._set_num_threads), ...]"""
+    global _n_blas
+    cdef size_t get_addr, set_addr
+    _n_blas = 0
+    for get_addr, set_addr in hooks[:MAX_BLAS_LIBS]:
+        _blas_get[_n_blas] = <blas_get_fn>get_addr
+        _blas_set[_n_blas] = <blas_set_fn>set_addr
+        _n_blas += 1
+
+
+cdef struct BlasState:
+    int threads[MAX_BLAS_LIBS]
+
+
+cdef inline BlasState blas_serial_begin() noexcept nogil:
+    cdef BlasState s
+    cdef int i
+    for i in range(_n_blas):
+        s.threads[i] = _blas_get[i]()
+        if s.threads[i] != 1:
+            _blas_set[i](1)
+    return s
+
+
+cdef inline void blas_serial_end(BlasState s) noexcept nogil:
+    cdef int i
+    for i in range(_n_blas):
+        if s.threads[i] != 1:
+            _blas_set[i](s.threads[i])
+
+
+cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
+                      floating alpha, const floating *A, int lda,
+                      const floating *B, int ldb,
+                      floating beta, floating *C, int ldc) noexcept nogil:
+    """Row-major C (M,N) = alpha * op(A) (M,K) @ op(B) (K,N) + beta * C."""
+    # Fortran BLAS is column-major. A row-major matrix is its column-major
+    # transpose, so C^T = op(B)^T op(A)^T: swap the operands, keep the flags.
+    cdef char ta = b'T' if trans_b else b'N'
+    cdef char tb = b'T' if trans_a else b'N'
+    if floating is float:
+        sgemm(&ta, &tb, &N, &M, &K, &alpha, <float *>B, &ldb, <float *>A, &lda,
+              &beta, C, &ldc)
+    else:
+        dgemm(&ta, &tb, &N, &M, &K, &alpha, <double *>B, &ldb, <double *>A, &lda,
+              &beta, C, &ldc)
+
+
+cdef inline void im2col_image(floating *cols, Py_ssize_t col_ld, const floating *img,
+                              Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                              Py_ssize_t ph, Py_ssize_t pw,
+                              Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+    if floating is float:
+        im2col_f32(cols, col_ld, img, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+    else:
+        im2col_f64(cols, col_ld, img, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+
+
+cdef inline void col2im_image(floating *img, const floating *cols, Py_ssize_t col_ld,
+                              Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                              Py_ssize_t ph, Py_ssize_t pw,
+                              Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+    if floating is float:
+        col2im_f32(img, cols, col_ld, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+    else:
+        col2im_f64(img, cols, col_ld, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+
+
+# ---------------------------------------------------------------------------
+# Convolution: per image, im2col into this thread's scratch (it stays in
+# cache), then the GEMM. A 1x1 kernel with stride 1 and no padding is already
+# its own im2col, so the image is used directly.
+
+def conv2d_forward(floating[::1] y, const floating[::1] x, const floating[::1] weight,
+                   const floating[::1] bias, floating[::1] scratch,
+                   Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O,
+                   Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                   Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo,
+                   int num_threads):
+    # OUT y (N,O,Ho,Wo); IN x (N,C,H,W), weight (O,C*kh*kw), bias (O,) or empty;
+    # SCRATCH (num_threads, C*kh*kw*Ho*Wo), empty for a direct 1x1 kernel
+    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n
+    cdef bint direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef const floating *cols
+    cdef floating *buf
+    cdef BlasState blas
+    with nogil:
+        blas = blas_serial_begin()
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            if direct:
+                cols = &x[n * C * H * W]
+            else:
+                buf = &scratch[threadid() * K * L]
+                im2col_image(buf, L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+                cols = buf
+            gemm(False, False, <int>O, <int>L, <int>K, 1, &weight[0], <int>K,
+                 cols, <int>L, 0, &y[n * O * L], <int>L)
+            if has_bias:
+                if floating is float:
+                    add_bias_f32(&y[n * O * L], &bias[0], O, L)
+                else:
+                    add_bias_f64(&y[n * O * L], &bias[0], O, L)
+        blas_serial_end(blas)
+
+
+def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::1] grad_bias,
+                    const floating[::1] grad_y, const floating[::1] x,
+                    const floating[::1] weight, floating[::1] scratch, floating[::1] acc,
+                    Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O,
+                    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo,
+                    bint need_grad_x, int num_threads):
+    # OUT grad_x (N,C,H,W) (empty if not need_grad_x), grad_weight (O,C*kh*kw), grad_bias (O,)
+    # IN grad_y (N,O,Ho,Wo), x (N,C,H,W), weight (O,C*kh*kw)
+    # SCRATCH (num_threads, 2*C*kh*kw*Ho*Wo): columns of x and of the input gradient
+    # acc (num_threads, O*C*kh*kw + O), zeroed: per-thread weight and bias gradients
+    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, i, t
+    cdef Py_ssize_t per_acc = O * K + O
+    cdef bint direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
+    cdef const floating *cols
+    cdef const floating *dy
+    cdef floating *buf
+    cdef floating *dw
+    cdef floating s
+    cdef BlasState blas
+    with nogil:
+        blas = blas_serial_begin()
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            t = threadid()
+            buf = &scratch[t * 2 * K * L]
+            dw = &acc[t * per_acc]
+            dy = &grad_y[n * O * L]
+            if direct:
+                cols = &x[n * C * H * W]
+            else:
+                im2col_image(buf, L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+                cols = buf
+            # weight-gradient GEMM: dW (O,K) += dy (O,L) @ cols^T (L,K)
+            gemm(False, True, <int>O, <int>K, <int>L, 1, dy, <int>L, cols, <int>L,
+                 1, dw, <int>K)
+            if floating is float:
+                accumulate_row_sums_f32(dw + O * K, dy, O, L)
+            else:
+                accumulate_row_sums_f64(dw + O * K, dy, O, L)
+            if need_grad_x:
+                # input-gradient GEMM: dcols (K,L) = weight^T (K,O) @ dy (O,L), then col2im
+                if direct:
+                    gemm(True, False, <int>K, <int>L, <int>O, 1, &weight[0], <int>K, dy, <int>L,
+                         0, &grad_x[n * C * H * W], <int>L)
+                else:
+                    gemm(True, False, <int>K, <int>L, <int>O, 1, &weight[0], <int>K, dy, <int>L,
+                         0, buf + K * L, <int>L)
+                    col2im_image(&grad_x[n * C * H * W], buf + K * L, L, C, H, W,
+                                 kh, kw, sh, sw, ph, pw, Ho, Wo)
+        blas_serial_end(blas)
+        # Sum the per-thread accumulators in thread order (deterministic for a
+        # given thread count).
+        for i in prange(O * K + O, schedule='static', num_threads=num_threads):
+            s = 0
+            for t in range(num_threads):
+                s = s + acc[t * per_acc + i]
+            if i < O * K:
+                grad_weight[i] = s
+            else:
+                grad_bias[i - O * K] = s
+
+
+# ---------------------------------------------------------------------------
+# im2col / col2im as public ops: parallel over (image, channel) planes, so a
+# single image with many channels still uses every thread.
+
+def im2col(floating[::1] cols, const floating[::1] x,
+           Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+           Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo, int num_threads):
+    # OUT cols (N, C*kh*kw, Ho*Wo); IN x (N,C,H,W)
+    cdef Py_ssize_t L = Ho * Wo, p
+    with nogil:
+        for p in prange(N * C, schedule='static', num_threads=num_threads):
+            im2col_image(&cols[p * kh * kw * L], L, &x[p * H * W], 1, H, W,
+                         kh, kw, sh, sw, ph, pw, Ho, Wo)
+
+
+def col2im(floating[::1] x, const floating[::1] cols,
+           Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+           Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo, int num_threads):
+    # OUT x (N,C,H,W); IN cols (N, C*kh*kw, Ho*Wo)
+    cdef Py_ssize_t L = Ho * Wo, p
+    with nogil:
+        for p in prange(N * C, schedule='static', num_threads=num_threads):
+            col2im_image(&x[p * H * W], &cols[p * kh * kw * L], L, 1, H, W,
+                         kh, kw, sh, sw, ph, pw, Ho, Wo)
+
+
+# ---------------------------------------------------------------------------
+# Max pooling: parallel over planes.
+
+def maxpool2d_forward(floating[::1] y, int64_t[::1] indices, const floating[::1] x,
+                      Py_ssize_t P, Py_ssize_t H, Py_ssize_t W,
+                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo,
+                      int num_threads):
+    # OUT y (P,Ho,Wo), indices (P,Ho,Wo) or empty when not wanted; IN x (P,H,W)
+    cdef Py_ssize_t L = Ho * Wo, p
+    cdef bint want_indices = indices.shape[0] > 0
+    cdef int64_t *ind
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            ind = &indices[p * L] if want_indices else NULL
+            if floating is float:
+                maxpool2d_forward_f32(&y[p * L], ind, &x[p * H * W],
+                                      H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+            else:
+                maxpool2d_forward_f64(&y[p * L], ind, &x[p * H * W],
+                                      H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+
+
+def maxpool2d_backward(floating[::1] grad_x, const floating[::1] grad_y,
+                       const int64_t[::1] indices, Py_ssize_t P, Py_ssize_t HW,
+                       Py_ssize_t L, int num_threads):
+    """Returns the number of out-of-range indices (skipped); the caller raises."""
+    # OUT grad_x (P,HW); IN grad_y (P,L), indices (P,L)
+    cdef Py_ssize_t p, bad = 0
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            if floating is float:
+                bad += maxpool2d_backward_f32(&grad_x[p * HW], &grad_y[p * L], &indices[p * L], HW, L)
+            else:
+                bad += maxpool2d_backward_f64(&grad_x[p * HW], &grad_y[p * L], &indices[p * L], HW, L)
+    return bad
+
+
+# ---------------------------------------------------------------------------
+# ReLU: parallel over fixed-size blocks. Small arrays run on one thread, where
+# waking the team would cost more than the work.
+
+cdef enum:
+    RELU_BLOCK = 16384
+
+
+def relu_forward(floating[::1] y, const floating[::1] x, int num_threads):
+    # OUT y (n,); IN x (n,)
+    cdef Py_ssize_t n = x.shape[0], nblocks = (n + RELU_BLOCK - 1) // RELU_BLOCK, b, lo
+    if nblocks < 2:
+        num_threads = 1
+    with nogil:
+        for b in prange(nblocks, schedule='static', num_threads=num_threads):
+            lo = b * RELU_BLOCK
+            if floating is float:
+                relu_forward_f32(&y[lo], &x[lo], min(RELU_BLOCK, n - lo))
+            else:
+                relu_forward_f64(&y[lo], &x[lo], min(RELU_BLOCK, n - lo))
+
+
+def relu_backward(floating[::1] grad_x, const floating[::1] grad_y, const floating[::1] x,
+                  int num_threads):
+    # OUT grad_x (n,); IN grad_y (n,), x (n,)
+    cdef Py_ssize_t n = x.shape[0], nblocks = (n + RELU_BLOCK - 1) // RELU_BLOCK, b, lo
+    if nblocks < 2:
+        num_threads = 1
+    with nogil:
+        for b in prange(nblocks, schedule='static', num_threads=num_threads):
+            lo = b * RELU_BLOCK
+            if floating is float:
+                relu_backward_f32(&grad_x[lo], &grad_y[lo], &x[lo], min(RELU_BLOCK, n - lo))
+            else:
+                relu_backward_f64(&grad_x[lo], &grad_y[lo], &x[lo], min(RELU_BLOCK, n - lo))

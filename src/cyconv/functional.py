@@ -1,0 +1,393 @@
+"""cyconv.functional: the public kernel API (stateless, NumPy in, NumPy out).
+
+Layout NCHW; float32 and float64, never converted silently (int, float16 and
+mixed dtypes raise TypeError). All validation happens here, once; the compiled
+kernels trust what they are given. A non-contiguous or Fortran-ordered input is
+copied to C order first. `kernel_size`, `stride` and `padding` take an int or
+an (h, w) pair.
+
+Empty batches (N == 0) are valid and give empty outputs (and zero weight
+gradients); `softmax_cross_entropy` on an empty batch raises (its mean is
+undefined).
+
+Every function has a NumPy twin of the same name and signature in
+`cyconv.reference`; the tests hold these to it.
+"""
+
+import numpy as np
+
+from . import _kernels
+from ._threads import get_num_threads
+
+__all__ = [
+    "conv2d", "conv2d_backward", "im2col", "col2im", "max_pool2d", "max_pool2d_backward",
+    "relu", "relu_backward", "linear", "linear_backward", "softmax_cross_entropy",
+]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_BLAS_INT_MAX = 2**31 - 1  # BLAS takes 32-bit int sizes
+
+
+# ---------------------------------------------------------------------------
+# Validation helpers. Messages read "<function>(): <argument> <problem>, got <value>".
+
+def _pair(value, name, fn, minimum):
+    """An int or an (h, w) pair of ints, each >= minimum, as a tuple."""
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    if is_int(value):
+        pair = (int(value), int(value))
+    elif isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{fn}(): {name} must be an int or an (h, w) pair, got {value!r}")
+        if not all(is_int(v) for v in value):
+            raise TypeError(f"{fn}(): {name} must contain ints, got {value!r}")
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{fn}(): {name} must be an int or an (h, w) pair, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{fn}(): {name} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def _float_array(a, name, fn, ndim=None, dtype=None):
+    """Check a float array argument; return it C-contiguous (copied if needed)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{fn}(): {name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in _FLOATS:
+        raise TypeError(
+            f"{fn}(): {name} must be float32 or float64, got {a.dtype} "
+            "(cyconv never converts dtypes silently)"
+        )
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{fn}(): {name} has dtype {a.dtype} but x has {dtype}; they must match")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{fn}(): {name} must be {ndim}-D, got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def _output_size(size, kernel, stride, padding):
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _check_window_fits(fn, hw, kernel, padding):
+    """The kernel must fit in the padded input (at least one output position)."""
+    if hw[0] + 2 * padding[0] < kernel[0] or hw[1] + 2 * padding[1] < kernel[1]:
+        raise ValueError(
+            f"{fn}(): kernel_size {kernel} is larger than the padded input "
+            f"{(hw[0] + 2 * padding[0], hw[1] + 2 * padding[1])}"
+        )
+
+
+def _check_blas_size(fn, *sizes):
+    if max(sizes) > _BLAS_INT_MAX:
+        raise ValueError(f"{fn}(): a per-image matrix has {max(sizes)} elements, more than BLAS's 2**31 - 1")
+
+
+def _threads_for(work_items):
+    """Never start more threads than there are independent work items."""
+    return max(1, min(get_num_threads(), work_items))
+
+
+def _conv_geometry(fn, x, weight, stride, padding):
+    N, C, H, W = x.shape
+    O, Cw, kh, kw = weight.shape
+    if Cw != C:
+        raise ValueError(
+            f"{fn}(): weight expects {Cw} in_channels but x has {C} channels "
+            f"(x {x.shape}, weight {weight.shape})"
+        )
+    if min(O, C, kh, kw, H, W) < 1:
+        raise ValueError(f"{fn}(): x {x.shape} and weight {weight.shape} must have no zero-size axis but the batch")
+    sh, sw = _pair(stride, "stride", fn, 1)
+    ph, pw = _pair(padding, "padding", fn, 0)
+    _check_window_fits(fn, (H, W), (kh, kw), (ph, pw))
+    Ho, Wo = _output_size(H, kh, sh, ph), _output_size(W, kw, sw, pw)
+    _check_blas_size(fn, C * kh * kw * Ho * Wo, O * Ho * Wo, O * C * kh * kw)
+    return (N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo)
+
+
+# ---------------------------------------------------------------------------
+# Convolution
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    """2-D convolution (cross-correlation, as in PyTorch) by im2col + GEMM.
+
+    Shape:
+        x (N, C, H, W), weight (O, C, kh, kw), bias (O,) or None -> y (N, O, Ho, Wo),
+        Ho = (H + 2*ph - kh) // sh + 1,  Wo = (W + 2*pw - kw) // sw + 1.
+
+    Example:
+        >>> x = np.ones((1, 1, 28, 28), np.float32); w = np.ones((20, 1, 5, 5), np.float32)
+        >>> conv2d(x, w, padding=2).shape
+        (1, 20, 28, 28)
+    """
+    fn = "conv2d"
+    x = _float_array(x, "x", fn, ndim=4)
+    weight = _float_array(weight, "weight", fn, ndim=4, dtype=x.dtype)
+    geom = _conv_geometry(fn, x, weight, stride, padding)
+    N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo = geom
+    if bias is None:
+        bias = np.empty(0, x.dtype)
+    else:
+        bias = _float_array(bias, "bias", fn, ndim=1, dtype=x.dtype)
+        if bias.shape[0] != O:
+            raise ValueError(f"{fn}(): bias must have shape ({O},) for {O} out_channels, got {bias.shape}")
+    y = np.empty((N, O, Ho, Wo), x.dtype)
+    if N == 0:
+        return y
+    nt = _threads_for(N)
+    direct = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
+    scratch = np.empty(0 if direct else nt * C * kh * kw * Ho * Wo, x.dtype)
+    _kernels.conv2d_forward(y.reshape(-1), x.reshape(-1), weight.reshape(-1), bias, scratch,
+                            *geom, nt)
+    return y
+
+
+def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True):
+    """Gradients of conv2d with respect to its input, weight and bias.
+
+    Shape:
+        grad_y (N, O, Ho, Wo), x (N, C, H, W), weight (O, C, kh, kw)
+        -> grad_x (N, C, H, W) or None when grad_input=False (a network's first
+           layer needs no input gradient), grad_weight (O, C, kh, kw), grad_bias (O,).
+
+    grad_weight = sum_n grad_y[n] @ im2col(x)[n].T;  grad_x = col2im(weight.T @ grad_y).
+    """
+    fn = "conv2d_backward"
+    x = _float_array(x, "x", fn, ndim=4)
+    weight = _float_array(weight, "weight", fn, ndim=4, dtype=x.dtype)
+    grad_y = _float_array(grad_y, "grad_y", fn, ndim=4, dtype=x.dtype)
+    geom = _conv_geometry(fn, x, weight, stride, padding)
+    N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo = geom
+    if grad_y.shape != (N, O, Ho, Wo):
+        raise ValueError(f"{fn}(): grad_y must have shape {(N, O, Ho, Wo)} (the output of conv2d), got {grad_y.shape}")
+    grad_x = np.empty(x.shape, x.dtype) if grad_input else None
+    grad_weight = np.zeros(weight.shape, x.dtype)
+    grad_bias = np.zeros(O, x.dtype)
+    if N == 0:
+        return grad_x, grad_weight, grad_bias
+    nt = _threads_for(N)
+    scratch = np.empty(nt * 2 * C * kh * kw * Ho * Wo, x.dtype)
+    acc = np.zeros(nt * (O * C * kh * kw + O), x.dtype)
+    _kernels.conv2d_backward(
+        grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype),
+        grad_weight.reshape(-1), grad_bias, grad_y.reshape(-1), x.reshape(-1),
+        weight.reshape(-1), scratch, acc, *geom, grad_input, nt,
+    )
+    return grad_x, grad_weight, grad_bias
+
+
+def im2col(x, kernel_size, stride=1, padding=0):
+    """Unfold every kernel-sized patch of x into a column (torch.nn.functional.unfold).
+
+    Shape:
+        x (N, C, H, W) -> cols (N, C*kh*kw, Ho*Wo), rows ordered (channel, kernel row,
+        kernel column); cols[n, (c*kh + i)*kw + j, oh*Wo + ow] = x[n, c, oh*sh - ph + i,
+        ow*sw - pw + j], 0 in the padding.
+    """
+    fn = "im2col"
+    x = _float_array(x, "x", fn, ndim=4)
+    kh, kw = _pair(kernel_size, "kernel_size", fn, 1)
+    sh, sw = _pair(stride, "stride", fn, 1)
+    ph, pw = _pair(padding, "padding", fn, 0)
+    N, C, H, W = x.shape
+    _check_window_fits(fn, (H, W), (kh, kw), (ph, pw))
+    Ho, Wo = _output_size(H, kh, sh, ph), _output_size(W, kw, sw, pw)
+    cols = np.empty((N, C * kh * kw, Ho * Wo), x.dtype)
+    if cols.size:
+        _kernels.im2col(cols.reshape(-1), x.reshape(-1), N, C, H, W, kh, kw, sh, sw, ph, pw,
+                        Ho, Wo, _threads_for(N * C))
+    return cols
+
+
+def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
+    """The adjoint of im2col (torch.nn.functional.fold): overlapping entries are summed.
+
+    Shape:
+        cols (N, C*kh*kw, Ho*Wo), input_shape (N, C, H, W) -> x (N, C, H, W).
+    """
+    fn = "col2im"
+    cols = _float_array(cols, "cols", fn, ndim=3)
+    if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 4
+            and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0
+                    for s in input_shape)):
+        raise ValueError(f"{fn}(): input_shape must be 4 non-negative ints (N, C, H, W), got {input_shape!r}")
+    N, C, H, W = (int(s) for s in input_shape)
+    kh, kw = _pair(kernel_size, "kernel_size", fn, 1)
+    sh, sw = _pair(stride, "stride", fn, 1)
+    ph, pw = _pair(padding, "padding", fn, 0)
+    _check_window_fits(fn, (H, W), (kh, kw), (ph, pw))
+    Ho, Wo = _output_size(H, kh, sh, ph), _output_size(W, kw, sw, pw)
+    if cols.shape != (N, C * kh * kw, Ho * Wo):
+        raise ValueError(
+            f"{fn}(): cols must have shape {(N, C * kh * kw, Ho * Wo)} for input_shape "
+            f"{tuple(input_shape)} and kernel_size {(kh, kw)}, got {cols.shape}"
+        )
+    x = np.zeros((N, C, H, W), cols.dtype)
+    if x.size:
+        _kernels.col2im(x.reshape(-1), cols.reshape(-1), N, C, H, W, kh, kw, sh, sw, ph, pw,
+                        Ho, Wo, _threads_for(N * C))
+    return x
+
+
+# ---------------------------------------------------------------------------
+# Max pooling
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, return_indices=False):
+    """2-D max pooling; padding acts as -inf.
+
+    Shape:
+        x (N, C, H, W) -> y (N, C, Ho, Wo), Ho = (H + 2*ph - kh) // sh + 1.
+        indices (int64, same shape as y, with return_indices=True): the flat position
+        h*W + w in its input plane of each maximum (PyTorch's convention).
+
+    stride defaults to kernel_size; padding must be at most half the kernel. The
+    first maximum in row-major window order wins ties; a NaN in the window gives NaN.
+    """
+    fn = "max_pool2d"
+    x = _float_array(x, "x", fn, ndim=4)
+    kh, kw = _pair(kernel_size, "kernel_size", fn, 1)
+    sh, sw = _pair((kh, kw) if stride is None else stride, "stride", fn, 1)
+    ph, pw = _pair(padding, "padding", fn, 0)
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(f"{fn}(): padding must be at most half the kernel {(kh, kw)}, got {padding!r}")
+    N, C, H, W = x.shape
+    _check_window_fits(fn, (H, W), (kh, kw), (ph, pw))
+    Ho, Wo = _output_size(H, kh, sh, ph), _output_size(W, kw, sw, pw)
+    y = np.empty((N, C, Ho, Wo), x.dtype)
+    indices = np.empty((N, C, Ho, Wo) if return_indices else 0, np.int64)
+    if y.size:
+        _kernels.maxpool2d_forward(y.reshape(-1), indices.reshape(-1), x.reshape(-1), N * C, H, W,
+                                   kh, kw, sh, sw, ph, pw, Ho, Wo, _threads_for(N * C))
+    return (y, indices) if return_indices else y
+
+
+def max_pool2d_backward(grad_y, indices, input_shape):
+    """Gradient of max_pool2d: grad_y scattered (summed) to the positions in indices.
+
+    Shape:
+        grad_y (N, C, Ho, Wo), indices int64 (N, C, Ho, Wo), input_shape (N, C, H, W)
+        -> grad_x (N, C, H, W).
+    """
+    fn = "max_pool2d_backward"
+    grad_y = _float_array(grad_y, "grad_y", fn, ndim=4)
+    if not isinstance(indices, np.ndarray) or indices.dtype != np.int64:
+        got = indices.dtype if isinstance(indices, np.ndarray) else type(indices).__name__
+        raise TypeError(f"{fn}(): indices must be an int64 array (from max_pool2d), got {got}")
+    if indices.shape != grad_y.shape:
+        raise ValueError(f"{fn}(): indices must have grad_y's shape {grad_y.shape}, got {indices.shape}")
+    indices = np.ascontiguousarray(indices)
+    if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 4
+            and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0
+                    for s in input_shape)):
+        raise ValueError(f"{fn}(): input_shape must be 4 non-negative ints (N, C, H, W), got {input_shape!r}")
+    N, C, H, W = (int(s) for s in input_shape)
+    if (N, C) != grad_y.shape[:2]:
+        raise ValueError(f"{fn}(): input_shape {tuple(input_shape)} does not match grad_y's (N, C) {grad_y.shape[:2]}")
+    grad_x = np.zeros((N, C, H, W), grad_y.dtype)
+    if grad_x.size == 0 and grad_y.size == 0:
+        return grad_x
+    L = grad_y.shape[2] * grad_y.shape[3]
+    bad = _kernels.maxpool2d_backward(grad_x.reshape(-1), grad_y.reshape(-1), indices.reshape(-1),
+                                      N * C, H * W, L, _threads_for(N * C))
+    if bad:
+        raise ValueError(f"{fn}(): indices has {bad} entries outside [0, H*W) = [0, {H * W})")
+    return grad_x
+
+
+# ---------------------------------------------------------------------------
+# ReLU
+
+def relu(x):
+    """y = max(x, 0), elementwise; NaN stays NaN. Any shape."""
+    x = _float_array(x, "x", "relu")
+    y = np.empty_like(x)
+    _kernels.relu_forward(y.reshape(-1), x.reshape(-1), get_num_threads())
+    return y
+
+
+def relu_backward(grad_y, x):
+    """grad_x = grad_y where x > 0, else 0 (0 at the kink x == 0)."""
+    fn = "relu_backward"
+    x = _float_array(x, "x", fn)
+    grad_y = _float_array(grad_y, "grad_y", fn, dtype=x.dtype)
+    if grad_y.shape != x.shape:
+        raise ValueError(f"{fn}(): grad_y must have x's shape {x.shape}, got {grad_y.shape}")
+    grad_x = np.empty_like(x)
+    _kernels.relu_backward(grad_x.reshape(-1), grad_y.reshape(-1), x.reshape(-1), get_num_threads())
+    return grad_x
+
+
+# ---------------------------------------------------------------------------
+# Linear layer and loss: one BLAS GEMM each (NumPy's, threads set by
+# set_num_threads), so there is nothing for a kernel of ours to add.
+
+def linear(x, weight, bias=None):
+    """y = x @ weight.T + bias.
+
+    Shape:
+        x (N, in_features), weight (out_features, in_features), bias (out_features,)
+        -> y (N, out_features).
+    """
+    fn = "linear"
+    x = _float_array(x, "x", fn, ndim=2)
+    weight = _float_array(weight, "weight", fn, ndim=2, dtype=x.dtype)
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"{fn}(): weight has in_features {weight.shape[1]} but x has {x.shape[1]} features "
+            f"(x {x.shape}, weight {weight.shape})"
+        )
+    y = x @ weight.T
+    if bias is not None:
+        bias = _float_array(bias, "bias", fn, ndim=1, dtype=x.dtype)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"{fn}(): bias must have shape ({weight.shape[0]},), got {bias.shape}")
+        y += bias
+    return y
+
+
+def linear_backward(grad_y, x, weight):
+    """Gradients of linear: grad_x = grad_y @ weight, grad_weight = grad_y.T @ x,
+    grad_bias = grad_y summed over the batch."""
+    fn = "linear_backward"
+    x = _float_array(x, "x", fn, ndim=2)
+    weight = _float_array(weight, "weight", fn, ndim=2, dtype=x.dtype)
+    grad_y = _float_array(grad_y, "grad_y", fn, ndim=2, dtype=x.dtype)
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"{fn}(): weight has in_features {weight.shape[1]} but x has {x.shape[1]} features")
+    if grad_y.shape != (x.shape[0], weight.shape[0]):
+        raise ValueError(f"{fn}(): grad_y must have shape {(x.shape[0], weight.shape[0])}, got {grad_y.shape}")
+    return grad_y @ weight, grad_y.T @ x, grad_y.sum(axis=0)
+
+
+def softmax_cross_entropy(logits, target):
+    """Mean softmax cross-entropy over the batch and its gradient.
+
+    Shape:
+        logits (N, K) float, target (N,) int class indices in [0, K)
+        -> (loss: float, grad_logits (N, K) = (softmax(logits) - onehot(target)) / N).
+
+    Stable for any finite logits: the row maximum is subtracted before exp.
+    """
+    fn = "softmax_cross_entropy"
+    logits = _float_array(logits, "logits", fn, ndim=2)
+    if not isinstance(target, np.ndarray) or target.dtype.kind not in "iu":
+        got = target.dtype if isinstance(target, np.ndarray) else type(target).__name__
+        raise TypeError(f"{fn}(): target must be an integer array of class indices, got {got}")
+    N, K = logits.shape
+    if N == 0:
+        raise ValueError(f"{fn}(): logits is an empty batch; the mean loss is undefined")
+    if target.shape != (N,):
+        raise ValueError(f"{fn}(): target must have shape ({N},) to match logits {logits.shape}, got {target.shape}")
+    if target.min() < 0 or target.max() >= K:
+        raise ValueError(f"{fn}(): target must hold class indices in [0, {K}), got values in [{target.min()}, {target.max()}]")
+    rows = np.arange(N)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1))
+    loss = float(np.mean(log_norm - shifted[rows, target], dtype=np.float64))
+    grad = np.exp(shifted - log_norm[:, None])
+    grad[rows, target] -= 1
+    grad /= N
+    return loss, grad

@@ -1,0 +1,311 @@
+"""Pure-NumPy twins of the compiled kernels in ``cyconv.functional``.
+
+This module is the statement of what is correct: the tests compare every compiled
+kernel against it, and the benchmarks use it as the baseline. It favours plain
+array code over speed, with one rule: Python loops run over kernel offsets
+(kh * kw iterations), never over images or pixels.
+
+Conventions (the same as ``cyconv.functional``):
+
+* Arrays are NCHW; float32 and float64. Every result has the dtype of the input,
+  and the arithmetic is done in that dtype.
+* ``kernel_size``, ``stride`` and ``padding`` are an int or an ``(h, w)`` pair.
+* Output size of a window of size k, stride s, padding p over an axis of size n:
+  ``(n + 2*p - k) // s + 1``.
+
+Validation is deliberately light: inputs are trusted, so a bad shape fails with
+whatever NumPy raises. ``cyconv.functional`` is the layer that checks arguments.
+"""
+
+import numpy as np
+
+__all__ = [
+    "conv2d",
+    "conv2d_backward",
+    "im2col",
+    "col2im",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "relu",
+    "relu_backward",
+    "linear",
+    "linear_backward",
+    "softmax_cross_entropy",
+]
+
+
+def _pair(value):
+    """``3 -> (3, 3)``; ``(3, 5) -> (3, 5)``."""
+    if isinstance(value, (tuple, list)):
+        h, w = value
+        return int(h), int(w)
+    return int(value), int(value)
+
+
+def _out_size(size, kernel, stride, padding):
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _windows(padded, kernel, stride, out_shape):
+    """Yield ``(i, j, view)`` for every kernel offset.
+
+    ``view[..., a, b] == padded[..., a*sh + i, b*sw + j]``: the element at kernel
+    offset (i, j) of every output position's window, as one strided slice.
+    """
+    kh, kw = kernel
+    sh, sw = stride
+    ho, wo = out_shape
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, padded[..., i : i + sh * ho : sh, j : j + sw * wo : sw]
+
+
+# ----------------------------------------------------------------------------
+# im2col / col2im
+
+
+def im2col(x, kernel_size, stride=1, padding=0):
+    """Unfold every (kh, kw) window of ``x`` into a column.
+
+    ``cols[n, (c*kh + i)*kw + j, a*Wo + b] = xpad[n, c, a*sh + i, b*sw + j]``
+    where ``xpad`` is ``x`` zero-padded by (ph, pw): the layout of
+    ``torch.nn.functional.unfold``.
+
+    Shape: x (N, C, H, W) -> cols (N, C*kh*kw, Ho*Wo).
+    """
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    n, c, h, w = x.shape
+    ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+
+    padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    cols = np.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
+    for i, j, view in _windows(padded, (kh, kw), (sh, sw), (ho, wo)):
+        cols[:, :, i, j] = view
+    return cols.reshape(n, c * kh * kw, ho * wo)
+
+
+def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
+    """Fold columns back into an image, summing where windows overlap.
+
+    The adjoint of :func:`im2col`: ``<im2col(x), cols> == <x, col2im(cols)>``
+    (``torch.nn.functional.fold``). Contributions that land in the padding are
+    dropped.
+
+    Shape: cols (N, C*kh*kw, Ho*Wo) -> x (N, C, H, W) with input_shape = (N, C, H, W).
+    """
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    n, c, h, w = input_shape
+    ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+
+    cols = cols.reshape(n, c, kh, kw, ho, wo)
+    padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    for i, j, view in _windows(padded, (kh, kw), (sh, sw), (ho, wo)):
+        view += cols[:, :, i, j]
+    return np.ascontiguousarray(padded[:, :, ph : ph + h, pw : pw + w])
+
+
+# ----------------------------------------------------------------------------
+# conv2d
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    """2-D cross-correlation (PyTorch's ``conv2d``), as im2col + one GEMM.
+
+    ``y[n, o, a, b] = bias[o] + sum_{c,i,j} weight[o, c, i, j] * xpad[n, c, a*sh + i, b*sw + j]``
+
+    i.e. per image ``y[n] = weight.reshape(O, C*kh*kw) @ im2col(x)[n]``.
+
+    Shape: x (N, C, H, W), weight (O, C, kh, kw), bias (O,) or None -> y (N, O, Ho, Wo),
+    Ho = (H + 2*ph - kh) // sh + 1, Wo = (W + 2*pw - kw) // sw + 1.
+    """
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+
+    cols = im2col(x, (kh, kw), stride, padding)  # (N, C*kh*kw, Ho*Wo)
+    y = np.matmul(weight.reshape(o, c * kh * kw), cols)  # (N, O, Ho*Wo)
+    if bias is not None:
+        y += bias[:, None]
+    return y.reshape(n, o, ho, wo)
+
+
+def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True):
+    """Gradients of :func:`conv2d` given ``grad_y = dL/dy``.
+
+    With ``W = weight.reshape(O, C*kh*kw)``, ``cols = im2col(x)`` and ``G[n] = grad_y[n]``
+    flattened to (O, Ho*Wo):
+
+    * grad_weight = sum_n G[n] @ cols[n].T          (weight-gradient GEMM)
+    * grad_bias   = sum of grad_y over N, Ho, Wo
+    * grad_x      = col2im(W.T @ G[n])               (input-gradient GEMM)
+
+    ``grad_input=False`` skips grad_x (returned as None): a network's first layer
+    has no use for it.
+
+    Shape: grad_y (N, O, Ho, Wo) -> grad_x (N, C, H, W) or None,
+    grad_weight (O, C, kh, kw), grad_bias (O,).
+    """
+    n, o, ho, wo = grad_y.shape
+    _, c, kh, kw = weight.shape
+    # Explicit sizes rather than -1: reshape cannot infer a dimension of an empty batch.
+    weight2d = weight.reshape(o, c * kh * kw)
+    grad_y2d = grad_y.reshape(n, o, ho * wo)
+
+    cols = im2col(x, (kh, kw), stride, padding)
+    # One contraction over batch and output positions.
+    grad_weight = np.tensordot(grad_y2d, cols, axes=([0, 2], [0, 2])).reshape(weight.shape)
+    grad_bias = grad_y.sum(axis=(0, 2, 3))
+
+    grad_x = None
+    if grad_input:
+        grad_x = col2im(np.matmul(weight2d.T, grad_y2d), x.shape, (kh, kw), stride, padding)
+    return grad_x, grad_weight, grad_bias
+
+
+# ----------------------------------------------------------------------------
+# max_pool2d
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, return_indices=False):
+    """Max over every (kh, kw) window, with PyTorch's argmax rule.
+
+    ``y[n, c, a, b] = max_{i,j} xpad[n, c, a*sh + i, b*sw + j]`` where ``xpad`` is
+    padded with -inf (padding <= kernel // 2, floor mode, stride defaults to
+    kernel_size).
+
+    ``indices`` holds the flat position ``row * W + col`` of the maximum in its
+    (H, W) input plane, chosen as PyTorch's CPU kernel does: scan the window in
+    row-major order starting from ``maxval = -inf`` and the first in-bounds
+    element, and take an element when ``val > maxval or isnan(val)``. So the first
+    maximum wins ties, a NaN anywhere makes the output NaN (the last NaN is the
+    index), and a window of only -inf points at its first in-bounds element.
+
+    Shape: x (N, C, H, W) -> y (N, C, Ho, Wo), indices int64 (N, C, Ho, Wo).
+    """
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(kernel_size if stride is None else stride)
+    ph, pw = _pair(padding)
+    n, c, h, w = x.shape
+    ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+
+    # -inf padding never satisfies `val > maxval or isnan(val)`, so it never wins.
+    padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    # Top-left corner of every window in unpadded coordinates (negative inside padding).
+    top = np.arange(ho)[:, None] * sh - ph
+    left = np.arange(wo)[None, :] * sw - pw
+
+    maxval = np.full((n, c, ho, wo), -np.inf, dtype=x.dtype)
+    maxidx = np.broadcast_to(np.maximum(top, 0) * w + np.maximum(left, 0), maxval.shape)
+    for i, j, val in _windows(padded, (kh, kw), (sh, sw), (ho, wo)):
+        take = (val > maxval) | np.isnan(val)
+        maxval = np.where(take, val, maxval)
+        maxidx = np.where(take, (top + i) * w + (left + j), maxidx)
+
+    if return_indices:
+        return maxval, maxidx.astype(np.int64)
+    return maxval
+
+
+def max_pool2d_backward(grad_y, indices, input_shape):
+    """Route each output gradient to the input element that was the maximum.
+
+    ``grad_x[n, c].flat[indices[n, c, a, b]] += grad_y[n, c, a, b]``; overlapping
+    windows that share a maximum add up.
+
+    Shape: grad_y, indices (N, C, Ho, Wo), input_shape = (N, C, H, W) -> grad_x (N, C, H, W).
+    """
+    n, c, h, w = input_shape
+    planes = n * c
+    outputs_per_plane = grad_y.shape[2] * grad_y.shape[3]
+
+    grad_x = np.zeros((planes, h * w), dtype=grad_y.dtype)
+    np.add.at(
+        grad_x,
+        (np.arange(planes)[:, None], indices.reshape(planes, outputs_per_plane)),
+        grad_y.reshape(planes, outputs_per_plane),
+    )
+    return grad_x.reshape(input_shape)
+
+
+# ----------------------------------------------------------------------------
+# relu
+
+
+def relu(x):
+    """``y = x if not (x <= 0) else 0``: NaN stays NaN.
+
+    Shape: any -> same.
+    """
+    return np.where(x <= 0, 0, x)
+
+
+def relu_backward(grad_y, x):
+    """``grad_x = 0 where x <= 0, else grad_y`` (the derivative at 0 is taken as 0).
+
+    Shape: grad_y, x (any, equal) -> grad_x (same).
+    """
+    return np.where(x <= 0, 0, grad_y)
+
+
+# ----------------------------------------------------------------------------
+# linear
+
+
+def linear(x, weight, bias=None):
+    """``y = x @ weight.T + bias``.
+
+    Shape: x (N, in_features), weight (out_features, in_features),
+    bias (out_features,) or None -> y (N, out_features).
+    """
+    y = x @ weight.T
+    if bias is not None:
+        y += bias
+    return y
+
+
+def linear_backward(grad_y, x, weight):
+    """Gradients of :func:`linear`: grad_x = grad_y @ weight,
+    grad_weight = grad_y.T @ x, grad_bias = sum of grad_y over N.
+
+    Shape: grad_y (N, out_features) -> grad_x (N, in_features),
+    grad_weight (out_features, in_features), grad_bias (out_features,).
+    """
+    return grad_y @ weight, grad_y.T @ x, grad_y.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------
+# softmax_cross_entropy
+
+
+def softmax_cross_entropy(logits, target):
+    """Mean cross-entropy of softmax(logits) against class indices, and its gradient.
+
+    ``loss = mean_n [logsumexp(logits[n]) - logits[n, target[n]]]``, computed after
+    subtracting each row's maximum so large logits do not overflow.
+    ``grad_logits = (softmax(logits) - onehot(target)) / N``.
+
+    Shape: logits (N, K), target integer (N,) -> (loss: float, grad_logits (N, K)).
+    Raises ValueError for N == 0: the mean over an empty batch is undefined.
+    """
+    n = logits.shape[0]
+    if n == 0:
+        raise ValueError(
+            "softmax_cross_entropy(): logits must have at least one row "
+            f"(the loss is a mean over the batch), got shape {logits.shape}"
+        )
+    rows = np.arange(n)
+
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = -log_probs[rows, target].mean()
+
+    grad_logits = np.exp(log_probs)
+    grad_logits[rows, target] -= 1
+    grad_logits /= n
+    return float(loss), grad_logits

@@ -1,0 +1,136 @@
+"""Shared pieces of the kernel tests: the `kernels` marker, one tolerance table,
+random data, memory layouts and the geometry grids.
+
+Test modules import the helpers with ``from conftest import ...`` (pytest's default
+"prepend" import mode puts this directory on sys.path).
+"""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+import cyconv.functional as F
+import cyconv.reference as R
+
+DTYPES = [np.float32, np.float64]
+
+# Every kernel is checked in both implementations where the check does not need
+# an independent answer (gradient checks, adjoint identity, special values).
+MODULES = [pytest.param(F, id="functional"), pytest.param(R, id="reference")]
+
+# Compiled kernels and NumPy sum products in different orders; float32 keeps
+# ~7 digits, so a few hundred terms leave ~1e-5 relative noise. float64 leaves ~1e-13.
+TOL = {
+    np.float32: dict(rtol=2e-4, atol=2e-5),
+    np.float64: dict(rtol=1e-10, atol=1e-12),
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "kernels: tests of the compiled kernels against cyconv.reference "
+        "(CI also runs them against the serial, no-OpenMP build)",
+    )
+
+
+def assert_close(actual, expected, dtype, err_msg=""):
+    """``actual`` has ``dtype`` and the shape of ``expected``, and matches it within TOL[dtype].
+
+    atol is scaled by the largest magnitude in ``expected``: an entry of a sum
+    that cancels to ~0 still carries the rounding error of its terms, and those
+    are about as large as the array's largest entries.
+    """
+    dtype = np.dtype(dtype)
+    assert actual.dtype == dtype, f"{err_msg} dtype {actual.dtype}, expected {dtype}"
+    tol = TOL[dtype.type]
+    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    np.testing.assert_allclose(
+        actual, expected, rtol=tol["rtol"], atol=tol["atol"] * scale, err_msg=err_msg, strict=True
+    )
+
+
+# ---------------------------------------------------------------------------
+# Data
+
+
+def random_array(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def distinct_array(rng, shape, dtype):
+    """Distinct values in (-1/2, 1/2], none closer than 1/(4*size) to zero.
+
+    For comparisons where ReLU's kink or a max-pooling tie would make two correct
+    implementations disagree; the gaps also dwarf a finite-difference step.
+    """
+    size = math.prod(shape)
+    values = (rng.permutation(size) - size / 2 + 0.25) / max(size, 1)
+    return values.reshape(shape).astype(dtype)
+
+
+LAYOUTS = ["sliced", "transposed", "fortran"]
+
+
+def relayout(a, layout):
+    """The values of ``a`` in a memory layout other than C-contiguous.
+
+    sliced: every other element of a twice-as-wide buffer; transposed: a view
+    of a contiguous copy of the last two axes swapped; fortran: column-major.
+    A 1-D array is only ever made non-contiguous by slicing.
+    """
+    if layout == "sliced":
+        buffer = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype=a.dtype)
+        out = buffer[..., ::2]
+        out[...] = a
+    elif layout == "transposed":
+        out = np.ascontiguousarray(a.swapaxes(-1, -2)).swapaxes(-1, -2) if a.ndim >= 2 else a
+    elif layout == "fortran":
+        out = np.asfortranarray(a)
+    else:
+        raise ValueError(layout)
+    # Guard the test itself: a layout that happens to be contiguous tests nothing
+    # (use shapes whose last two axes are longer than 1).
+    if a.ndim >= 2 or layout == "sliced":
+        assert not out.flags.c_contiguous, (layout, a.shape)
+    np.testing.assert_array_equal(out, a)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Geometry
+
+
+def pair(value):
+    return tuple(value) if isinstance(value, tuple) else (value, value)
+
+
+def out_size(size, kernel, stride, padding):
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def fits(hw, kernel, padding):
+    """The kernel fits in the padded input along both axes."""
+    return all(k <= n + 2 * p for n, k, p in zip(hw, pair(kernel), pair(padding)))
+
+
+# Convolution / im2col grid: odd sizes, H != W, non-square kernel, stride and padding.
+CONV_KERNELS = [1, 3, 5, (3, 5)]
+CONV_STRIDES = [1, 2, 3, (1, 2)]
+CONV_PADDINGS = [0, 1, 2, (2, 0)]
+
+
+def conv_grid(image_shapes):
+    """pytest params (image_shape, kernel, stride, padding) for every combination
+    in which the kernel fits; ``image_shape`` is (N, C, H, W)."""
+    params = []
+    for shape, kernel, stride, padding in itertools.product(
+        image_shapes, CONV_KERNELS, CONV_STRIDES, CONV_PADDINGS
+    ):
+        if fits(shape[2:], kernel, padding):
+            params.append(
+                pytest.param(shape, kernel, stride, padding, id=f"{shape}-k{kernel}-s{stride}-p{padding}")
+            )
+    return params

@@ -1,0 +1,162 @@
+"""Thread control and thread safety: the get/set API, results that do not depend
+on the OpenMP thread count, and concurrent calls from Python threads.
+
+Also run against the serial (no-OpenMP) build, where the thread count cannot be
+raised above 1 and the determinism checks hold trivially."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import cyconv
+import cyconv.functional as F
+from conftest import DTYPES, assert_close, distinct_array, random_array
+
+pytestmark = pytest.mark.kernels
+
+
+def test_openmp_enabled_is_bool():
+    assert isinstance(cyconv.openmp_enabled(), bool)
+
+
+def test_get_num_threads_is_positive_int():
+    n = cyconv.get_num_threads()
+    assert isinstance(n, int) and n >= 1
+
+
+def test_set_num_threads_applies_at_once_and_restores_on_exit():
+    before = cyconv.get_num_threads()
+    restore = cyconv.set_num_threads(1)
+    assert cyconv.get_num_threads() == 1
+    with restore:
+        pass
+    assert cyconv.get_num_threads() == before
+
+    with cyconv.set_num_threads(1):
+        assert cyconv.get_num_threads() == 1
+    assert cyconv.get_num_threads() == before
+
+
+def test_set_num_threads_restores_after_exception():
+    before = cyconv.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with cyconv.set_num_threads(1):
+            raise RuntimeError("inside")
+    assert cyconv.get_num_threads() == before
+
+
+@pytest.mark.skipif(not cyconv.openmp_enabled(), reason="a serial build runs one thread")
+def test_set_num_threads_two():
+    with cyconv.set_num_threads(2):
+        assert cyconv.get_num_threads() == 2
+
+
+@pytest.mark.parametrize(
+    "n, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), ("2", TypeError)], ids=repr
+)
+def test_set_num_threads_rejects(n, error):
+    before = cyconv.get_num_threads()
+    with pytest.raises(error, match=r"set_num_threads\(\)"):
+        cyconv.set_num_threads(n)
+    assert cyconv.get_num_threads() == before
+
+
+# ---------------------------------------------------------------------------
+# Results do not depend on the thread count. The kernels parallelise over the axis
+# that owns the writes (images for forward and grad_x, planes for pooling), so those
+# are bit-for-bit equal; grad_weight and grad_bias sum over the batch, and a
+# per-thread partial sum may legitimately add in another order.
+
+BATCH = 8  # enough images that two threads both get work
+
+
+def with_threads(n, compute):
+    with cyconv.set_num_threads(n):
+        return compute()
+
+
+def one_and_two_threads(compute):
+    return with_threads(1, compute), with_threads(2, compute)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_independent_of_thread_count(dtype):
+    rng = np.random.default_rng(0)
+    x = random_array(rng, (BATCH, 3, 11, 10), dtype)
+    weight = random_array(rng, (4, 3, 3, 3), dtype)
+    bias = random_array(rng, (4,), dtype)
+    grad_y = random_array(rng, (BATCH, 4, 6, 5), dtype)  # stride 2, padding 1
+
+    y1, y2 = one_and_two_threads(lambda: F.conv2d(x, weight, bias, 2, 1))
+    np.testing.assert_array_equal(y1, y2)
+
+    (gx1, gw1, gb1), (gx2, gw2, gb2) = one_and_two_threads(lambda: F.conv2d_backward(grad_y, x, weight, 2, 1))
+    np.testing.assert_array_equal(gx1, gx2)
+    assert_close(gw2, gw1, dtype)
+    assert_close(gb2, gb1, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_im2col_col2im_independent_of_thread_count(dtype):
+    rng = np.random.default_rng(1)
+    x = random_array(rng, (BATCH, 3, 9, 8), dtype)
+    cols1, cols2 = one_and_two_threads(lambda: F.im2col(x, 3, 1, 1))
+    np.testing.assert_array_equal(cols1, cols2)
+
+    x1, x2 = one_and_two_threads(lambda: F.col2im(cols1, x.shape, 3, 1, 1))
+    np.testing.assert_array_equal(x1, x2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2d_independent_of_thread_count(dtype):
+    rng = np.random.default_rng(2)
+    x = distinct_array(rng, (BATCH, 3, 9, 8), dtype)
+    (y1, i1), (y2, i2) = one_and_two_threads(lambda: F.max_pool2d(x, 3, 2, 1, return_indices=True))
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(i1, i2)
+
+    grad_y = random_array(rng, y1.shape, dtype)
+    g1, g2 = one_and_two_threads(lambda: F.max_pool2d_backward(grad_y, i1, x.shape))
+    np.testing.assert_array_equal(g1, g2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_independent_of_thread_count(dtype):
+    rng = np.random.default_rng(3)
+    x = distinct_array(rng, (BATCH, 3, 9, 8), dtype)
+    grad_y = random_array(rng, x.shape, dtype)
+    y1, y2 = one_and_two_threads(lambda: F.relu(x))
+    np.testing.assert_array_equal(y1, y2)
+    g1, g2 = one_and_two_threads(lambda: F.relu_backward(grad_y, x))
+    np.testing.assert_array_equal(g1, g2)
+
+
+def test_concurrent_calls_from_python_threads():
+    """The kernels release the GIL; two Python threads calling conv2d at once on
+    different data must each get the serial answer, every time."""
+    rng = np.random.default_rng(4)
+    weight = random_array(rng, (4, 3, 3, 3), np.float32)
+    inputs = [random_array(rng, (4, 3, 16, 15), np.float32) for _ in range(2)]
+    expected = [F.conv2d(x, weight, None, 1, 1) for x in inputs]
+
+    start = threading.Barrier(len(inputs))
+    failures = []  # exceptions in a thread do not fail the test by themselves
+
+    def worker(x, want):
+        try:
+            start.wait()
+            for i in range(200):
+                got = F.conv2d(x, weight, None, 1, 1)
+                if not np.array_equal(got, want):
+                    failures.append(f"iteration {i}: result differs from the serial answer")
+                    return
+        except Exception as error:
+            failures.append(repr(error))
+
+    threads = [threading.Thread(target=worker, args=pair) for pair in zip(inputs, expected)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
