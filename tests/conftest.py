@@ -61,13 +61,13 @@ def random_array(rng, shape, dtype):
 
 
 def distinct_array(rng, shape, dtype):
-    """Distinct values in (-1/2, 1/2], none closer than 1/(4*size) to zero.
+    """Distinct values in (-1/2, 1/2), none closer than 1/(4*size) to zero.
 
     For comparisons where ReLU's kink or a max-pooling tie would make two correct
     implementations disagree; the gaps also dwarf a finite-difference step.
     """
     size = math.prod(shape)
-    values = (rng.permutation(size) - size / 2 + 0.25) / max(size, 1)
+    values = (rng.permutation(size) - size / 2 + 0.25) / size
     return values.reshape(shape).astype(dtype)
 
 
@@ -103,6 +103,11 @@ def relayout(a, layout):
 # Geometry
 
 
+def ident(value):
+    """A short test id: (3, 5) -> "3x5", 2 -> "2"."""
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def pair(value):
     return tuple(value) if isinstance(value, tuple) else (value, value)
 
@@ -122,15 +127,17 @@ CONV_STRIDES = [1, 2, 3, (1, 2)]
 CONV_PADDINGS = [0, 1, 2, (2, 0)]
 
 
+def geometry_param(image_shape, kernel, stride, padding):
+    """pytest.param(image_shape, kernel, stride, padding) with an id like 3x2x6x5-k3x5-s1-p2x0."""
+    name = f"{ident(image_shape)}-k{ident(kernel)}-s{ident(stride)}-p{ident(padding)}"
+    return pytest.param(image_shape, kernel, stride, padding, id=name)
+
+
 def conv_grid(image_shapes):
-    """pytest params (image_shape, kernel, stride, padding) for every combination
-    in which the kernel fits; ``image_shape`` is (N, C, H, W)."""
-    params = []
-    for shape, kernel, stride, padding in itertools.product(
-        image_shapes, CONV_KERNELS, CONV_STRIDES, CONV_PADDINGS
-    ):
-        if fits(shape[2:], kernel, padding):
-            params.append(
-                pytest.param(shape, kernel, stride, padding, id=f"{shape}-k{kernel}-s{stride}-p{padding}")
-            )
-    return params
+    """Geometry params for every combination in which the kernel fits;
+    ``image_shape`` is (N, C, H, W)."""
+    return [
+        geometry_param(*combination)
+        for combination in itertools.product(image_shapes, CONV_KERNELS, CONV_STRIDES, CONV_PADDINGS)
+        if fits(combination[0][2:], combination[1], combination[3])
+    ]

@@ -200,16 +200,23 @@ BAD_CONV2D = [
         lambda: F.conv2d(X, W, stride=(1, 1, 1)), (TypeError, ValueError), r"conv2d\(\): stride", id="stride-3-tuple"
     ),
     pytest.param(lambda: F.conv2d(X, W, padding=-1), ValueError, r"conv2d\(\): padding", id="padding-negative"),
-    pytest.param(lambda: F.conv2d(X, W, padding=(0, -1)), ValueError, r"conv2d\(\): padding", id="padding-pair-negative"),
+    pytest.param(
+        lambda: F.conv2d(X, W, padding=(0, -1)), ValueError, r"conv2d\(\): padding", id="padding-pair-negative"
+    ),
     pytest.param(lambda: F.conv2d(X.astype(np.int32), W), TypeError, r"conv2d\(\): x", id="x-int"),
-    pytest.param(lambda: F.conv2d(X.astype(np.float16), W.astype(np.float16)), TypeError, r"conv2d\(\): x", id="float16"),
+    pytest.param(
+        lambda: F.conv2d(X.astype(np.float16), W.astype(np.float16)), TypeError, r"conv2d\(\): x", id="float16"
+    ),
     pytest.param(lambda: F.conv2d(X, W.astype(np.float64)), TypeError, r"conv2d\(\): weight", id="weight-float64"),
     pytest.param(lambda: F.conv2d(X, W, B.astype(np.float64)), TypeError, r"conv2d\(\): bias", id="bias-float64"),
 ]
 
 BAD_CONV2D_BACKWARD = [
     pytest.param(
-        lambda: F.conv2d_backward(GRAD_Y[:, :, :3], X, W), ValueError, r"conv2d_backward\(\): grad_y", id="grad_y-spatial"
+        lambda: F.conv2d_backward(GRAD_Y[:, :, :3], X, W),
+        ValueError,
+        r"conv2d_backward\(\): grad_y",
+        id="grad_y-spatial",
     ),
     pytest.param(
         lambda: F.conv2d_backward(GRAD_Y[:, :3], X, W), ValueError, r"conv2d_backward\(\): grad_y", id="grad_y-channels"
@@ -218,7 +225,10 @@ BAD_CONV2D_BACKWARD = [
         lambda: F.conv2d_backward(GRAD_Y[:1], X, W), ValueError, r"conv2d_backward\(\): grad_y", id="grad_y-batch"
     ),
     pytest.param(
-        lambda: F.conv2d_backward(GRAD_Y, X, W, stride=2), ValueError, r"conv2d_backward\(\): grad_y", id="grad_y-stride"
+        lambda: F.conv2d_backward(GRAD_Y, X, W, stride=2),
+        ValueError,
+        r"conv2d_backward\(\): grad_y",
+        id="grad_y-stride",
     ),
     pytest.param(
         lambda: F.conv2d_backward(GRAD_Y.astype(np.float64), X, W),

@@ -148,13 +148,17 @@ SHAPE = X.shape
 
 BAD_IM2COL = [
     pytest.param(lambda: F.im2col(X[0], 3), ValueError, r"im2col\(\): x", id="x-3d"),
-    pytest.param(lambda: F.im2col(X, (3, 3, 3)), (TypeError, ValueError), r"im2col\(\): kernel_size", id="kernel-3-tuple"),
+    pytest.param(
+        lambda: F.im2col(X, (3, 3, 3)), (TypeError, ValueError), r"im2col\(\): kernel_size", id="kernel-3-tuple"
+    ),
     pytest.param(lambda: F.im2col(X, 0), ValueError, r"im2col\(\): kernel_size", id="kernel-0"),
     pytest.param(lambda: F.im2col(X, (3, -1)), ValueError, r"im2col\(\): kernel_size", id="kernel-negative"),
     pytest.param(lambda: F.im2col(X, 7), ValueError, r"im2col\(\).*kernel", id="kernel-too-large"),
     pytest.param(lambda: F.im2col(X, 3, stride=0), ValueError, r"im2col\(\): stride", id="stride-0"),
     pytest.param(lambda: F.im2col(X, 3, stride=1.5), (TypeError, ValueError), r"im2col\(\): stride", id="stride-float"),
-    pytest.param(lambda: F.im2col(X, 3, stride=False), (TypeError, ValueError), r"im2col\(\): stride", id="stride-bool"),
+    pytest.param(
+        lambda: F.im2col(X, 3, stride=False), (TypeError, ValueError), r"im2col\(\): stride", id="stride-bool"
+    ),
     pytest.param(lambda: F.im2col(X, 3, padding=-2), ValueError, r"im2col\(\): padding", id="padding-negative"),
     pytest.param(lambda: F.im2col(X.astype(np.int64), 3), TypeError, r"im2col\(\): x", id="x-int"),
     pytest.param(lambda: F.im2col(X.astype(np.float16), 3), TypeError, r"im2col\(\): x", id="x-float16"),

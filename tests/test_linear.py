@@ -6,7 +6,7 @@ import pytest
 
 import cyconv.functional as F
 import cyconv.reference as R
-from conftest import DTYPES, LAYOUTS, MODULES, assert_close, random_array, relayout
+from conftest import DTYPES, LAYOUTS, MODULES, assert_close, ident, random_array, relayout
 from gradcheck import assert_grad, projection
 
 pytestmark = pytest.mark.kernels
@@ -24,14 +24,14 @@ def make_linear(rng, n, in_features, out_features, dtype, bias=True):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=ident)
 def test_linear_matches_reference(shape, bias, dtype):
     x, weight, b = make_linear(np.random.default_rng(0), *shape, dtype, bias)
     assert_close(F.linear(x, weight, b), R.linear(x, weight, b), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=ident)
 def test_linear_backward_matches_reference(shape, dtype):
     rng = np.random.default_rng(1)
     x, weight, _ = make_linear(rng, *shape, dtype, bias=False)
@@ -88,17 +88,27 @@ BAD_INPUT = [
     pytest.param(lambda: F.linear(X[0], W), ValueError, r"linear\(\): x", id="x-1d"),
     pytest.param(lambda: F.linear(X[None], W), ValueError, r"linear\(\): x", id="x-3d"),
     pytest.param(lambda: F.linear(X, W[0]), ValueError, r"linear\(\): weight", id="weight-1d"),
-    pytest.param(lambda: F.linear(X, W[:, :4]), ValueError, r"linear\(\)(.*in_features|: weight)", id="in_features-mismatch"),
+    pytest.param(
+        lambda: F.linear(X, W[:, :4]), ValueError, r"linear\(\)(.*in_features|: weight)", id="in_features-mismatch"
+    ),
     pytest.param(lambda: F.linear(X, W, B[:3]), ValueError, r"linear\(\): bias", id="bias-length"),
     pytest.param(lambda: F.linear(X.astype(np.int32), W), TypeError, r"linear\(\): x", id="x-int"),
-    pytest.param(lambda: F.linear(X.astype(np.float16), W.astype(np.float16)), TypeError, r"linear\(\): x", id="float16"),
+    pytest.param(
+        lambda: F.linear(X.astype(np.float16), W.astype(np.float16)), TypeError, r"linear\(\): x", id="float16"
+    ),
     pytest.param(lambda: F.linear(X, W.astype(np.float64)), TypeError, r"linear\(\): weight", id="weight-float64"),
     pytest.param(lambda: F.linear(X, W, B.astype(np.float64)), TypeError, r"linear\(\): bias", id="bias-float64"),
     pytest.param(
-        lambda: F.linear_backward(GRAD_Y[:, :3], X, W), ValueError, r"linear_backward\(\): grad_y", id="backward-grad_y-features"
+        lambda: F.linear_backward(GRAD_Y[:, :3], X, W),
+        ValueError,
+        r"linear_backward\(\): grad_y",
+        id="backward-grad_y-features",
     ),
     pytest.param(
-        lambda: F.linear_backward(GRAD_Y[:2], X, W), ValueError, r"linear_backward\(\): grad_y", id="backward-grad_y-batch"
+        lambda: F.linear_backward(GRAD_Y[:2], X, W),
+        ValueError,
+        r"linear_backward\(\): grad_y",
+        id="backward-grad_y-batch",
     ),
     pytest.param(
         lambda: F.linear_backward(GRAD_Y, X, W[:, :4]),

@@ -17,6 +17,7 @@ from conftest import (
     assert_close,
     distinct_array,
     fits,
+    geometry_param,
     out_size,
     pair,
     random_array,
@@ -33,12 +34,12 @@ PADDINGS = [0, 1, (1, 0)]
 
 
 def pool_grid():
-    """(image_shape, kernel, stride, padding) wherever padding <= kernel // 2 and the kernel fits."""
-    params = []
-    for shape, kernel, stride, padding in itertools.product(IMAGE_SHAPES, KERNELS, STRIDES, PADDINGS):
-        if all(p <= k // 2 for k, p in zip(pair(kernel), pair(padding))) and fits(shape[2:], kernel, padding):
-            params.append(pytest.param(shape, kernel, stride, padding, id=f"{shape}-k{kernel}-s{stride}-p{padding}"))
-    return params
+    """Geometry params wherever padding <= kernel // 2 (PyTorch's limit) and the kernel fits."""
+    return [
+        geometry_param(shape, kernel, stride, padding)
+        for shape, kernel, stride, padding in itertools.product(IMAGE_SHAPES, KERNELS, STRIDES, PADDINGS)
+        if all(p <= k // 2 for k, p in zip(pair(kernel), pair(padding))) and fits(shape[2:], kernel, padding)
+    ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -234,7 +235,10 @@ BAD_MAX_POOL2D = [
     pytest.param(lambda: F.max_pool2d(X[0], 2), ValueError, r"max_pool2d\(\): x", id="x-3d"),
     pytest.param(lambda: F.max_pool2d(X, 3, padding=2), ValueError, r"max_pool2d\(\): padding", id="padding-gt-half"),
     pytest.param(
-        lambda: F.max_pool2d(X, (3, 2), padding=(1, 2)), ValueError, r"max_pool2d\(\): padding", id="padding-pair-gt-half"
+        lambda: F.max_pool2d(X, (3, 2), padding=(1, 2)),
+        ValueError,
+        r"max_pool2d\(\): padding",
+        id="padding-pair-gt-half",
     ),
     pytest.param(lambda: F.max_pool2d(X, 2, padding=-1), ValueError, r"max_pool2d\(\): padding", id="padding-negative"),
     pytest.param(

@@ -7,7 +7,7 @@ import pytest
 
 import cyconv.functional as F
 import cyconv.reference as R
-from conftest import DTYPES, LAYOUTS, MODULES, distinct_array, random_array, relayout
+from conftest import DTYPES, LAYOUTS, MODULES, distinct_array, ident, random_array, relayout
 from gradcheck import assert_grad, projection
 
 pytestmark = pytest.mark.kernels
@@ -17,7 +17,7 @@ SHAPES = [(7,), (3, 5), (2, 3, 4, 5), (1, 1, 1, 1)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=ident)
 def test_relu_matches_reference(shape, dtype):
     rng = np.random.default_rng(0)
     x = distinct_array(rng, shape, dtype)

@@ -9,7 +9,7 @@ import pytest
 
 import cyconv.functional as F
 import cyconv.reference as R
-from conftest import DTYPES, LAYOUTS, MODULES, TOL, assert_close, random_array, relayout
+from conftest import DTYPES, LAYOUTS, MODULES, TOL, assert_close, ident, random_array, relayout
 from gradcheck import assert_grad
 
 pytestmark = pytest.mark.kernels
@@ -43,7 +43,7 @@ def assert_loss_close(loss, expected, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=ident)
 def test_matches_reference(shape, dtype):
     logits, target = make_problem(np.random.default_rng(0), *shape, dtype)
     loss, grad = F.softmax_cross_entropy(logits, target)

@@ -1,0 +1,39 @@
+"""Turn pytest-benchmark JSON into the markdown table of benchmarks/RESULTS.md.
+
+    python benchmarks/report.py bench.json
+
+One row per (layer, phase, threads): the median ms (min-max) of each
+implementation and the speed-up of cyconv over the reference and over PyTorch.
+"""
+
+import json
+import sys
+from collections import defaultdict
+
+
+def fmt(stats):
+    return f"{stats['median'] * 1e3:.3g} ({stats['min'] * 1e3:.3g}-{stats['max'] * 1e3:.3g})"
+
+
+def main(path):
+    with open(path) as f:
+        data = json.load(f)
+    rows = defaultdict(dict)
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        rows[(b["group"], info["phase"], info["threads"])][info["impl"]] = b["stats"]
+    openmp = data["machine_info"].get("cyconv_openmp")
+    print(f"cpu: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}; "
+          f"cyconv OpenMP: {openmp}; times in ms, median (min-max)\n")
+    print("| layer | phase | threads | cyconv | reference | torch | x reference | x torch |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (group, phase, threads), impls in sorted(rows.items()):
+        cy = impls.get("cyconv")
+        cells = [fmt(impls[k]) if k in impls else "-" for k in ("cyconv", "reference", "torch")]
+        ratios = [f"{impls[k]['median'] / cy['median']:.2f}" if cy and k in impls else "-"
+                  for k in ("reference", "torch")]
+        print(f"| {group} | {phase} | {threads} | " + " | ".join(cells + ratios) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

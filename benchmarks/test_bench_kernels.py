@@ -1,0 +1,106 @@
+"""Kernel benchmarks at the course's LeNet-5 layer shapes (batch 64, float32):
+cyconv vs its NumPy reference vs PyTorch (rows skipped when torch is absent).
+
+Each layer is timed forward alone ("fwd", PyTorch under no_grad) and forward +
+backward as a training step runs it ("fwd+bwd"; conv1 computes no input
+gradient, as the first layer of a network). Groups are named <op>-<layer>;
+report.py turns the JSON into RESULTS.md's table.
+"""
+
+import numpy as np
+import pytest
+
+import cyconv
+import cyconv.functional as F
+import cyconv.reference as R
+
+BATCH = 64
+CONV = {  # layer: (x shape, weight shape, padding, needs grad_x)
+    "conv1": ((BATCH, 1, 28, 28), (20, 1, 5, 5), 2, False),
+    "conv2": ((BATCH, 20, 14, 14), (50, 20, 5, 5), 2, True),
+}
+ACT = {"1": (BATCH, 20, 28, 28), "2": (BATCH, 50, 14, 14)}  # pool/relu inputs
+IMPLS = ["cyconv", "reference", "torch"]
+PHASES = ["fwd", "fwd+bwd"]
+
+
+def _setup(benchmark, group, impl, phase, threads):
+    benchmark.group = group
+    benchmark.extra_info.update(impl=impl, phase=phase, threads=threads,
+                                openmp=cyconv.openmp_enabled())
+    if impl == "torch":
+        return pytest.importorskip("torch")
+    return {"cyconv": F, "reference": R}[impl]
+
+
+def _torch_step(torch, phase, forward, inputs, grad):
+    """A PyTorch forward (no_grad) or forward + backward on leaf tensors."""
+    if phase == "fwd":
+        def step():
+            with torch.no_grad():
+                forward()
+    else:
+        def step():
+            for t in inputs:
+                t.grad = None
+            forward().backward(grad)
+    return step
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("layer", CONV)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_conv2d(benchmark, impl, layer, phase, threads):
+    mod = _setup(benchmark, f"conv2d-{layer}", impl, phase, threads)
+    xs, ws, pad, grad_input = CONV[layer]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(xs, dtype=np.float32)
+    w = rng.standard_normal(ws, dtype=np.float32) * np.float32(0.1)
+    b = np.zeros(ws[0], np.float32)
+    gy = np.ones((BATCH, ws[0], xs[2], xs[3]), np.float32)
+    if impl == "torch":
+        tx = mod.from_numpy(x).requires_grad_(grad_input)
+        tw, tb = mod.from_numpy(w).requires_grad_(), mod.from_numpy(b).requires_grad_()
+        step = _torch_step(mod, phase, lambda: mod.nn.functional.conv2d(tx, tw, tb, padding=pad),
+                           (tx, tw, tb), mod.from_numpy(gy))
+    else:
+        def step():
+            mod.conv2d(x, w, b, padding=pad)
+            if phase == "fwd+bwd":
+                mod.conv2d_backward(gy, x, w, padding=pad, grad_input=grad_input)
+    benchmark(step)
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("layer", ACT)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_max_pool2d(benchmark, impl, layer, phase, threads):
+    mod = _setup(benchmark, f"max_pool2d-pool{layer}", impl, phase, threads)
+    x = np.random.default_rng(0).standard_normal(ACT[layer], dtype=np.float32)
+    if impl == "torch":
+        tx = mod.from_numpy(x).requires_grad_()
+        gy = mod.ones(x.shape[:2] + (x.shape[2] // 2, x.shape[3] // 2))
+        step = _torch_step(mod, phase, lambda: mod.nn.functional.max_pool2d(tx, 2), (tx,), gy)
+    else:
+        def step():
+            y, ind = mod.max_pool2d(x, 2, return_indices=True)
+            if phase == "fwd+bwd":
+                mod.max_pool2d_backward(y, ind, x.shape)
+    benchmark(step)
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("layer", ACT)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_relu(benchmark, impl, layer, phase, threads):
+    mod = _setup(benchmark, f"relu-relu{layer}", impl, phase, threads)
+    x = np.random.default_rng(0).standard_normal(ACT[layer], dtype=np.float32)
+    if impl == "torch":
+        tx = mod.from_numpy(x).requires_grad_()
+        step = _torch_step(mod, phase, lambda: mod.relu(tx), (tx,), mod.ones(x.shape))
+    else:
+        def step():
+            y = mod.relu(x)
+            if phase == "fwd+bwd":
+                mod.relu_backward(y, x)
+    benchmark(step)
