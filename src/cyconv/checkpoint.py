@@ -1,0 +1,273 @@
+"""Checkpoints: a model, its optimizer and the training run's bookkeeping in one .npz file.
+
+A checkpoint holds numbers and strings only, never a pickle: it is written with `np.savez` and read with
+`np.load(..., allow_pickle=False)`, so opening one cannot run code. Its keys:
+
+    format             int, CHECKPOINT_FORMAT (the layout version)
+    model_name         str, a key of MODELS ("lenet5" or "mlp")
+    epoch              int, the number of completed epochs
+    config             str, JSON: the training configuration (at least "model", and "hidden" for mlp)
+    metrics            str, JSON: the list of per-epoch metrics so far
+    info               str, JSON: what the run does not depend on (cyconv version, threads, n_train)
+    model/<name>       each array of model.state_dict()
+    optimizer/<name>   each value of optimizer.state_dict(), as an array (0-d for scalars)
+
+Files are written atomically (a temp file in the same directory, fsync, os.replace), so a crash or a
+Ctrl-C during a save leaves the previous checkpoint as it was. `load_checkpoint` checks everything it
+reads and reports any problem as one CheckpointError that names the file.
+
+Left out on purpose: keeping several checkpoints, compression (LeNet-5 with its momentum buffers
+is ~10 MB, mostly incompressible float noise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "MODELS",
+    "Checkpoint",
+    "CheckpointError",
+    "build_model",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "atomic_write",
+]
+
+CHECKPOINT_FORMAT = 1
+MODELS = ("lenet5", "mlp")
+
+_MODEL_PREFIX = "model/"
+_OPTIMIZER_PREFIX = "optimizer/"
+_JSON_KEYS = ("config", "metrics", "info")
+_REQUIRED = ("format", "model_name", "epoch") + _JSON_KEYS
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is not one, is damaged, or does not fit the model it names."""
+
+
+@dataclass
+class Checkpoint:
+    """What `load_checkpoint` read: plain data; `load_model` turns it into a model."""
+
+    path: Path
+    model_name: str
+    epoch: int
+    config: dict
+    metrics: list
+    info: dict
+    model_state: dict[str, np.ndarray] = field(repr=False)
+    optimizer_state: dict[str, np.ndarray] = field(repr=False)
+
+
+def build_model(name: str, *, hidden: int = 500, rng=None):
+    """A fresh model by the name a checkpoint records: "lenet5" or "mlp" (with `hidden` units)."""
+    from . import models
+
+    if name == "lenet5":
+        return models.lenet5(rng=rng)
+    if name == "mlp":
+        return models.mlp(hidden=hidden, rng=rng)
+    raise ValueError(f"build_model(): name must be one of {', '.join(MODELS)}, got {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call write(f) on a temp file in path's directory, fsync it, then rename it over path.
+
+    Readers see the old file or the complete new one, never a partial one; on any error (or Ctrl-C) the
+    temp file is removed and path is untouched.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes files 0600; results are meant to be readable like any output
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable; not every platform lets a directory be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path, *, model, optimizer, model_name: str, epoch: int, config: dict,
+                    metrics: list, info: dict | None = None) -> Path:
+    """Write model and optimizer state and the run's bookkeeping to `path` (.npz), atomically."""
+    if model_name not in MODELS:
+        raise ValueError(f"save_checkpoint(): model_name must be one of {', '.join(MODELS)}, got {model_name!r}")
+    arrays = {
+        "format": np.array(CHECKPOINT_FORMAT, np.int64),
+        "model_name": np.array(model_name),
+        "epoch": np.array(epoch, np.int64),
+        "config": np.array(json.dumps(config, sort_keys=True)),
+        "metrics": np.array(json.dumps(metrics)),
+        "info": np.array(json.dumps(info or {}, sort_keys=True)),
+    }
+    for name, value in model.state_dict().items():
+        arrays[_MODEL_PREFIX + name] = np.asarray(value)
+    for name, value in optimizer.state_dict().items():
+        value = np.asarray(value)
+        if value.dtype.kind not in "biuf":  # an object array would need a pickle to be written
+            raise TypeError(f"save_checkpoint(): optimizer state {name!r} is not numeric ({value.dtype})")
+        arrays[_OPTIMIZER_PREFIX + name] = value
+    path = Path(path)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read and check a checkpoint written by `save_checkpoint`.
+
+    Raises FileNotFoundError if there is no such file, and CheckpointError (naming the file) if it is not
+    an .npz archive, is truncated or damaged, holds a pickled object array, misses a key, or holds values
+    of the wrong kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    arrays = _read_npz(path)
+    missing = [key for key in _REQUIRED if key not in arrays]
+    if missing:
+        raise CheckpointError(f"{path}: not a cyconv checkpoint: missing {', '.join(missing)}")
+
+    fmt = _integer(arrays, "format", path)
+    if fmt != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {fmt}, this cyconv reads format {CHECKPOINT_FORMAT}")
+    model_name = _string(arrays, "model_name", path)
+    if model_name not in MODELS:
+        raise CheckpointError(f"{path}: unknown model {model_name!r}, expected one of {', '.join(MODELS)}")
+    epoch = _integer(arrays, "epoch", path)
+    if epoch < 0:
+        raise CheckpointError(f"{path}: epoch must be >= 0, got {epoch}")
+    config, metrics, info = (_json(arrays, key, path) for key in _JSON_KEYS)
+    if not isinstance(config, dict) or config.get("model") != model_name:
+        raise CheckpointError(f"{path}: config does not describe the {model_name} the checkpoint holds")
+    if not isinstance(metrics, list) or not isinstance(info, dict):
+        raise CheckpointError(f"{path}: metrics must be a JSON list and info a JSON object")
+
+    model_state = _section(arrays, _MODEL_PREFIX, "f", path)
+    optimizer_state = _section(arrays, _OPTIMIZER_PREFIX, "biuf", path)
+    if not model_state:
+        raise CheckpointError(f"{path}: not a cyconv checkpoint: it holds no model weights")
+    return Checkpoint(path, model_name, epoch, config, metrics, info, model_state, optimizer_state)
+
+
+def load_model(checkpoint):
+    """The model a checkpoint (a path or a Checkpoint) holds, in eval mode, and the Checkpoint.
+
+    Raises CheckpointError if the weights do not fit the model the checkpoint names (missing or extra
+    parameters, wrong shapes or dtypes).
+    """
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = load_checkpoint(checkpoint)
+    model = build_model(checkpoint.model_name, hidden=_hidden(checkpoint))
+    restore(model, checkpoint.model_state, checkpoint.path, f"saved weights do not fit a {checkpoint.model_name}")
+    model.eval()
+    return model, checkpoint
+
+
+def restore(target, state: dict, path, problem: str) -> None:
+    """target.load_state_dict(state); a mismatch is a CheckpointError "<path>: <problem>: <details>"."""
+    try:
+        target.load_state_dict(state)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path}: {problem}: {e}") from e
+
+
+def _hidden(checkpoint: Checkpoint) -> int:
+    hidden = checkpoint.config.get("hidden", 500)
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        raise CheckpointError(f"{checkpoint.path}: config 'hidden' must be a positive int, got {hidden!r}")
+    return hidden
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array in the archive, read eagerly so that damage anywhere shows up here."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            truncated = f.read(4) == b"PK\x03\x04"  # starts like a zip but has no directory at its end
+        raise CheckpointError(f"{path}: " + ("truncated or damaged .npz archive" if truncated
+                                             else "not a checkpoint (.npz): the file is not a zip archive"))
+    arrays = {}
+    key = None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            for key in npz.files:
+                arrays[key] = npz[key]
+    except ValueError as e:
+        # numpy refuses object arrays without allow_pickle; say what that means here.
+        if "allow_pickle" in str(e) or "pickled" in str(e):
+            raise CheckpointError(
+                f"{path}: {key!r} is a pickled object array; checkpoints hold numbers and strings only"
+            ) from e
+        raise CheckpointError(f"{path}: damaged array {key!r}: {e}") from e
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError) as e:
+        where = f" in {key!r}" if key is not None else ""
+        raise CheckpointError(f"{path}: damaged or truncated archive{where}: {e}") from e
+    return arrays
+
+
+def _integer(arrays: dict, key: str, path: Path) -> int:
+    a = arrays[key]
+    if a.shape != () or a.dtype.kind not in "iu":
+        raise CheckpointError(f"{path}: {key!r} must be an integer scalar, got {a.dtype} {a.shape}")
+    return int(a)
+
+
+def _string(arrays: dict, key: str, path: Path) -> str:
+    a = arrays[key]
+    if a.shape != () or a.dtype.kind != "U":
+        raise CheckpointError(f"{path}: {key!r} must be a string, got {a.dtype} {a.shape}")
+    return str(a)
+
+
+def _json(arrays: dict, key: str, path: Path):
+    try:
+        return json.loads(_string(arrays, key, path))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: {key!r} is not valid JSON: {e}") from e
+
+
+def _section(arrays: dict, prefix: str, kinds: str, path: Path) -> dict[str, np.ndarray]:
+    section = {}
+    for key, a in arrays.items():
+        if key.startswith(prefix):
+            if a.dtype.kind not in kinds:
+                raise CheckpointError(f"{path}: {key!r} has dtype {a.dtype}, expected a numeric array")
+            section[key[len(prefix):]] = a
+    return section

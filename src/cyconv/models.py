@@ -1,0 +1,165 @@
+"""cyconv.models: the course's networks, and a table that describes a network.
+
+    lenet5()   the LeNet-5 of the course's table: [Conv 5x5 "same", ReLU, MaxPool 2x2] x 2, Flatten,
+               Linear 2450 -> 500, ReLU, Linear 500 -> 10, for 1 x 28 x 28 images.
+    mlp()      the course's two-layer network y = W2 relu(W1 x) on raw pixels.
+    summary()  the course's "Layer | Output Size | Weight Size" table, plus the parameter count.
+
+Each builder draws every layer's initial weights from one numpy.random.Generator
+(`rng`; None means a fresh `np.random.default_rng()`), so a seed fixes the whole model.
+"""
+
+import math
+
+import numpy as np
+
+from .nn import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential, _count, _float_dtype, _generator
+
+__all__ = ["lenet5", "mlp", "summary"]
+
+
+def lenet5(num_classes=10, *, dtype=np.float32, rng=None):
+    """LeNet-5 as the course gives it, for (N, 1, 28, 28) inputs -> (N, num_classes) logits.
+
+    Layer                          | Output Size  | Weight Size
+    Input                          | 1 x 28 x 28  |
+    Conv (C_out=20, K=5, P=2, S=1) | 20 x 28 x 28 | 20 x 1 x 5 x 5
+    ReLU                           | 20 x 28 x 28 |
+    MaxPool (K=2, S=2)             | 20 x 14 x 14 |
+    Conv (C_out=50, K=5, P=2, S=1) | 50 x 14 x 14 | 50 x 20 x 5 x 5
+    ReLU                           | 50 x 14 x 14 |
+    MaxPool (K=2, S=2)             | 50 x 7 x 7   |
+    Flatten                        | 2450         |
+    Linear (2450 -> 500)           | 500          | 2450 x 500
+    ReLU                           | 500          |
+    Linear (500 -> 10)             | 10           | 500 x 10
+
+    1,256,080 parameters with the biases. (Caffe's LeNet, with no padding and so an 800-wide Flatten,
+    has 431,080.)
+    """
+    num_classes = _count(num_classes, "num_classes", "lenet5")
+    dtype = _float_dtype(dtype, "lenet5")
+    rng = _generator(rng, "lenet5")
+    return Sequential(
+        Conv2d(1, 20, 5, stride=1, padding=2, dtype=dtype, rng=rng),
+        ReLU(),
+        MaxPool2d(2, 2),
+        Conv2d(20, 50, 5, stride=1, padding=2, dtype=dtype, rng=rng),
+        ReLU(),
+        MaxPool2d(2, 2),
+        Flatten(),
+        Linear(50 * 7 * 7, 500, dtype=dtype, rng=rng),
+        ReLU(),
+        Linear(500, num_classes, dtype=dtype, rng=rng),
+    )
+
+
+def mlp(hidden=500, num_classes=10, in_features=784, *, dtype=np.float32, rng=None):
+    """The course's two-layer network y = W2 relu(W1 x) on raw pixels:
+    Flatten, Linear(in_features -> hidden), ReLU, Linear(hidden -> num_classes).
+
+    Shape: (N, ...) with in_features values per image (e.g. (N, 1, 28, 28)) -> (N, num_classes).
+    """
+    hidden = _count(hidden, "hidden", "mlp")
+    num_classes = _count(num_classes, "num_classes", "mlp")
+    in_features = _count(in_features, "in_features", "mlp")
+    dtype = _float_dtype(dtype, "mlp")
+    rng = _generator(rng, "mlp")
+    return Sequential(
+        Flatten(),
+        Linear(in_features, hidden, dtype=dtype, rng=rng),
+        ReLU(),
+        Linear(hidden, num_classes, dtype=dtype, rng=rng),
+    )
+
+
+# ---------------------------------------------------------------------------
+# summary
+
+
+def _size(shape):
+    return " x ".join(str(d) for d in shape)
+
+
+def _hyper(pair):
+    """5 for (5, 5), (3, 5) otherwise."""
+    return pair[0] if pair[0] == pair[1] else pair
+
+
+def _window_out(shape, kernel, stride, padding, layer):
+    c, h, w = shape
+    if h + 2 * padding[0] < kernel[0] or w + 2 * padding[1] < kernel[1]:
+        raise ValueError(f"summary(): {layer!r} gets input {_size(shape)}, smaller than its kernel {kernel}")
+    return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip((h, w), kernel, stride, padding))
+
+
+def _expect(shape, ndim, layer):
+    if len(shape) != ndim:
+        raise ValueError(f"summary(): {layer!r} needs a {ndim}-D input per image, got {_size(shape)}")
+
+
+def _describe(layer, shape):
+    """(row label, output shape without the batch axis, weight size text) of one layer."""
+    if isinstance(layer, Conv2d):
+        _expect(shape, 3, layer)
+        if shape[0] != layer.in_channels:
+            raise ValueError(f"summary(): {layer!r} gets {shape[0]} channels")
+        k, s, p = layer.kernel_size, layer.stride, layer.padding
+        label = f"Conv (C_out={layer.out_channels}, K={_hyper(k)}, P={_hyper(p)}, S={_hyper(s)})"
+        return label, (layer.out_channels, *_window_out(shape, k, s, p, layer)), _size(layer.weight.data.shape)
+    if isinstance(layer, MaxPool2d):
+        _expect(shape, 3, layer)
+        k, s, p = layer.kernel_size, layer.stride, layer.padding
+        label = f"MaxPool (K={_hyper(k)}, S={_hyper(s)}" + (f", P={_hyper(p)})" if p != (0, 0) else ")")
+        return label, (shape[0], *_window_out(shape, k, s, p, layer)), ""
+    if isinstance(layer, ReLU):
+        return "ReLU", shape, ""
+    if isinstance(layer, Flatten):
+        return "Flatten", (math.prod(shape),), ""
+    if isinstance(layer, Linear):
+        if shape != (layer.in_features,):
+            raise ValueError(f"summary(): {layer!r} gets input {_size(shape)}")
+        # The course writes a linear layer's weight as in x out, the transpose of the stored array.
+        weight = f"{layer.in_features} x {layer.out_features}"
+        return f"Linear ({layer.in_features} -> {layer.out_features})", (layer.out_features,), weight
+    raise TypeError(f"summary(): cannot describe a {type(layer).__name__}")
+
+
+def _leaves(model):
+    if isinstance(model, Sequential):
+        for child in model:
+            yield from _leaves(child)
+    else:
+        yield model
+
+
+def summary(model, input_shape=(1, 28, 28)):
+    """The course's table of a network: one row per layer with its output size (per image, no batch
+    axis) and weight size, then the total number of parameters (weights and biases).
+
+    Output sizes come from shape arithmetic, so the model is not run and its saved
+    state is untouched. Linear weights are written in x out, as the course does
+    (the stored array is out x in).
+
+    Example:
+        >>> print(summary(lenet5()))       # doctest: +SKIP
+        Layer                          | Output Size  | Weight Size
+        -------------------------------+--------------+----------------
+        Input                          | 1 x 28 x 28  |
+        Conv (C_out=20, K=5, P=2, S=1) | 20 x 28 x 28 | 20 x 1 x 5 x 5
+        ...
+        Total parameters: 1,256,080
+    """
+    shape = tuple(int(d) for d in input_shape)
+    rows = [("Layer", "Output Size", "Weight Size"), ("Input", _size(shape), "")]
+    for layer in _leaves(model):
+        label, shape, weight = _describe(layer, shape)
+        rows.append((label, _size(shape), weight))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+
+    def line(row):
+        return f"{row[0]:<{widths[0]}} | {row[1]:<{widths[1]}} | {row[2]}".rstrip()
+
+    rule = "-+-".join("-" * w for w in widths)
+    total = sum(p.data.size for p in model.parameters())
+    return "\n".join([line(rows[0]), rule, *map(line, rows[1:]), f"Total parameters: {total:,}"])

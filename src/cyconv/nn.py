@@ -1,0 +1,454 @@
+"""cyconv.nn: layers that hold parameters and delegate to cyconv.functional.
+
+Two levels, as in PyTorch: `cyconv.functional` is stateless; a module here keeps
+its parameters and what its backward needs, and calls one functional per pass.
+There is no autograd: `backward(grad_output)` of a module takes the gradient of
+the loss with respect to its output, returns the gradient with respect to its
+input, and ADDS (+=) the gradients of its parameters into their `.grad`, so
+gradients of several backward passes accumulate until `zero_grad()`.
+
+    model = Sequential(Conv2d(1, 20, 5, padding=2), ReLU(), MaxPool2d(2), Flatten(), Linear(3920, 10))
+    logits = model(x)
+    loss, grad_logits = functional.softmax_cross_entropy(logits, target)
+    model.zero_grad()
+    model.backward(grad_logits)          # a Sequential returns None: nobody needs d loss / d x
+
+What backward needs is kept from the last training-mode forward, by reference
+(do not modify a layer's input in place between forward and backward): Conv2d
+and Linear keep their input, ReLU its output, MaxPool2d the argmax indices and
+the input shape, Flatten the input shape. In eval mode forward keeps nothing,
+and a later backward raises RuntimeError.
+
+Default initialisation is PyTorch's: weight and bias ~ U(-b, b) with
+b = 1/sqrt(fan_in) (what `kaiming_uniform_(a=sqrt(5))` gives), drawn in float64
+from the `rng` given (a numpy.random.Generator; None means a fresh
+`np.random.default_rng()`, seeded from the OS) and then cast, so float32 and
+float64 layers built from the same seed hold the same values up to rounding.
+
+Left out on purpose: autograd, hooks, buffers, parameter sharing, dtype casts
+of a built module (build it again with the other dtype and load_state_dict
+with converted arrays).
+"""
+
+import math
+
+import numpy as np
+
+from . import functional as F
+from .functional import _pair
+
+__all__ = [
+    "Parameter", "Module", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Linear", "Sequential",
+]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class Parameter:
+    """A learnable array and the gradient accumulated for it (same shape and dtype, zeros at first)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        self.data = data
+        self.grad = np.zeros_like(data)
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class: parameters are the attributes holding a Parameter, children those holding a Module
+    (Sequential overrides `named_children`), both in the order they were assigned."""
+
+    def __init__(self):
+        self.training = True
+        self._saved = None          # what backward needs, from the last training-mode forward
+        self._eval_forward = False  # the last forward ran in eval mode, so nothing was saved
+
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def backward(self, grad_output, *, input_grad=True):
+        """Gradient w.r.t. the input of the last forward (None when input_grad=False);
+        parameter gradients are added into their .grad."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward()")
+
+    # -- saved state --------------------------------------------------------
+
+    def _save(self, *saved):
+        if self.training:
+            self._saved, self._eval_forward = saved, False
+        else:
+            self._saved, self._eval_forward = None, True
+
+    def _saved_for_backward(self):
+        if self._saved is None:
+            name = type(self).__name__
+            if self._eval_forward:
+                raise RuntimeError(
+                    f"{name}.backward(): the last forward ran in eval mode, which keeps nothing for "
+                    "backward; call .train() before the forward pass you need gradients for"
+                )
+            raise RuntimeError(f"{name}.backward(): called before forward()")
+        return self._saved
+
+    # -- parameters and children --------------------------------------------
+
+    def named_children(self):
+        """[(name, Module)] of the direct children."""
+        return [(k, v) for k, v in vars(self).items() if isinstance(v, Module)]
+
+    def named_parameters(self):
+        """[(name, Parameter)], own parameters first, then each child's as "<child>.<name>"."""
+        named = [(k, v) for k, v in vars(self).items() if isinstance(v, Parameter)]
+        for child_name, child in self.named_children():
+            named.extend((f"{child_name}.{k}", p) for k, p in child.named_parameters())
+        return named
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self):
+        """Set every parameter gradient to zero, in place."""
+        for p in self.parameters():
+            p.grad.fill(0)
+
+    def train(self, mode=True):
+        """Set training mode (eval mode when mode=False) here and in every child; return self."""
+        self.training = bool(mode)
+        for _, child in self.named_children():
+            child.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # -- state dict ---------------------------------------------------------
+
+    def state_dict(self):
+        """{name: copy of the parameter's array}, in named_parameters order."""
+        return {name: p.data.copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        """Copy the arrays of `state` into the parameters (never aliasing them).
+
+        Strict: a missing or unexpected name, or a shape or dtype that differs from
+        the parameter's, raises ValueError listing every offender; nothing is
+        copied unless everything matches.
+        """
+        params = dict(self.named_parameters())
+        given = list(state.keys())
+        problems = []
+        missing = [k for k in params if k not in state]
+        unexpected = [k for k in given if k not in params]
+        if missing:
+            problems.append("missing keys: " + ", ".join(
+                f"{k} {params[k].data.shape}" for k in missing))
+        if unexpected:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        values = {}
+        for name, p in params.items():
+            if name not in state:
+                continue
+            value = np.asarray(state[name])
+            if value.shape != p.data.shape:
+                problems.append(f"shape mismatch for {name}: expected {p.data.shape}, got {value.shape}")
+            elif value.dtype != p.data.dtype:
+                problems.append(f"dtype mismatch for {name}: expected {p.data.dtype}, got {value.dtype}")
+            values[name] = value
+        if problems:
+            raise ValueError(f"{type(self).__name__}.load_state_dict(): " + "; ".join(problems))
+        for name, value in values.items():
+            params[name].data[...] = value
+
+    # -- repr ---------------------------------------------------------------
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+# ---------------------------------------------------------------------------
+# Argument checks and initialisation (messages name the class and the argument)
+
+def _count(value, name, cls):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{cls}(): {name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{cls}(): {name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _flag(value, name, cls):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{cls}(): {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _float_dtype(dtype, cls):
+    # np.dtype(None) is float64 (and a dtype compares equal to None): refuse None rather than guess.
+    try:
+        dt = None if dtype is None else np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt not in _FLOATS:
+        raise TypeError(f"{cls}(): dtype must be float32 or float64, got {dtype!r}")
+    return dt
+
+
+def _generator(rng, cls):
+    if rng is None:
+        return np.random.default_rng()
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"{cls}(): rng must be a numpy.random.Generator or None, got {type(rng).__name__}")
+    return rng
+
+
+def _uniform(rng, fan_in, shape, dtype):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), sampled in float64 whatever dtype is."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return Parameter(rng.uniform(-bound, bound, size=shape).astype(dtype))
+
+
+def _square_or_pair(pair):
+    return pair[0] if pair[0] == pair[1] else pair
+
+
+# ---------------------------------------------------------------------------
+# Layers
+
+class Conv2d(Module):
+    """2-D convolution (cross-correlation) over NCHW batches: `functional.conv2d`.
+
+    Parameters: weight (out_channels, in_channels, kh, kw), bias (out_channels,) unless bias=False.
+
+    Shape:
+        (N, in_channels, H, W) -> (N, out_channels, Ho, Wo),
+        Ho = (H + 2*ph - kh) // sh + 1,  Wo = (W + 2*pw - kw) // sw + 1.
+
+    Example:
+        >>> conv = Conv2d(1, 20, 5, padding=2, rng=np.random.default_rng(0))
+        >>> conv(np.zeros((8, 1, 28, 28), np.float32)).shape
+        (8, 20, 28, 28)
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, *,
+                 dtype=np.float32, rng=None):
+        super().__init__()
+        cls = type(self).__name__
+        self.in_channels = _count(in_channels, "in_channels", cls)
+        self.out_channels = _count(out_channels, "out_channels", cls)
+        self.kernel_size = _pair(kernel_size, "kernel_size", cls, 1)
+        self.stride = _pair(stride, "stride", cls, 1)
+        self.padding = _pair(padding, "padding", cls, 0)
+        has_bias = _flag(bias, "bias", cls)
+        dtype = _float_dtype(dtype, cls)
+        rng = _generator(rng, cls)
+        kh, kw = self.kernel_size
+        fan_in = self.in_channels * kh * kw
+        self.weight = _uniform(rng, fan_in, (self.out_channels, self.in_channels, kh, kw), dtype)
+        self.bias = _uniform(rng, fan_in, (self.out_channels,), dtype) if has_bias else None
+
+    def forward(self, x):
+        self._save(x)
+        bias = None if self.bias is None else self.bias.data
+        return F.conv2d(x, self.weight.data, bias, self.stride, self.padding)
+
+    def backward(self, grad_output, *, input_grad=True):
+        (x,) = self._saved_for_backward()
+        grad_x, grad_weight, grad_bias = F.conv2d_backward(
+            grad_output, x, self.weight.data, self.stride, self.padding, grad_input=input_grad)
+        self.weight.grad += grad_weight
+        if self.bias is not None:
+            self.bias.grad += grad_bias
+        return grad_x
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class MaxPool2d(Module):
+    """2-D max pooling: `functional.max_pool2d`; stride defaults to kernel_size, padding acts as -inf
+    and may be at most half the kernel.
+
+    Shape:
+        (N, C, H, W) -> (N, C, Ho, Wo),  Ho = (H + 2*ph - kh) // sh + 1.
+
+    Example:
+        >>> MaxPool2d(2)(np.zeros((8, 20, 28, 28), np.float32)).shape
+        (8, 20, 14, 14)
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        cls = type(self).__name__
+        self.kernel_size = _pair(kernel_size, "kernel_size", cls, 1)
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", cls, 1)
+        self.padding = _pair(padding, "padding", cls, 0)
+        if self.padding[0] > self.kernel_size[0] // 2 or self.padding[1] > self.kernel_size[1] // 2:
+            raise ValueError(
+                f"{cls}(): padding must be at most half of kernel_size {self.kernel_size}, got {padding!r}")
+
+    def forward(self, x):
+        if not self.training:
+            self._save()
+            return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        y, indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True)
+        self._save(indices, x.shape)
+        return y
+
+    def backward(self, grad_output, *, input_grad=True):
+        indices, input_shape = self._saved_for_backward()
+        return F.max_pool2d_backward(grad_output, indices, input_shape) if input_grad else None
+
+    def extra_repr(self):
+        return (f"kernel_size={_square_or_pair(self.kernel_size)}, stride={_square_or_pair(self.stride)}, "
+                f"padding={_square_or_pair(self.padding)}")
+
+
+class ReLU(Module):
+    """max(x, 0) elementwise: `functional.relu`. Keeps its output, not its input: output > 0
+    exactly where input > 0, and the next layer usually holds the output anyway.
+
+    Shape: any -> the same.
+    """
+
+    def forward(self, x):
+        y = F.relu(x)
+        self._save(y)
+        return y
+
+    def backward(self, grad_output, *, input_grad=True):
+        (y,) = self._saved_for_backward()
+        return F.relu_backward(grad_output, y) if input_grad else None
+
+
+class Flatten(Module):
+    """Everything but the batch axis into one (a view when the input is contiguous).
+
+    Shape: (N, d1, d2, ...) -> (N, d1*d2*...).
+    """
+
+    def forward(self, x):
+        if not isinstance(x, np.ndarray) or x.ndim < 1:
+            got = x.shape if isinstance(x, np.ndarray) else type(x).__name__
+            raise ValueError(f"Flatten.forward(): x must be an array with a batch axis, got {got}")
+        self._save(x.shape)
+        # An explicit size, not -1: reshape(0, -1) is ambiguous for an empty batch.
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+
+    def backward(self, grad_output, *, input_grad=True):
+        (input_shape,) = self._saved_for_backward()
+        if not input_grad:
+            return None
+        expected = (input_shape[0], math.prod(input_shape[1:]))
+        if grad_output.shape != expected:
+            raise ValueError(f"Flatten.backward(): grad_output must have shape {expected}, got {grad_output.shape}")
+        return grad_output.reshape(input_shape)
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias: `functional.linear`.
+
+    Parameters: weight (out_features, in_features), bias (out_features,) unless bias=False.
+
+    Shape: (N, in_features) -> (N, out_features).
+
+    Example:
+        >>> Linear(2450, 500, rng=np.random.default_rng(0))(np.zeros((8, 2450), np.float32)).shape
+        (8, 500)
+    """
+
+    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, rng=None):
+        super().__init__()
+        cls = type(self).__name__
+        self.in_features = _count(in_features, "in_features", cls)
+        self.out_features = _count(out_features, "out_features", cls)
+        has_bias = _flag(bias, "bias", cls)
+        dtype = _float_dtype(dtype, cls)
+        rng = _generator(rng, cls)
+        self.weight = _uniform(rng, self.in_features, (self.out_features, self.in_features), dtype)
+        self.bias = _uniform(rng, self.in_features, (self.out_features,), dtype) if has_bias else None
+
+    def forward(self, x):
+        self._save(x)
+        return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
+
+    def backward(self, grad_output, *, input_grad=True):
+        (x,) = self._saved_for_backward()
+        # functional.linear_backward always forms grad_x; with input_grad=False it is dropped.
+        grad_x, grad_weight, grad_bias = F.linear_backward(grad_output, x, self.weight.data)
+        self.weight.grad += grad_weight
+        if self.bias is not None:
+            self.bias.grad += grad_bias
+        return grad_x if input_grad else None
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Sequential(Module):
+    """Modules applied in order; children are named "0", "1", ... (parameters "0.weight", ...).
+
+    `backward(grad, input_grad=False)` (the default) is what training needs: nothing
+    wants the gradient w.r.t. the network's input, so the first child with
+    parameters gets input_grad=False and the parameter-free children before it are
+    skipped; it returns None. With input_grad=True every child runs and the
+    gradient w.r.t. the input is returned (for gradient checks).
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential(): argument {i} must be a Module, got {type(m).__name__}")
+        self._modules = list(modules)
+
+    def named_children(self):
+        return [(str(i), m) for i, m in enumerate(self._modules)]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Sequential(*self._modules[index])
+        return self._modules[index]
+
+    def forward(self, x):
+        for m in self._modules:
+            x = m(x)
+        return x
+
+    def backward(self, grad_output, *, input_grad=False):
+        first = 0 if input_grad else next(
+            (i for i, m in enumerate(self._modules) if m.parameters()), len(self._modules))
+        grad = grad_output
+        for i in range(len(self._modules) - 1, first - 1, -1):
+            grad = self._modules[i].backward(grad, input_grad=input_grad or i > first)
+        return grad if input_grad else None
+
+    def __repr__(self):
+        if not self._modules:
+            return "Sequential()"
+        lines = ["Sequential("]
+        for name, child in self.named_children():
+            child_lines = repr(child).split("\n")
+            lines.append(f"  ({name}): " + "\n  ".join(child_lines))
+        lines.append(")")
+        return "\n".join(lines)
