@@ -43,6 +43,18 @@ def test_linear_backward_matches_reference(shape, dtype):
 
 
 @pytest.mark.parametrize("module", MODULES)
+def test_linear_backward_without_input_grad(module):
+    rng = np.random.default_rng(5)
+    x, weight, _ = make_linear(rng, 4, 6, 3, np.float64, bias=False)
+    grad_y = random_array(rng, (4, 3), np.float64)
+    grad_x, grad_weight, grad_bias = module.linear_backward(grad_y, x, weight, grad_input=False)
+    _, want_weight, want_bias = module.linear_backward(grad_y, x, weight)
+    assert grad_x is None
+    np.testing.assert_array_equal(grad_weight, want_weight)
+    np.testing.assert_array_equal(grad_bias, want_bias)
+
+
+@pytest.mark.parametrize("module", MODULES)
 def test_linear_backward_gradcheck(module):
     rng = np.random.default_rng(2)
     x, weight, bias = make_linear(rng, 3, 5, 4, np.float64)

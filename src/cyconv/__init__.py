@@ -2,12 +2,16 @@
 
     cyconv.functional   compiled kernels (Cython + C + OpenMP), NumPy in and out
     cyconv.reference    the same functions in plain NumPy: the statement of what is correct
+    cyconv.nn           PyTorch-shaped modules (Conv2d, MaxPool2d, ReLU, Flatten, Linear, Sequential)
+    cyconv.optim        SGD with momentum and weight decay, learning-rate schedules
+    cyconv.models       the course's LeNet-5 and two-layer MLP, and summary()
+    cyconv.data         MNIST: find, download, verify, load
 
 Threads: `get_num_threads()`, `set_num_threads(n)` (also a context manager),
 `openmp_enabled()`.
 """
 
-from . import _threads
+from . import _threads, data, functional, models, nn, optim, reference
 from ._kernels import openmp_enabled
 from ._threads import get_num_threads, set_num_threads
 

@@ -11,9 +11,9 @@ there are no atomics; the weight gradient uses one accumulator per thread,
 summed in thread order at the end. Everything runs with the GIL released.
 
 The GEMMs are SciPy's BLAS (scipy.linalg.cython_blas), called from inside our
-OpenMP threads on one image at a time. While a kernel runs, OpenBLAS is held
-to one thread of its own (see blas_serial_begin) so the two thread pools never
-fan out on the same cores at once.
+OpenMP threads on one image (or one column block) at a time, with OpenBLAS
+kept single-threaded (see blas_single_threaded), so only one thread pool, ours,
+ever runs on the cores.
 """
 
 from cython.parallel cimport prange, threadid
@@ -78,12 +78,14 @@ def omp_max_threads():
 
 
 # ---------------------------------------------------------------------------
-# BLAS thread pinning. OpenBLAS (pthreads build) knows nothing of our OpenMP
-# threads: called from two of them with a 2-thread pool of its own, it would run
-# 4 threads on 2 cores. While a kernel runs we set every OpenBLAS in the process
-# to 1 thread and restore the previous count after. The hooks are C function
-# pointers found once by cyconv._threads (via threadpoolctl), so pinning costs a
-# few nanoseconds, not a Python call.
+# BLAS threads. OpenBLAS (pthreads build) knows nothing of our OpenMP threads:
+# called from two of them with a 2-thread pool of its own it would run 4 threads
+# on 2 cores, and its idle workers spin for milliseconds after each call. So the
+# OpenBLAS behind scipy.linalg.cython_blas is kept at one thread: every kernel
+# checks, and sets it back to 1 if someone changed it. (Setting and restoring
+# it around each call is worse: OpenBLAS starts and stops its workers each time.)
+# The hook is a C pointer found once by cyconv._threads (via threadpoolctl), so
+# the check costs nanoseconds.
 
 ctypedef int (*blas_get_fn)() noexcept nogil
 ctypedef void (*blas_set_fn)(int) noexcept nogil
@@ -106,25 +108,11 @@ def set_blas_thread_hooks(list hooks):
         _n_blas += 1
 
 
-cdef struct BlasState:
-    int threads[MAX_BLAS_LIBS]
-
-
-cdef inline BlasState blas_serial_begin() noexcept nogil:
-    cdef BlasState s
+cdef inline void blas_single_threaded() noexcept nogil:
     cdef int i
     for i in range(_n_blas):
-        s.threads[i] = _blas_get[i]()
-        if s.threads[i] != 1:
+        if _blas_get[i]() != 1:
             _blas_set[i](1)
-    return s
-
-
-cdef inline void blas_serial_end(BlasState s) noexcept nogil:
-    cdef int i
-    for i in range(_n_blas):
-        if s.threads[i] != 1:
-            _blas_set[i](s.threads[i])
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
@@ -184,9 +172,8 @@ def conv2d_forward(floating[::1] y, const floating[::1] x, const floating[::1] w
     cdef bint has_bias = bias.shape[0] > 0
     cdef const floating *cols
     cdef floating *buf
-    cdef BlasState blas
     with nogil:
-        blas = blas_serial_begin()
+        blas_single_threaded()
         for n in prange(N, schedule='static', num_threads=num_threads):
             if direct:
                 cols = &x[n * C * H * W]
@@ -201,7 +188,6 @@ def conv2d_forward(floating[::1] y, const floating[::1] x, const floating[::1] w
                     add_bias_f32(&y[n * O * L], &bias[0], O, L)
                 else:
                     add_bias_f64(&y[n * O * L], &bias[0], O, L)
-        blas_serial_end(blas)
 
 
 def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::1] grad_bias,
@@ -223,9 +209,8 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
     cdef floating *buf
     cdef floating *dw
     cdef floating s
-    cdef BlasState blas
     with nogil:
-        blas = blas_serial_begin()
+        blas_single_threaded()
         for n in prange(N, schedule='static', num_threads=num_threads):
             t = threadid()
             buf = &scratch[t * 2 * K * L]
@@ -253,7 +238,6 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
                          0, buf + K * L, <int>L)
                     col2im_image(&grad_x[n * C * H * W], buf + K * L, L, C, H, W,
                                  kh, kw, sh, sw, ph, pw, Ho, Wo)
-        blas_serial_end(blas)
         # Sum the per-thread accumulators in thread order (deterministic for a
         # given thread count).
         for i in prange(O * K + O, schedule='static', num_threads=num_threads):
@@ -264,6 +248,78 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
                 grad_weight[i] = s
             else:
                 grad_bias[i - O * K] = s
+
+
+# ---------------------------------------------------------------------------
+# Linear layer: each GEMM split into column blocks, one per thread, each a
+# single-threaded BLAS call. Running these through our own team (rather than
+# NumPy's multi-threaded BLAS) keeps one thread pool on the cores: OpenBLAS's
+# idle workers spin for milliseconds after each call and would steal the core
+# from the next OpenMP kernel.
+
+cdef inline Py_ssize_t block_start(Py_ssize_t n, int parts, int t) noexcept nogil:
+    """Start of block t when n columns are split into `parts` blocks of a
+    multiple of 16 (whole cache lines for float, and SIMD-sized)."""
+    cdef Py_ssize_t size = ((n + parts - 1) // parts + 15) // 16 * 16
+    return min(n, t * size)
+
+
+def linear_forward(floating[::1] y, const floating[::1] x, const floating[::1] weight,
+                   const floating[::1] bias, Py_ssize_t N, Py_ssize_t IN, Py_ssize_t OUT,
+                   int num_threads):
+    # OUT y (N,OUT); IN x (N,IN), weight (OUT,IN), bias (OUT,) or empty
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef Py_ssize_t n, o0, o1
+    cdef int t
+    with nogil:
+        blas_single_threaded()
+        for t in prange(num_threads, schedule='static', num_threads=num_threads):
+            o0 = block_start(OUT, num_threads, t)
+            o1 = block_start(OUT, num_threads, t + 1)
+            if o0 < o1:
+                # y[:, o0:o1] = x @ weight[o0:o1].T
+                gemm(False, True, <int>N, <int>(o1 - o0), <int>IN, 1, &x[0], <int>IN,
+                     &weight[o0 * IN], <int>IN, 0, &y[o0], <int>OUT)
+                if has_bias:
+                    for n in range(N):
+                        add_bias_row(&y[n * OUT + o0], &bias[o0], o1 - o0)
+
+
+cdef inline void add_bias_row(floating *y, const floating *bias, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        y[i] += bias[i]
+
+
+def linear_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::1] grad_bias,
+                    const floating[::1] grad_y, const floating[::1] x,
+                    const floating[::1] weight, Py_ssize_t N, Py_ssize_t IN, Py_ssize_t OUT,
+                    bint need_grad_x, int num_threads):
+    # OUT grad_x (N,IN) (empty if not need_grad_x), grad_weight (OUT,IN), grad_bias (OUT,)
+    # IN grad_y (N,OUT), x (N,IN), weight (OUT,IN)
+    cdef Py_ssize_t n, o, o0, o1, i0, i1
+    cdef floating s
+    cdef int t
+    with nogil:
+        blas_single_threaded()
+        for t in prange(num_threads, schedule='static', num_threads=num_threads):
+            o0 = block_start(OUT, num_threads, t)
+            o1 = block_start(OUT, num_threads, t + 1)
+            if o0 < o1:
+                # weight-gradient GEMM: grad_weight[o0:o1] = grad_y[:, o0:o1].T @ x
+                gemm(True, False, <int>(o1 - o0), <int>IN, <int>N, 1, &grad_y[o0], <int>OUT,
+                     &x[0], <int>IN, 0, &grad_weight[o0 * IN], <int>IN)
+                for o in range(o0, o1):
+                    s = 0
+                    for n in range(N):
+                        s = s + grad_y[n * OUT + o]
+                    grad_bias[o] = s
+            i0 = block_start(IN, num_threads, t)
+            i1 = block_start(IN, num_threads, t + 1)
+            if need_grad_x and i0 < i1:
+                # input-gradient GEMM: grad_x[:, i0:i1] = grad_y @ weight[:, i0:i1]
+                gemm(False, False, <int>N, <int>(i1 - i0), <int>OUT, 1, &grad_y[0], <int>OUT,
+                     &weight[i0], <int>IN, 0, &grad_x[i0], <int>IN)
 
 
 # ---------------------------------------------------------------------------

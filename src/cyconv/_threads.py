@@ -1,21 +1,25 @@
 """How many threads cyconv uses, and keeping BLAS from fighting OpenMP for the cores.
 
-One number, `get_num_threads()`, sets the team size of every compiled kernel and
-the thread count of the BLAS that NumPy and SciPy use (the linear layers' GEMMs).
-Default: `OMP_NUM_THREADS` when set, else the number of cores this process may
-run on. Inside a compiled kernel, BLAS is held to one thread (our OpenMP threads
-call it per image), see `_kernels.blas_serial_begin`.
+One number, `get_num_threads()`, is the OpenMP team size of every compiled
+kernel. Default: `OMP_NUM_THREADS` when set, else the number of cores this
+process may run on.
+
+Every GEMM of cyconv (convolution and linear layers) is a single-threaded call
+to SciPy's BLAS from inside one of our OpenMP threads, so there is only one
+thread pool, ours. To keep it that way cyconv sets the OpenBLAS that SciPy's
+`cython_blas` uses to one thread (see `_kernels.blas_single_threaded`); NumPy's
+own BLAS, when it is a separate library as in the PyPI wheels, is not touched.
 """
 
 import ctypes
 import os
+from pathlib import Path
 
 from threadpoolctl import ThreadpoolController
 
 from . import _kernels
 
 _num_threads = None
-_controller = None
 
 
 def _default_num_threads():
@@ -26,13 +30,6 @@ def _default_num_threads():
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
-
-
-def _blas_controller():
-    global _controller
-    if _controller is None:
-        _controller = ThreadpoolController().select(user_api="blas")
-    return _controller
 
 
 def _openblas_thread_functions(lib):
@@ -46,19 +43,33 @@ def _openblas_thread_functions(lib):
     return None
 
 
+def _scipy_openblas_libs():
+    """The OpenBLAS libraries that scipy.linalg.cython_blas may be calling.
+
+    SciPy's wheels bundle their own (under scipy.libs/); a SciPy built against a
+    system OpenBLAS shares it with NumPy, and then that one must be pinned too.
+    MKL needs nothing: it runs single-threaded inside an OpenMP region.
+    """
+    openblas = [lib for lib in ThreadpoolController().select(user_api="blas").lib_controllers
+                if lib.internal_api == "openblas"]
+    scipy_own = [lib for lib in openblas
+                 if "scipy" in str(Path(lib.filepath).parent).lower()
+                 and "numpy" not in str(Path(lib.filepath).parent).lower()]
+    return scipy_own or openblas
+
+
 def _install_blas_hooks():
-    """Give the kernels C pointers to each OpenBLAS's get/set_num_threads."""
+    """Give the kernels C pointers to get/set_num_threads of SciPy's OpenBLAS."""
     hooks = []
-    for lib in _blas_controller().lib_controllers:
-        # Only OpenBLAS needs this: MKL runs single-threaded inside an OpenMP region.
-        functions = _openblas_thread_functions(lib) if lib.internal_api == "openblas" else None
+    for lib in _scipy_openblas_libs():
+        functions = _openblas_thread_functions(lib)
         if functions is not None:
             hooks.append(tuple(ctypes.cast(f, ctypes.c_void_p).value for f in functions))
     _kernels.set_blas_thread_hooks(hooks)
 
 
 def get_num_threads():
-    """The number of threads cyconv's kernels and BLAS calls use."""
+    """The number of OpenMP threads cyconv's kernels use."""
     global _num_threads
     if _num_threads is None:
         _num_threads = _default_num_threads()
@@ -66,7 +77,7 @@ def get_num_threads():
 
 
 class set_num_threads:
-    """Set the number of threads for cyconv's kernels and BLAS.
+    """Set the number of threads cyconv's kernels use.
 
     Takes effect at once and stays in effect; used as a context manager it
     restores the previous setting on exit::
@@ -74,6 +85,8 @@ class set_num_threads:
         cyconv.set_num_threads(2)
         with cyconv.set_num_threads(1):
             y = F.conv2d(x, w)      # single-threaded here
+
+    In a build without OpenMP the kernels run on one thread whatever this says.
     """
 
     def __init__(self, n):
@@ -83,7 +96,6 @@ class set_num_threads:
             raise ValueError(f"set_num_threads(): n must be >= 1, got {n}")
         global _num_threads
         self._previous = get_num_threads()
-        self._blas_limiter = _blas_controller().limit(limits=n)
         _num_threads = n
 
     def __enter__(self):
@@ -92,7 +104,6 @@ class set_num_threads:
     def __exit__(self, *exc):
         global _num_threads
         _num_threads = self._previous
-        self._blas_limiter.restore_original_limits()
         return False
 
     def __repr__(self):

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import models
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "MODELS",
@@ -73,8 +75,6 @@ class Checkpoint:
 
 def build_model(name: str, *, hidden: int = 500, rng=None):
     """A fresh model by the name a checkpoint records: "lenet5" or "mlp" (with `hidden` units)."""
-    from . import models
-
     if name == "lenet5":
         return models.lenet5(rng=rng)
     if name == "mlp":

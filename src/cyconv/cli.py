@@ -29,6 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import data, set_num_threads
+from .checkpoint import MODELS, build_model, load_checkpoint, load_model
+from .models import summary
+from .train import (CHECKPOINT_NAME, SCHEDULES, TrainConfig, TrainingInterrupted, confusion_matrix,
+                    predict_logits, train)
+
 __all__ = ["main", "ImageError", "read_png", "load_image"]
 
 PROG = "cyconv"
@@ -54,9 +60,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but an error is one line (no usage block) and raises instead of exiting."""
 
     def error(self, message):
-        hint = f" (see '{self.prog} --help')"
-        raise UsageError(f"{self.prog.removeprefix(PROG).strip() + ': ' if self.prog != PROG else ''}"
-                         f"{message}{hint}")
+        command = self.prog.removeprefix(PROG).strip()  # "train" in "cyconv train"
+        raise UsageError(f"{command + ': ' if command else ''}{message} (see '{self.prog} --help')")
 
 
 def _int_at_least(minimum):
@@ -89,9 +94,6 @@ def _float_in(low, high=float("inf"), *, low_open=False, high_open=False):
 
 
 def _build_parser():
-    from .train import SCHEDULES, TrainConfig
-    from .checkpoint import MODELS
-
     d = TrainConfig()
     parser = _Parser(prog=PROG, description="A small CNN engine: train and use LeNet-5 on MNIST.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -185,8 +187,6 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
 
-    from .train import TrainingInterrupted
-
     debug = os.environ.get(ENV_DEBUG, "") not in ("", "0")
     try:
         with _threads(getattr(args, "threads", None)):
@@ -226,14 +226,10 @@ def _one_line(error: BaseException) -> str:
 
 
 def _threads(n):
-    from . import set_num_threads
-
     return set_num_threads(n) if n is not None else contextlib.nullcontext()
 
 
 def _load_mnist(args):
-    from . import data
-
     root = data.resolve_data_dir(args.data)
     download = not args.no_download and os.environ.get(ENV_NO_DOWNLOAD, "") in ("", "0")
     missing = [name for name in data.FILES if not any((root / n).is_file() for n in (name, name + ".gz"))]
@@ -247,11 +243,10 @@ def _load_mnist(args):
 
 
 def _cmd_train(args) -> int:
-    from .checkpoint import load_checkpoint
-    from .train import CHECKPOINT_NAME, TrainConfig, train
-
     given = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__
              if getattr(args, name, None) is not None}
+    if "hidden" in given and given.get("model", TrainConfig.model) != "mlp":
+        raise UsageError("train: --hidden applies to --model mlp only (see 'cyconv train --help')")
     out = Path(args.out) if args.out else Path("runs") / given.get("model", TrainConfig.model)
     if args.resume:
         # What the command line does not say comes from the run being resumed, so a plain
@@ -271,14 +266,10 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from .checkpoint import load_model
-    from .data import to_float32
-    from .train import confusion_matrix, predict_logits
-
     model, ckpt = load_model(args.checkpoint)
     mnist = _load_mnist(args)
     labels = mnist.test_labels.astype(np.int64)
-    predictions = predict_logits(model, to_float32(mnist.test_images), args.batch_size).argmax(axis=1)
+    predictions = predict_logits(model, data.to_float32(mnist.test_images), args.batch_size).argmax(axis=1)
     counts = confusion_matrix(labels, predictions, num_classes=10)
     correct = int(np.trace(counts))
     print(f"{ckpt.path}: {ckpt.model_name}, {ckpt.epoch} epochs")
@@ -302,9 +293,6 @@ def _confusion_table(counts: np.ndarray) -> str:
 
 
 def _cmd_predict(args) -> int:
-    from .checkpoint import load_model
-    from .train import predict_logits
-
     images = [load_image(path) for path in args.images]  # all read (and checked) before any output
     model, _ = load_model(args.checkpoint)
     x = np.stack([image for image, _ in images])
@@ -322,18 +310,13 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_summary(args) -> int:
-    from .checkpoint import build_model
-    from .models import summary
-
     print(summary(build_model(args.model, hidden=args.hidden, rng=np.random.default_rng(0))))
     return 0
 
 
 def _cmd_download(args) -> int:
-    from .data import download_mnist, load_mnist
-
-    root = download_mnist(args.data)
-    mnist = load_mnist(root)
+    root = data.download_mnist(args.data)
+    mnist = data.load_mnist(root)
     print(f"MNIST: {len(mnist.train_labels)} training and {len(mnist.test_labels)} test images in {root} "
           "(MD5-verified)")
     return 0
@@ -352,8 +335,6 @@ _PNG_COLOR_TYPES = {0: (1, "grayscale"), 2: (3, "RGB"), 4: (2, "gray+alpha"), 6:
 def load_image(path) -> tuple[np.ndarray, str | None]:
     """A 28x28 .png or .npy as the network's input: float32 (1, 28, 28), normalised as cyconv.data
     does, and a warning (or None) if it looks like a dark digit on a light background."""
-    from .data import MNIST_MEAN, MNIST_STD
-
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -372,7 +353,7 @@ def load_image(path) -> tuple[np.ndarray, str | None]:
     if pixels.mean() > 0.5:
         warning = ("mostly bright: MNIST digits are white on black, so invert a dark-on-light image "
                    "(255 - pixels) for a meaningful prediction")
-    x = (pixels - np.float32(MNIST_MEAN)) / np.float32(MNIST_STD)
+    x = (pixels - np.float32(data.MNIST_MEAN)) / np.float32(data.MNIST_STD)
     return x.reshape(1, IMAGE_SIZE, IMAGE_SIZE).astype(np.float32), warning
 
 
@@ -395,7 +376,7 @@ def _read_npy(path: Path) -> np.ndarray:
     raise ImageError(f"{path}: dtype {a.dtype} is not an image; expected uint8 (0..255) or float (0..1)")
 
 
-def read_png(data: bytes, source="<png>") -> np.ndarray:
+def read_png(png: bytes, source="<png>") -> np.ndarray:
     """Decode a non-interlaced 8-bit PNG (gray, gray+alpha, RGB, RGBA) to uint8 (H, W) grayscale.
 
     Every chunk's CRC is checked; unknown ancillary chunks are skipped. Gray = round(0.299 R + 0.587 G +
@@ -404,18 +385,18 @@ def read_png(data: bytes, source="<png>") -> np.ndarray:
     def fail(reason):
         raise ImageError(f"{source}: {reason}")
 
-    if not data.startswith(_PNG_SIGNATURE):
+    if not png.startswith(_PNG_SIGNATURE):
         fail("not a PNG file")
     header, idat, pos = None, [], len(_PNG_SIGNATURE)
     while True:
-        if pos + 8 > len(data):
+        if pos + 8 > len(png):
             fail("truncated PNG (no IEND chunk)")
-        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
+        length, ctype = struct.unpack(">I4s", png[pos:pos + 8])
         end = pos + 12 + length
-        if end > len(data):
+        if end > len(png):
             fail(f"truncated PNG (chunk {ctype!r} runs past the end of the file)")
-        body = data[pos + 8:end - 4]
-        if zlib.crc32(ctype + body) != struct.unpack(">I", data[end - 4:end])[0]:
+        body = png[pos + 8:end - 4]
+        if zlib.crc32(ctype + body) != struct.unpack(">I", png[end - 4:end])[0]:
             fail(f"corrupt PNG (CRC mismatch in chunk {ctype.decode('latin1')!r})")
         pos = end
         if header is None and ctype != b"IHDR":

@@ -321,8 +321,12 @@ def relu_backward(grad_y, x):
 
 
 # ---------------------------------------------------------------------------
-# Linear layer and loss: one BLAS GEMM each (NumPy's, threads set by
-# set_num_threads), so there is nothing for a kernel of ours to add.
+# Linear layer and loss
+
+def _linear_threads(N, IN, OUT):
+    """Below ~64k multiply-adds a second thread costs more than it saves."""
+    return 1 if N * IN * OUT < 1 << 16 else get_num_threads()
+
 
 def linear(x, weight, bias=None):
     """y = x @ weight.T + bias.
@@ -334,32 +338,48 @@ def linear(x, weight, bias=None):
     fn = "linear"
     x = _float_array(x, "x", fn, ndim=2)
     weight = _float_array(weight, "weight", fn, ndim=2, dtype=x.dtype)
-    if weight.shape[1] != x.shape[1]:
+    (N, IN), OUT = x.shape, weight.shape[0]
+    if weight.shape[1] != IN:
         raise ValueError(
-            f"{fn}(): weight has in_features {weight.shape[1]} but x has {x.shape[1]} features "
+            f"{fn}(): weight has in_features {weight.shape[1]} but x has {IN} features "
             f"(x {x.shape}, weight {weight.shape})"
         )
-    y = x @ weight.T
-    if bias is not None:
+    if bias is None:
+        bias = np.empty(0, x.dtype)
+    else:
         bias = _float_array(bias, "bias", fn, ndim=1, dtype=x.dtype)
-        if bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"{fn}(): bias must have shape ({weight.shape[0]},), got {bias.shape}")
-        y += bias
+        if bias.shape[0] != OUT:
+            raise ValueError(f"{fn}(): bias must have shape ({OUT},), got {bias.shape}")
+    _check_blas_size(fn, N * IN, OUT * IN, N * OUT)
+    y = np.empty((N, OUT), x.dtype)
+    if y.size:
+        _kernels.linear_forward(y.reshape(-1), x.reshape(-1), weight.reshape(-1), bias,
+                                N, IN, OUT, _linear_threads(N, IN, OUT))
     return y
 
 
-def linear_backward(grad_y, x, weight):
-    """Gradients of linear: grad_x = grad_y @ weight, grad_weight = grad_y.T @ x,
-    grad_bias = grad_y summed over the batch."""
+def linear_backward(grad_y, x, weight, *, grad_input=True):
+    """Gradients of linear: grad_x = grad_y @ weight (None when grad_input=False),
+    grad_weight = grad_y.T @ x, grad_bias = grad_y summed over the batch."""
     fn = "linear_backward"
     x = _float_array(x, "x", fn, ndim=2)
     weight = _float_array(weight, "weight", fn, ndim=2, dtype=x.dtype)
     grad_y = _float_array(grad_y, "grad_y", fn, ndim=2, dtype=x.dtype)
-    if weight.shape[1] != x.shape[1]:
-        raise ValueError(f"{fn}(): weight has in_features {weight.shape[1]} but x has {x.shape[1]} features")
-    if grad_y.shape != (x.shape[0], weight.shape[0]):
-        raise ValueError(f"{fn}(): grad_y must have shape {(x.shape[0], weight.shape[0])}, got {grad_y.shape}")
-    return grad_y @ weight, grad_y.T @ x, grad_y.sum(axis=0)
+    (N, IN), OUT = x.shape, weight.shape[0]
+    if weight.shape[1] != IN:
+        raise ValueError(f"{fn}(): weight has in_features {weight.shape[1]} but x has {IN} features")
+    if grad_y.shape != (N, OUT):
+        raise ValueError(f"{fn}(): grad_y must have shape {(N, OUT)}, got {grad_y.shape}")
+    _check_blas_size(fn, N * IN, OUT * IN, N * OUT)
+    grad_x = np.zeros((N, IN), x.dtype) if grad_input else None
+    grad_weight = np.zeros((OUT, IN), x.dtype)
+    grad_bias = np.zeros(OUT, x.dtype)
+    if N and IN and OUT:
+        _kernels.linear_backward(grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype),
+                                 grad_weight.reshape(-1), grad_bias, grad_y.reshape(-1),
+                                 x.reshape(-1), weight.reshape(-1), N, IN, OUT, grad_input,
+                                 _linear_threads(N, IN, OUT))
+    return grad_x, grad_weight, grad_bias
 
 
 def softmax_cross_entropy(logits, target):

@@ -388,12 +388,12 @@ class Linear(Module):
 
     def backward(self, grad_output, *, input_grad=True):
         (x,) = self._saved_for_backward()
-        # functional.linear_backward always forms grad_x; with input_grad=False it is dropped.
-        grad_x, grad_weight, grad_bias = F.linear_backward(grad_output, x, self.weight.data)
+        grad_x, grad_weight, grad_bias = F.linear_backward(grad_output, x, self.weight.data,
+                                                           grad_input=input_grad)
         self.weight.grad += grad_weight
         if self.bias is not None:
             self.bias.grad += grad_bias
-        return grad_x if input_grad else None
+        return grad_x
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

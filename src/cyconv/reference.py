@@ -269,14 +269,15 @@ def linear(x, weight, bias=None):
     return y
 
 
-def linear_backward(grad_y, x, weight):
+def linear_backward(grad_y, x, weight, *, grad_input=True):
     """Gradients of :func:`linear`: grad_x = grad_y @ weight,
     grad_weight = grad_y.T @ x, grad_bias = sum of grad_y over N.
 
-    Shape: grad_y (N, out_features) -> grad_x (N, in_features),
-    grad_weight (out_features, in_features), grad_bias (out_features,).
+    Shape: grad_y (N, out_features) -> grad_x (N, in_features) or None when
+    grad_input=False, grad_weight (out_features, in_features), grad_bias (out_features,).
     """
-    return grad_y @ weight, grad_y.T @ x, grad_y.sum(axis=0)
+    grad_x = grad_y @ weight if grad_input else None
+    return grad_x, grad_y.T @ x, grad_y.sum(axis=0)
 
 
 # ----------------------------------------------------------------------------

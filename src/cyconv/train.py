@@ -26,11 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from . import functional as F
 from ._threads import get_num_threads
 from .checkpoint import MODELS, atomic_write, build_model, load_checkpoint, restore, save_checkpoint
 from .data import to_float32
+from .optim import SGD, cosine_lr, step_lr
 
 __all__ = [
     "SCHEDULES",
@@ -152,6 +154,11 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
     the same config and number of training images. progress: a tqdm bar on stderr per epoch (None: only
     when stderr is a terminal). log receives the one-line summaries.
 
+    Returns the model, the optimizer and one metrics dict per epoch: epoch (from 1), train_loss and
+    train_acc (mean over the epoch's batches, as the model was while it learned), test_acc, lr (of the
+    epoch's last step), steps (completed in the run), epoch_time_s and images_per_s (training only),
+    eval_time_s. Accuracies are fractions in [0, 1].
+
     Raises TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C, FloatingPointError if the loss stops
     being finite.
     """
@@ -162,12 +169,10 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
     train_x, train_y, test_x, test_y = _prepare(data, config.limit)
     n_train = len(train_y)
     steps_per_epoch = -(-n_train // config.batch_size)
-    from .optim import SGD
-
     model = build_model(config.model, hidden=config.hidden, rng=np.random.default_rng(config.seed))
     optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                     weight_decay=config.weight_decay)
-    from . import __version__
+    from . import __version__  # here, not at the top: cyconv/__init__.py sets it after its imports
 
     info = {"cyconv_version": __version__, "num_threads": get_num_threads(), "n_train": n_train,
             "n_test": len(test_y)}
@@ -197,11 +202,7 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
     try:
         for epoch in range(start_epoch, config.epochs):
             stats = _train_epoch(model, optimizer, train_x, train_y, config, epoch, schedule, progress)
-            started = time.perf_counter()
-            model.eval()
-            test_acc = float(np.mean(predict_logits(model, test_x, eval_batch_size).argmax(axis=1) == test_y))
-            model.train()
-            stats.update(test_acc=test_acc, eval_time_s=time.perf_counter() - started)
+            stats.update(_test(model, test_x, test_y, eval_batch_size))
             metrics.append(stats)
             log(_epoch_line(stats, config.epochs))
             if checkpoint_path is not None:
@@ -253,8 +254,6 @@ def _resume(path: Path, config: TrainConfig, n_train: int, model, optimizer):
 
 def _schedule(config: TrainConfig, steps_per_epoch: int):
     """step (0-based, over the whole run) -> learning rate."""
-    from .optim import cosine_lr, step_lr
-
     total = config.epochs * steps_per_epoch
     if config.schedule == "cosine":
         return lambda step: cosine_lr(step, total, config.lr, warmup_steps=config.warmup_steps)
@@ -270,8 +269,6 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def _train_epoch(model, optimizer, x, y, config: TrainConfig, epoch: int, schedule, progress) -> dict:
-    from tqdm.auto import tqdm
-
     n, bs = len(y), config.batch_size
     steps = -(-n // bs)
     order = _epoch_order(config.seed, epoch, n)
@@ -299,7 +296,7 @@ def _train_epoch(model, optimizer, x, y, config: TrainConfig, epoch: int, schedu
             loss_sum += loss * len(index)
             correct += int(np.count_nonzero(logits.argmax(axis=1) == yb))
             seen += len(index)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}%", refresh=False)
+            bar.set_postfix_str(f"loss {loss_sum / seen:.4f}, acc {100 * correct / seen:.2f}%", refresh=False)
             bar.update(len(index))
     elapsed = time.perf_counter() - started
     return {
@@ -311,6 +308,14 @@ def _train_epoch(model, optimizer, x, y, config: TrainConfig, epoch: int, schedu
         "lr": float(lr),  # of the epoch's last step
         "steps": (epoch + 1) * steps,
     }
+
+
+def _test(model, x, y, batch_size) -> dict:
+    started = time.perf_counter()
+    model.eval()
+    accuracy = float(np.mean(predict_logits(model, x, batch_size).argmax(axis=1) == y))
+    model.train()
+    return {"test_acc": accuracy, "eval_time_s": time.perf_counter() - started}
 
 
 def _epoch_line(m: dict, epochs: int) -> str:
