@@ -12,7 +12,9 @@ from gradcheck import assert_grad, projection
 pytestmark = pytest.mark.kernels
 
 # (N, in_features, out_features): degenerate, wider-than-tall, taller-than-wide.
-SHAPES = [(1, 1, 1), (3, 5, 4), (8, 7, 2), (2, 3, 9)]
+# (N, in, out): one-row and few-row batches take the matrix-vector path, and the
+# larger ones are split into column blocks across threads.
+SHAPES = [(1, 1, 1), (3, 5, 4), (8, 7, 2), (2, 3, 9), (2, 300, 70), (9, 300, 70)]
 
 
 def make_linear(rng, n, in_features, out_features, dtype, bias=True):

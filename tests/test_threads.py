@@ -68,6 +68,9 @@ def test_set_num_threads_rejects(n, error):
 # per-thread partial sum may legitimately add in another order.
 
 BATCH = 8  # enough images that two threads both get work
+# Pooling, ReLU, im2col and linear start a second thread only for enough work
+# (functional._threads_for): inputs of this size give each thread plenty.
+BIG = (BATCH, 4, 48, 40)
 
 
 def with_threads(n, compute):
@@ -99,7 +102,7 @@ def test_conv2d_independent_of_thread_count(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_im2col_col2im_independent_of_thread_count(dtype):
     rng = np.random.default_rng(1)
-    x = random_array(rng, (BATCH, 3, 9, 8), dtype)
+    x = random_array(rng, BIG, dtype)
     cols1, cols2 = one_and_two_threads(lambda: F.im2col(x, 3, 1, 1))
     np.testing.assert_array_equal(cols1, cols2)
 
@@ -110,7 +113,7 @@ def test_im2col_col2im_independent_of_thread_count(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_max_pool2d_independent_of_thread_count(dtype):
     rng = np.random.default_rng(2)
-    x = distinct_array(rng, (BATCH, 3, 9, 8), dtype)
+    x = distinct_array(rng, BIG, dtype)
     (y1, i1), (y2, i2) = one_and_two_threads(lambda: F.max_pool2d(x, 3, 2, 1, return_indices=True))
     np.testing.assert_array_equal(y1, y2)
     np.testing.assert_array_equal(i1, i2)
@@ -121,9 +124,26 @@ def test_max_pool2d_independent_of_thread_count(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [2, 9], ids=["gemv", "gemm"])
+def test_linear_independent_of_thread_count(dtype, batch):
+    rng = np.random.default_rng(4)
+    x = random_array(rng, (batch, 300), dtype)
+    weight = random_array(rng, (70, 300), dtype)  # 70 outputs: blocks of 48 and 22
+    bias = random_array(rng, (70,), dtype)
+    # Each output element is one BLAS dot product either way, but BLAS may block
+    # a narrower column slice differently: equal up to rounding.
+    y1, y2 = one_and_two_threads(lambda: F.linear(x, weight, bias))
+    assert_close(y2, y1, dtype)
+    grad_y = random_array(rng, y1.shape, dtype)
+    (gx1, gw1, gb1), (gx2, gw2, gb2) = one_and_two_threads(lambda: F.linear_backward(grad_y, x, weight))
+    for a, b in ((gx1, gx2), (gw1, gw2), (gb1, gb2)):
+        assert_close(b, a, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_relu_independent_of_thread_count(dtype):
     rng = np.random.default_rng(3)
-    x = distinct_array(rng, (BATCH, 3, 9, 8), dtype)
+    x = distinct_array(rng, BIG, dtype)
     grad_y = random_array(rng, x.shape, dtype)
     y1, y2 = one_and_two_threads(lambda: F.relu(x))
     np.testing.assert_array_equal(y1, y2)

@@ -18,7 +18,7 @@ ever runs on the cores.
 
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int64_t
-from scipy.linalg.cython_blas cimport sgemm, dgemm
+from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 ctypedef fused floating:
     float
@@ -130,6 +130,19 @@ cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
     else:
         dgemm(&ta, &tb, &N, &M, &K, &alpha, <double *>B, &ldb, <double *>A, &lda,
               &beta, C, &ldc)
+
+
+cdef inline void gemv_t(int M, int N, const floating *A, int lda, const floating *x,
+                        floating *y) noexcept nogil:
+    """y (N,) = A^T x for a row-major A (N, M) with row stride lda (y = A @ x)."""
+    # Row-major (N, M) is column-major (M, N): y = (col-major A)^T x.
+    cdef char t = b'T'
+    cdef int inc = 1
+    cdef floating one = 1, zero = 0
+    if floating is float:
+        sgemv(&t, &M, &N, &one, <float *>A, &lda, <float *>x, &inc, &zero, y, &inc)
+    else:
+        dgemv(&t, &M, &N, &one, <double *>A, &lda, <double *>x, &inc, &zero, y, &inc)
 
 
 cdef inline void im2col_image(floating *cols, Py_ssize_t col_ld, const floating *img,
@@ -257,6 +270,10 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
 # idle workers spin for milliseconds after each call and would steal the core
 # from the next OpenMP kernel.
 
+cdef enum:
+    LINEAR_GEMV_MAX_ROWS = 4
+
+
 cdef inline Py_ssize_t block_start(Py_ssize_t n, int parts, int t) noexcept nogil:
     """Start of block t when n columns are split into `parts` blocks of a
     multiple of 16 (whole cache lines for float, and SIMD-sized)."""
@@ -277,9 +294,17 @@ def linear_forward(floating[::1] y, const floating[::1] x, const floating[::1] w
             o0 = block_start(OUT, num_threads, t)
             o1 = block_start(OUT, num_threads, t + 1)
             if o0 < o1:
-                # y[:, o0:o1] = x @ weight[o0:o1].T
-                gemm(False, True, <int>N, <int>(o1 - o0), <int>IN, 1, &x[0], <int>IN,
-                     &weight[o0 * IN], <int>IN, 0, &y[o0], <int>OUT)
+                if N <= LINEAR_GEMV_MAX_ROWS:
+                    # A few rows (inference on a few images): one matrix-vector
+                    # product per row. GEMM would first pack (copy) the whole
+                    # weight, which costs more than the product (10x at N=1).
+                    for n in range(N):
+                        gemv_t(<int>IN, <int>(o1 - o0), &weight[o0 * IN], <int>IN,
+                               &x[n * IN], &y[n * OUT + o0])
+                else:
+                    # y[:, o0:o1] = x @ weight[o0:o1].T
+                    gemm(False, True, <int>N, <int>(o1 - o0), <int>IN, 1, &x[0], <int>IN,
+                         &weight[o0 * IN], <int>IN, 0, &y[o0], <int>OUT)
                 if has_bias:
                     for n in range(N):
                         add_bias_row(&y[n * OUT + o0], &bias[o0], o1 - o0)

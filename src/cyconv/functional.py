@@ -85,9 +85,17 @@ def _check_blas_size(fn, *sizes):
         raise ValueError(f"{fn}(): a per-image matrix has {max(sizes)} elements, more than BLAS's 2**31 - 1")
 
 
-def _threads_for(work_items):
-    """Never start more threads than there are independent work items."""
-    return max(1, min(get_num_threads(), work_items))
+# Waking a thread costs a few microseconds, and far more when the core is busy
+# with another process (the whole parallel region waits for it), so a thread
+# is only started for at least this many element operations (~10-20 us of work).
+_MIN_WORK_PER_THREAD = 1 << 15
+
+
+def _threads_for(work_items, work_per_item=_MIN_WORK_PER_THREAD):
+    """Threads for work_items independent items of work_per_item element operations
+    each: at most one per item, and only as many as the work justifies."""
+    worth = (work_items * work_per_item) // _MIN_WORK_PER_THREAD
+    return max(1, min(get_num_threads(), work_items, worth))
 
 
 def _conv_geometry(fn, x, weight, stride, padding):
@@ -198,7 +206,7 @@ def im2col(x, kernel_size, stride=1, padding=0):
     cols = np.empty((N, C * kh * kw, Ho * Wo), x.dtype)
     if cols.size:
         _kernels.im2col(cols.reshape(-1), x.reshape(-1), N, C, H, W, kh, kw, sh, sw, ph, pw,
-                        Ho, Wo, _threads_for(N * C))
+                        Ho, Wo, _threads_for(N * C, kh * kw * Ho * Wo))
     return cols
 
 
@@ -228,7 +236,7 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
     x = np.zeros((N, C, H, W), cols.dtype)
     if x.size:
         _kernels.col2im(x.reshape(-1), cols.reshape(-1), N, C, H, W, kh, kw, sh, sw, ph, pw,
-                        Ho, Wo, _threads_for(N * C))
+                        Ho, Wo, _threads_for(N * C, kh * kw * Ho * Wo))
     return x
 
 
@@ -260,7 +268,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, return_indices=False):
     indices = np.empty((N, C, Ho, Wo) if return_indices else 0, np.int64)
     if y.size:
         _kernels.maxpool2d_forward(y.reshape(-1), indices.reshape(-1), x.reshape(-1), N * C, H, W,
-                                   kh, kw, sh, sw, ph, pw, Ho, Wo, _threads_for(N * C))
+                                   kh, kw, sh, sw, ph, pw, Ho, Wo, _threads_for(N * C, H * W))
     return (y, indices) if return_indices else y
 
 
@@ -291,7 +299,7 @@ def max_pool2d_backward(grad_y, indices, input_shape):
         return grad_x
     L = grad_y.shape[2] * grad_y.shape[3]
     bad = _kernels.maxpool2d_backward(grad_x.reshape(-1), grad_y.reshape(-1), indices.reshape(-1),
-                                      N * C, H * W, L, _threads_for(N * C))
+                                      N * C, H * W, L, _threads_for(N * C, H * W))
     if bad:
         raise ValueError(f"{fn}(): indices has {bad} entries outside [0, H*W) = [0, {H * W})")
     return grad_x
@@ -304,7 +312,7 @@ def relu(x):
     """y = max(x, 0), elementwise; NaN stays NaN. Any shape."""
     x = _float_array(x, "x", "relu")
     y = np.empty_like(x)
-    _kernels.relu_forward(y.reshape(-1), x.reshape(-1), get_num_threads())
+    _kernels.relu_forward(y.reshape(-1), x.reshape(-1), _threads_for(x.size, 1))
     return y
 
 
@@ -316,17 +324,13 @@ def relu_backward(grad_y, x):
     if grad_y.shape != x.shape:
         raise ValueError(f"{fn}(): grad_y must have x's shape {x.shape}, got {grad_y.shape}")
     grad_x = np.empty_like(x)
-    _kernels.relu_backward(grad_x.reshape(-1), grad_y.reshape(-1), x.reshape(-1), get_num_threads())
+    _kernels.relu_backward(grad_x.reshape(-1), grad_y.reshape(-1), x.reshape(-1),
+                          _threads_for(x.size, 1))
     return grad_x
 
 
 # ---------------------------------------------------------------------------
 # Linear layer and loss
-
-def _linear_threads(N, IN, OUT):
-    """Below ~64k multiply-adds a second thread costs more than it saves."""
-    return 1 if N * IN * OUT < 1 << 16 else get_num_threads()
-
 
 def linear(x, weight, bias=None):
     """y = x @ weight.T + bias.
@@ -354,7 +358,7 @@ def linear(x, weight, bias=None):
     y = np.empty((N, OUT), x.dtype)
     if y.size:
         _kernels.linear_forward(y.reshape(-1), x.reshape(-1), weight.reshape(-1), bias,
-                                N, IN, OUT, _linear_threads(N, IN, OUT))
+                                N, IN, OUT, _threads_for(N * OUT, IN))
     return y
 
 
@@ -378,7 +382,7 @@ def linear_backward(grad_y, x, weight, *, grad_input=True):
         _kernels.linear_backward(grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype),
                                  grad_weight.reshape(-1), grad_bias, grad_y.reshape(-1),
                                  x.reshape(-1), weight.reshape(-1), N, IN, OUT, grad_input,
-                                 _linear_threads(N, IN, OUT))
+                                 _threads_for(N * OUT, IN))
     return grad_x, grad_weight, grad_bias
 
 
