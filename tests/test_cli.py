@@ -394,7 +394,7 @@ def test_resume_continues_with_the_saved_options(capsys, tmp_path, mnist_dir, mo
                                 "(after epoch 1); continue with --resume"]
 
     conflicting = ["train", "--resume", "--out", out, "--lr", "0.5", "--data", mnist_dir, "--no-progress"]
-    assert_error(run(capsys, *conflicting), 1, "lr 0.05 -> 0.5")
+    assert_error(run(capsys, *conflicting), 1, f"lr {train_module.TrainConfig().lr} -> 0.5")
 
     status, stdout, err = run(capsys, "train", "--resume", "--out", out, "--data", mnist_dir, "--no-progress",
                               "--threads", "1")
