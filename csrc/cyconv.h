@@ -81,4 +81,10 @@ void add_bias_f64(double *y, const double *bias, ptrdiff_t O, ptrdiff_t L);
 void accumulate_row_sums_f32(float *acc, const float *dy, ptrdiff_t O, ptrdiff_t L);
 void accumulate_row_sums_f64(double *acc, const double *dy, ptrdiff_t O, ptrdiff_t L);
 
+/* One in-place SGD step (momentum, weight decay) on n elements; buf may be NULL. */
+void sgd_update_f32(float *p, float *buf, const float *grad, ptrdiff_t n,
+                    float lr, float momentum, float weight_decay, int first_step);
+void sgd_update_f64(double *p, double *buf, const double *grad, ptrdiff_t n,
+                    double lr, double momentum, double weight_decay, int first_step);
+
 #endif /* CYCONV_H */

@@ -61,6 +61,10 @@ cdef extern from "cyconv.h" nogil:
     void relu_forward_f64(double *y, const double *x, Py_ssize_t n) noexcept
     void relu_backward_f32(float *dx, const float *dy, const float *x, Py_ssize_t n) noexcept
     void relu_backward_f64(double *dx, const double *dy, const double *x, Py_ssize_t n) noexcept
+    void sgd_update_f32(float *p, float *buf, const float *grad, Py_ssize_t n,
+                        float lr, float momentum, float weight_decay, int first_step) noexcept
+    void sgd_update_f64(double *p, double *buf, const double *grad, Py_ssize_t n,
+                        double lr, double momentum, double weight_decay, int first_step) noexcept
     void add_bias_f32(float *y, const float *bias, Py_ssize_t O, Py_ssize_t L) noexcept
     void add_bias_f64(double *y, const double *bias, Py_ssize_t O, Py_ssize_t L) noexcept
     void accumulate_row_sums_f32(float *acc, const float *dy, Py_ssize_t O, Py_ssize_t L) noexcept
@@ -418,33 +422,55 @@ def maxpool2d_backward(floating[::1] grad_x, const floating[::1] grad_y,
 # waking the team would cost more than the work.
 
 cdef enum:
-    RELU_BLOCK = 16384
+    ELEMENTWISE_BLOCK = 16384  # elements per block of ReLU and sgd_update
 
 
 def relu_forward(floating[::1] y, const floating[::1] x, int num_threads):
     # OUT y (n,); IN x (n,)
-    cdef Py_ssize_t n = x.shape[0], nblocks = (n + RELU_BLOCK - 1) // RELU_BLOCK, b, lo
+    cdef Py_ssize_t n = x.shape[0], nblocks = (n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK, b, lo
     if nblocks < 2:
         num_threads = 1
     with nogil:
         for b in prange(nblocks, schedule='static', num_threads=num_threads):
-            lo = b * RELU_BLOCK
+            lo = b * ELEMENTWISE_BLOCK
             if floating is float:
-                relu_forward_f32(&y[lo], &x[lo], min(RELU_BLOCK, n - lo))
+                relu_forward_f32(&y[lo], &x[lo], min(ELEMENTWISE_BLOCK, n - lo))
             else:
-                relu_forward_f64(&y[lo], &x[lo], min(RELU_BLOCK, n - lo))
+                relu_forward_f64(&y[lo], &x[lo], min(ELEMENTWISE_BLOCK, n - lo))
 
 
 def relu_backward(floating[::1] grad_x, const floating[::1] grad_y, const floating[::1] x,
                   int num_threads):
     # OUT grad_x (n,); IN grad_y (n,), x (n,)
-    cdef Py_ssize_t n = x.shape[0], nblocks = (n + RELU_BLOCK - 1) // RELU_BLOCK, b, lo
+    cdef Py_ssize_t n = x.shape[0], nblocks = (n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK, b, lo
     if nblocks < 2:
         num_threads = 1
     with nogil:
         for b in prange(nblocks, schedule='static', num_threads=num_threads):
-            lo = b * RELU_BLOCK
+            lo = b * ELEMENTWISE_BLOCK
             if floating is float:
-                relu_backward_f32(&grad_x[lo], &grad_y[lo], &x[lo], min(RELU_BLOCK, n - lo))
+                relu_backward_f32(&grad_x[lo], &grad_y[lo], &x[lo], min(ELEMENTWISE_BLOCK, n - lo))
             else:
-                relu_backward_f64(&grad_x[lo], &grad_y[lo], &x[lo], min(RELU_BLOCK, n - lo))
+                relu_backward_f64(&grad_x[lo], &grad_y[lo], &x[lo], min(ELEMENTWISE_BLOCK, n - lo))
+
+
+# ---------------------------------------------------------------------------
+# SGD update: parallel over fixed-size blocks of the parameter, like ReLU.
+
+def sgd_update(floating[::1] param, floating[::1] momentum_buffer, const floating[::1] grad,
+               double lr, double momentum, double weight_decay, bint first_step, int num_threads):
+    # INOUT param (n,), momentum_buffer (n,) or empty for plain SGD; IN grad (n,)
+    cdef Py_ssize_t n = param.shape[0], nblocks = (n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK, b, lo
+    cdef bint has_buf = momentum_buffer.shape[0] > 0
+    if nblocks < 2:
+        num_threads = 1
+    with nogil:
+        for b in prange(nblocks, schedule='static', num_threads=num_threads):
+            lo = b * ELEMENTWISE_BLOCK
+            if floating is float:
+                sgd_update_f32(&param[lo], &momentum_buffer[lo] if has_buf else NULL, &grad[lo],
+                               min(ELEMENTWISE_BLOCK, n - lo), <float>lr, <float>momentum,
+                               <float>weight_decay, first_step)
+            else:
+                sgd_update_f64(&param[lo], &momentum_buffer[lo] if has_buf else NULL, &grad[lo],
+                               min(ELEMENTWISE_BLOCK, n - lo), lr, momentum, weight_decay, first_step)

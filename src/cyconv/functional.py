@@ -21,7 +21,7 @@ from ._threads import get_num_threads
 
 __all__ = [
     "conv2d", "conv2d_backward", "im2col", "col2im", "max_pool2d", "max_pool2d_backward",
-    "relu", "relu_backward", "linear", "linear_backward", "softmax_cross_entropy",
+    "relu", "relu_backward", "linear", "linear_backward", "softmax_cross_entropy", "sgd_update",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -172,10 +172,11 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True):
     if grad_y.shape != (N, O, Ho, Wo):
         raise ValueError(f"{fn}(): grad_y must have shape {(N, O, Ho, Wo)} (the output of conv2d), got {grad_y.shape}")
     grad_x = np.empty(x.shape, x.dtype) if grad_input else None
-    grad_weight = np.zeros(weight.shape, x.dtype)
-    grad_bias = np.zeros(O, x.dtype)
     if N == 0:
-        return grad_x, grad_weight, grad_bias
+        return grad_x, np.zeros(weight.shape, x.dtype), np.zeros(O, x.dtype)
+    # The kernel writes every element of these (from zeroed per-thread accumulators).
+    grad_weight = np.empty(weight.shape, x.dtype)
+    grad_bias = np.empty(O, x.dtype)
     nt = _threads_for(N)
     scratch = np.empty(nt * 2 * C * kh * kw * Ho * Wo, x.dtype)
     acc = np.zeros(nt * (O * C * kh * kw + O), x.dtype)
@@ -233,7 +234,7 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
             f"{fn}(): cols must have shape {(N, C * kh * kw, Ho * Wo)} for input_shape "
             f"{tuple(input_shape)} and kernel_size {(kh, kw)}, got {cols.shape}"
         )
-    x = np.zeros((N, C, H, W), cols.dtype)
+    x = np.zeros((N, C, H, W), cols.dtype)  # stays zero if N*C == 0; col2im overwrites the rest
     if x.size:
         _kernels.col2im(x.reshape(-1), cols.reshape(-1), N, C, H, W, kh, kw, sh, sw, ph, pw,
                         Ho, Wo, _threads_for(N * C, kh * kw * Ho * Wo))
@@ -294,9 +295,11 @@ def max_pool2d_backward(grad_y, indices, input_shape):
     N, C, H, W = (int(s) for s in input_shape)
     if (N, C) != grad_y.shape[:2]:
         raise ValueError(f"{fn}(): input_shape {tuple(input_shape)} does not match grad_y's (N, C) {grad_y.shape[:2]}")
-    grad_x = np.zeros((N, C, H, W), grad_y.dtype)
-    if grad_x.size == 0 and grad_y.size == 0:
-        return grad_x
+    if grad_y.size == 0:
+        return np.zeros((N, C, H, W), grad_y.dtype)
+    if H * W == 0:
+        raise ValueError(f"{fn}(): indices has {indices.size} entries outside [0, H*W) = [0, 0)")
+    grad_x = np.empty((N, C, H, W), grad_y.dtype)  # the kernel zeroes each plane first
     L = grad_y.shape[2] * grad_y.shape[3]
     bad = _kernels.maxpool2d_backward(grad_x.reshape(-1), grad_y.reshape(-1), indices.reshape(-1),
                                       N * C, H * W, L, _threads_for(N * C, H * W))
@@ -375,14 +378,17 @@ def linear_backward(grad_y, x, weight, *, grad_input=True):
     if grad_y.shape != (N, OUT):
         raise ValueError(f"{fn}(): grad_y must have shape {(N, OUT)}, got {grad_y.shape}")
     _check_blas_size(fn, N * IN, OUT * IN, N * OUT)
-    grad_x = np.zeros((N, IN), x.dtype) if grad_input else None
-    grad_weight = np.zeros((OUT, IN), x.dtype)
-    grad_bias = np.zeros(OUT, x.dtype)
-    if N and IN and OUT:
-        _kernels.linear_backward(grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype),
-                                 grad_weight.reshape(-1), grad_bias, grad_y.reshape(-1),
-                                 x.reshape(-1), weight.reshape(-1), N, IN, OUT, grad_input,
-                                 _threads_for(N * OUT, IN))
+    if not (N and IN and OUT):
+        return (np.zeros((N, IN), x.dtype) if grad_input else None,
+                np.zeros((OUT, IN), x.dtype), np.zeros(OUT, x.dtype))
+    # The kernel writes every element of these.
+    grad_x = np.empty((N, IN), x.dtype) if grad_input else None
+    grad_weight = np.empty((OUT, IN), x.dtype)
+    grad_bias = np.empty(OUT, x.dtype)
+    _kernels.linear_backward(grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype),
+                             grad_weight.reshape(-1), grad_bias, grad_y.reshape(-1),
+                             x.reshape(-1), weight.reshape(-1), N, IN, OUT, grad_input,
+                             _threads_for(N * OUT, IN))
     return grad_x, grad_weight, grad_bias
 
 
@@ -415,3 +421,35 @@ def softmax_cross_entropy(logits, target):
     grad[rows, target] -= 1
     grad /= N
     return loss, grad
+
+
+# ---------------------------------------------------------------------------
+# Optimizer update
+
+def sgd_update(param, grad, momentum_buffer, lr, momentum=0.0, weight_decay=0.0, first_step=False):
+    """One in-place SGD step on `param` (and `momentum_buffer`), PyTorch's semantics:
+
+        g = grad + weight_decay * param
+        momentum_buffer = g if first_step else momentum * momentum_buffer + g   (if given)
+        param -= lr * (momentum_buffer or g)
+
+    param, grad and momentum_buffer (or None: plain SGD) are C-contiguous arrays of
+    one shape and float dtype; param and momentum_buffer are updated in place, in
+    one pass over memory (cyconv.optim.SGD calls this once per parameter).
+    """
+    fn = "sgd_update"
+    for name, a in (("param", param), ("momentum_buffer", momentum_buffer)):
+        if a is not None and isinstance(a, np.ndarray) and not (a.flags.c_contiguous and a.flags.writeable):
+            raise ValueError(f"{fn}(): {name} is updated in place and must be a writeable C-contiguous array")
+    param = _float_array(param, "param", fn)
+    grad = _float_array(grad, "grad", fn, dtype=param.dtype)
+    if grad.shape != param.shape:
+        raise ValueError(f"{fn}(): grad must have param's shape {param.shape}, got {grad.shape}")
+    if momentum_buffer is None:
+        buf = np.empty(0, param.dtype)
+    else:
+        buf = _float_array(momentum_buffer, "momentum_buffer", fn, dtype=param.dtype)
+        if buf.shape != param.shape:
+            raise ValueError(f"{fn}(): momentum_buffer must have param's shape {param.shape}, got {buf.shape}")
+    _kernels.sgd_update(param.reshape(-1), buf.reshape(-1), grad.reshape(-1), float(lr), float(momentum),
+                        float(weight_decay), bool(first_step), _threads_for(param.size, 4))

@@ -7,8 +7,8 @@
     buf = momentum * buf + g     afterwards
     p -= lr * buf                (lr * g when momentum == 0)
 
-The update runs in place: per step it allocates nothing but, once, the momentum
-buffers and one scratch array the size of the largest parameter.
+The update runs in place, one compiled pass over each parameter
+(`functional.sgd_update`); per step it allocates nothing but, once, the momentum buffers.
 
 The schedules are pure functions of the step number; a training loop sets
 `optimizer.lr = cosine_lr(step, ...)` before each `optimizer.step()`.
@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from . import functional as F
 from .nn import Parameter
 
 __all__ = ["SGD", "cosine_lr", "step_lr"]
@@ -67,44 +68,21 @@ class SGD:
         self.weight_decay = _real(weight_decay, "weight_decay", "SGD", 0.0)
         self.step_count = 0
         self._momentum_buffers = None  # created by the first step, as in PyTorch
-        self._scratch = {}             # dtype -> flat array the size of the largest such parameter
 
     def zero_grad(self):
         """Set every parameter gradient to zero, in place."""
         for p in self.params:
             p.grad.fill(0)
 
-    def _scratch_like(self, a):
-        flat = self._scratch.get(a.dtype)
-        if flat is None or flat.size < a.size:
-            flat = self._scratch[a.dtype] = np.empty(
-                max(p.data.size for p in self.params if p.data.dtype == a.dtype), a.dtype)
-        return flat[:a.size].reshape(a.shape)
-
     def step(self):
         """Update every parameter once from its current .grad."""
-        # A Python float, not a NumPy float64 a schedule may have produced: under NumPy's
-        # promotion rules a float64 scalar would turn float32 arithmetic into float64.
-        lr, momentum, weight_decay = float(self.lr), float(self.momentum), float(self.weight_decay)
+        lr, momentum, weight_decay = self.lr, self.momentum, self.weight_decay
         first = self._momentum_buffers is None
         if momentum and first:
-            self._momentum_buffers = [None] * len(self.params)
+            self._momentum_buffers = [np.empty_like(p.data) for p in self.params]
         for i, p in enumerate(self.params):
-            g = p.grad
-            scratch = self._scratch_like(p.data)
-            if weight_decay:
-                np.multiply(p.data, weight_decay, out=scratch)
-                scratch += p.grad
-                g = scratch
-            if momentum:
-                if first:
-                    g = self._momentum_buffers[i] = g.copy()
-                else:
-                    g = self._momentum_buffers[i]
-                    g *= momentum
-                    g += scratch if weight_decay else p.grad
-            np.multiply(g, lr, out=scratch)
-            p.data -= scratch
+            buf = self._momentum_buffers[i] if momentum else None
+            F.sgd_update(p.data, p.grad, buf, lr, momentum, weight_decay, first_step=first)
         self.step_count += 1
 
     def state_dict(self):

@@ -31,6 +31,7 @@ __all__ = [
     "linear",
     "linear_backward",
     "softmax_cross_entropy",
+    "sgd_update",
 ]
 
 
@@ -310,3 +311,27 @@ def softmax_cross_entropy(logits, target):
     grad_logits[rows, target] -= 1
     grad_logits /= n
     return float(loss), grad_logits
+
+
+# ----------------------------------------------------------------------------
+# sgd_update
+
+
+def sgd_update(param, grad, momentum_buffer, lr, momentum=0.0, weight_decay=0.0, first_step=False):
+    """One in-place SGD step (torch.optim.SGD, no dampening, no Nesterov)::
+
+        g = grad + weight_decay * param
+        momentum_buffer = g if first_step else momentum * momentum_buffer + g   (if not None)
+        param -= lr * (momentum_buffer if not None else g)
+
+    Computed in the dtype of param (Python-float hyperparameters do not promote it).
+    """
+    g = param * weight_decay + grad if weight_decay else grad
+    if momentum_buffer is not None:
+        if first_step:
+            momentum_buffer[...] = g
+        else:
+            momentum_buffer *= momentum
+            momentum_buffer += g
+        g = momentum_buffer
+    param -= g * lr

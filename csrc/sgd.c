@@ -1,0 +1,46 @@
+/*
+ * One SGD step on one parameter array, in place, in a single pass over memory
+ * (PyTorch's torch.optim.SGD without dampening or Nesterov):
+ *
+ *     g   = grad + weight_decay * p
+ *     buf = g (first step) or momentum * buf + g      (only when buf != NULL)
+ *     p  -= lr * (buf or g)
+ *
+ * The same operations in the same order as cyconv.reference.sgd_update, so the
+ * results are equal to the last bit (ISO C mode: no fused multiply-adds).
+ * Instantiated for float and double like im2col.c.
+ */
+#ifndef real
+
+#include "cyconv.h"
+
+#define real float
+#define FN(name) name##_f32
+#include "sgd.c"
+#undef real
+#undef FN
+
+#define real double
+#define FN(name) name##_f64
+#include "sgd.c"
+#undef real
+#undef FN
+
+#else /* template body */
+
+CYCONV_VECTORIZE void FN(sgd_update)(real *restrict p, real *restrict buf, const real *restrict grad,
+                                     ptrdiff_t n, real lr, real momentum, real weight_decay,
+                                     int first_step)
+{
+    // p, grad and buf (may be NULL: no momentum) are (n,)
+    for (ptrdiff_t i = 0; i < n; i++) {
+        real g = weight_decay != 0 ? p[i] * weight_decay + grad[i] : grad[i];
+        if (buf) {
+            g = first_step ? g : buf[i] * momentum + g;
+            buf[i] = g;
+        }
+        p[i] -= g * lr;
+    }
+}
+
+#endif
