@@ -11,6 +11,7 @@ import pytest
 
 import cyconv
 import cyconv.functional as F
+import cyconv.reference as R
 from conftest import DTYPES, assert_close, distinct_array, random_array
 
 pytestmark = pytest.mark.kernels
@@ -97,6 +98,22 @@ def test_conv2d_independent_of_thread_count(dtype):
     np.testing.assert_array_equal(gx1, gx2)
     assert_close(gw2, gw1, dtype)
     assert_close(gb2, gb1, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel,padding", [(5, 2), (1, 0)], ids=["5x5", "direct-1x1"])
+@pytest.mark.parametrize("batch", [1, 2], ids=["1-image", "2-images"])
+def test_conv2d_fewer_images_than_threads(dtype, kernel, padding, batch):
+    # With fewer images than threads, conv2d splits each image's GEMM into column
+    # blocks across the threads (inference latency); check that path against the
+    # reference and against one thread.
+    rng = np.random.default_rng(5)
+    x = random_array(rng, (batch, 20, 14, 13), dtype)
+    weight = random_array(rng, (50, 20, kernel, kernel), dtype)
+    bias = random_array(rng, (50,), dtype)
+    y1, y2 = one_and_two_threads(lambda: F.conv2d(x, weight, bias, 1, padding))
+    assert_close(y2, R.conv2d(x, weight, bias, 1, padding), dtype)
+    assert_close(y2, y1, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

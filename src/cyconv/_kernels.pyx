@@ -171,6 +171,13 @@ cdef inline void col2im_image(floating *img, const floating *cols, Py_ssize_t co
         col2im_f64(img, cols, col_ld, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
 
 
+cdef inline Py_ssize_t block_start(Py_ssize_t n, int parts, int t) noexcept nogil:
+    """Start of block t when n columns are split into `parts` blocks of a
+    multiple of 16 (whole cache lines for float, and SIMD-sized)."""
+    cdef Py_ssize_t size = ((n + parts - 1) // parts + 15) // 16 * 16
+    return min(n, t * size)
+
+
 # ---------------------------------------------------------------------------
 # Convolution: per image, im2col into this thread's scratch (it stays in
 # cache), then the GEMM. A 1x1 kernel with stride 1 and no padding is already
@@ -183,28 +190,51 @@ def conv2d_forward(floating[::1] y, const floating[::1] x, const floating[::1] w
                    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo,
                    int num_threads):
     # OUT y (N,O,Ho,Wo); IN x (N,C,H,W), weight (O,C*kh*kw), bias (O,) or empty;
-    # SCRATCH (num_threads, C*kh*kw*Ho*Wo), empty for a direct 1x1 kernel
-    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n
+    # SCRATCH (num_threads, C*kh*kw*Ho*Wo), empty for a direct 1x1 kernel.
+    # Fewer images than threads (inference on one image): each image's GEMM is
+    # split into column blocks across the threads instead, so all cores work.
+    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, o, l, l0, l1
     cdef bint direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
     cdef bint has_bias = bias.shape[0] > 0
     cdef const floating *cols
     cdef floating *buf
+    cdef int t
     with nogil:
         blas_single_threaded()
-        for n in prange(N, schedule='static', num_threads=num_threads):
-            if direct:
-                cols = &x[n * C * H * W]
-            else:
-                buf = &scratch[threadid() * K * L]
-                im2col_image(buf, L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
-                cols = buf
-            gemm(False, False, <int>O, <int>L, <int>K, 1, &weight[0], <int>K,
-                 cols, <int>L, 0, &y[n * O * L], <int>L)
-            if has_bias:
-                if floating is float:
-                    add_bias_f32(&y[n * O * L], &bias[0], O, L)
+        if N < num_threads:
+            for n in range(N):
+                if direct:
+                    cols = &x[n * C * H * W]
                 else:
-                    add_bias_f64(&y[n * O * L], &bias[0], O, L)
+                    im2col_image(&scratch[0], L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw,
+                                 ph, pw, Ho, Wo)
+                    cols = &scratch[0]
+                for t in prange(num_threads, schedule='static', num_threads=num_threads):
+                    l0 = block_start(L, num_threads, t)
+                    l1 = block_start(L, num_threads, t + 1)
+                    if l0 < l1:
+                        # y[n][:, l0:l1] = weight @ cols[:, l0:l1]
+                        gemm(False, False, <int>O, <int>(l1 - l0), <int>K, 1, &weight[0], <int>K,
+                             cols + l0, <int>L, 0, &y[n * O * L + l0], <int>L)
+                        if has_bias:
+                            for o in range(O):
+                                for l in range(l0, l1):
+                                    y[n * O * L + o * L + l] += bias[o]
+        else:
+            for n in prange(N, schedule='static', num_threads=num_threads):
+                if direct:
+                    cols = &x[n * C * H * W]
+                else:
+                    buf = &scratch[threadid() * K * L]
+                    im2col_image(buf, L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+                    cols = buf
+                gemm(False, False, <int>O, <int>L, <int>K, 1, &weight[0], <int>K,
+                     cols, <int>L, 0, &y[n * O * L], <int>L)
+                if has_bias:
+                    if floating is float:
+                        add_bias_f32(&y[n * O * L], &bias[0], O, L)
+                    else:
+                        add_bias_f64(&y[n * O * L], &bias[0], O, L)
 
 
 def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::1] grad_bias,
@@ -276,13 +306,6 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
 
 cdef enum:
     LINEAR_GEMV_MAX_ROWS = 4
-
-
-cdef inline Py_ssize_t block_start(Py_ssize_t n, int parts, int t) noexcept nogil:
-    """Start of block t when n columns are split into `parts` blocks of a
-    multiple of 16 (whole cache lines for float, and SIMD-sized)."""
-    cdef Py_ssize_t size = ((n + parts - 1) // parts + 15) // 16 * 16
-    return min(n, t * size)
 
 
 def linear_forward(floating[::1] y, const floating[::1] x, const floating[::1] weight,

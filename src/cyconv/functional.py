@@ -145,9 +145,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     y = np.empty((N, O, Ho, Wo), x.dtype)
     if N == 0:
         return y
-    nt = _threads_for(N)
+    # One image per thread; with fewer images than threads, the kernel splits
+    # each image's GEMM (O*Ho*Wo outputs of C*kh*kw multiply-adds) instead.
+    nt = max(_threads_for(N), _threads_for(O * Ho * Wo, C * kh * kw))
     direct = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
-    scratch = np.empty(0 if direct else nt * C * kh * kw * Ho * Wo, x.dtype)
+    scratch = np.empty(0 if direct else min(nt, N) * C * kh * kw * Ho * Wo, x.dtype)
     _kernels.conv2d_forward(y.reshape(-1), x.reshape(-1), weight.reshape(-1), bias, scratch,
                             *geom, nt)
     return y
