@@ -7,24 +7,15 @@
  * holds x[c, oh*sh - ph + ki, ow*sw - pw + kj] for every output (oh, ow), 0 outside
  * the image: the layout of torch.nn.functional.unfold. col2im is its adjoint.
  *
- * This file is written once for a generic `real` and included twice by itself
- * (float -> _f32, double -> _f64): the first pass (real undefined) instantiates.
+ * Written once for a generic `real`, instantiated for float and double by
+ * instantiate.h.
  */
 #ifndef real
 
 #include "cyconv.h"
 
-#define real float
-#define FN(name) name##_f32
-#include "im2col.c"
-#undef real
-#undef FN
-
-#define real double
-#define FN(name) name##_f64
-#include "im2col.c"
-#undef real
-#undef FN
+#define CYCONV_TEMPLATE "im2col.c"
+#include "instantiate.h"
 
 #else /* template body, instantiated for each `real` */
 

@@ -8,7 +8,7 @@
  * gives a NaN output, exactly as PyTorch does. Padding acts as -inf: padded
  * taps are simply skipped.
  *
- * Instantiated for float and double like im2col.c.
+ * Instantiated for float and double by instantiate.h.
  */
 #ifndef real
 
@@ -59,19 +59,8 @@ static void maxpool2x2_row_avx512(float *y, int64_t *ind, const float *r0, const
 }
 #endif
 
-#define real float
-#define FN(name) name##_f32
-#define REAL_IS_FLOAT 1
-#include "maxpool.c"
-#undef REAL_IS_FLOAT
-#undef real
-#undef FN
-
-#define real double
-#define FN(name) name##_f64
-#include "maxpool.c"
-#undef real
-#undef FN
+#define CYCONV_TEMPLATE "maxpool.c"
+#include "instantiate.h"
 
 #else /* template body */
 

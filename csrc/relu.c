@@ -5,23 +5,14 @@
  * NaN input stays NaN, as in PyTorch. Backward passes the gradient where x > 0
  * and gives 0 at the kink x == 0 (the subgradient PyTorch uses).
  *
- * Instantiated for float and double like im2col.c.
+ * Instantiated for float and double by instantiate.h.
  */
 #ifndef real
 
 #include "cyconv.h"
 
-#define real float
-#define FN(name) name##_f32
-#include "relu.c"
-#undef real
-#undef FN
-
-#define real double
-#define FN(name) name##_f64
-#include "relu.c"
-#undef real
-#undef FN
+#define CYCONV_TEMPLATE "relu.c"
+#include "instantiate.h"
 
 #else /* template body */
 

@@ -8,23 +8,14 @@
  *
  * The same operations in the same order as cyconv.reference.sgd_update, so the
  * results are equal to the last bit (ISO C mode: no fused multiply-adds).
- * Instantiated for float and double like im2col.c.
+ * Instantiated for float and double by instantiate.h.
  */
 #ifndef real
 
 #include "cyconv.h"
 
-#define real float
-#define FN(name) name##_f32
-#include "sgd.c"
-#undef real
-#undef FN
-
-#define real double
-#define FN(name) name##_f64
-#include "sgd.c"
-#undef real
-#undef FN
+#define CYCONV_TEMPLATE "sgd.c"
+#include "instantiate.h"
 
 #else /* template body */
 

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from cyconv import data
+from cyconv._files import atomic_write
 from cyconv.data import (
     FILES,
     MD5,
@@ -328,7 +329,7 @@ def test_load_uses_env_dir(tmp_path, monkeypatch):
 
 def test_atomic_write_writes_and_leaves_no_temp(tmp_path):
     target = tmp_path / "file.gz"
-    data._atomic_write(target, b"payload")
+    atomic_write(target, lambda f: f.write(b"payload"))
     assert target.read_bytes() == b"payload"
     assert os.listdir(tmp_path) == ["file.gz"]
     assert target.stat().st_mode & 0o777 == 0o644
@@ -345,7 +346,7 @@ def test_atomic_write_failure_leaves_no_partial_file(tmp_path, monkeypatch, exis
 
     monkeypatch.setattr(os, "fsync", disk_full)  # fails after the data is written, before the rename
     with pytest.raises(OSError, match="No space left"):
-        data._atomic_write(target, b"new data " * 1000)
+        atomic_write(target, lambda f: f.write(b"new data " * 1000))
     assert os.listdir(tmp_path) == ([] if existing is None else ["file.gz"])
     if existing is not None:
         assert target.read_bytes() == existing

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from . import models
+from ._files import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -43,7 +43,6 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_model",
-    "atomic_write",
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -84,41 +83,6 @@ def build_model(name: str, *, hidden: int = 500, rng=None):
 
 # ---------------------------------------------------------------------------------------------------------
 # Writing
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(f) on a temp file in path's directory, fsync it, then rename it over path.
-
-    Readers see the old file or the complete new one, never a partial one; on any error (or Ctrl-C) the
-    temp file is removed and path is untouched.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes files 0600; results are meant to be readable like any output
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable; not every platform lets a directory be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(path, *, model, optimizer, model_name: str, epoch: int, config: dict,

