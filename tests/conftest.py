@@ -7,6 +7,8 @@ Test modules import the helpers with ``from conftest import ...`` (pytest's defa
 
 import itertools
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +28,27 @@ TOL = {
     np.float32: dict(rtol=2e-4, atol=2e-5),
     np.float64: dict(rtol=1e-10, atol=1e-12),
 }
+
+
+# The verified MNIST copy beside the checkout (CI clones the repo with ../shared beside it).
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    """The directory holding the four MNIST files: $CYCONV_DATA, else ../shared/data/mnist.
+    A missing copy fails the tests that need it, loudly: they are real tests, not optional ones."""
+    path = Path(os.environ.get("CYCONV_DATA") or SHARED_MNIST)
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
+    missing = [n for n in names if not (path / n).is_file() and not (path / f"{n}.gz").is_file()]
+    if missing:
+        pytest.fail(
+            f"MNIST test data missing from {path}: {', '.join(missing)}. The tests need the verified copy "
+            "in ../shared/data/mnist beside the repo, or CYCONV_DATA pointing at a directory with the four "
+            "files (`cyconv download` fetches them)."
+        )
+    return path
 
 
 def pytest_configure(config):

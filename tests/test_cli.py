@@ -4,8 +4,8 @@ Every error a user can cause must print exactly one line, "cyconv: error: ...", 
 status 2 for a bad command line and 1 otherwise, and never a traceback. PNGs are written by a small
 encoder here, so the decoder is checked against an independent implementation of every row filter.
 
-Tests that read MNIST use the copy $CYCONV_DATA (or the cache) points to and are skipped without it;
-downloading is always disabled.
+Tests that read MNIST use the verified copy (conftest's mnist_dir: $CYCONV_DATA, else ../shared/data/mnist)
+and fail without it; downloading is always disabled.
 """
 
 import contextlib
@@ -21,7 +21,7 @@ import pytest
 
 import cyconv.train as train_module
 from cyconv import cli
-from cyconv.data import FILES, load_mnist, resolve_data_dir
+from cyconv.data import load_mnist
 from cyconv.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, train
 
 
@@ -29,14 +29,6 @@ from cyconv.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, train
 def no_download(monkeypatch):
     monkeypatch.setenv(cli.ENV_NO_DOWNLOAD, "1")
     monkeypatch.delenv(cli.ENV_DEBUG, raising=False)
-
-
-@pytest.fixture(scope="module")
-def mnist_dir():
-    root = resolve_data_dir()
-    if not all((root / name).is_file() or (root / f"{name}.gz").is_file() for name in FILES):
-        pytest.skip("MNIST not found: set CYCONV_DATA to a directory holding it")
-    return root
 
 
 @pytest.fixture(scope="module")

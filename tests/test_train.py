@@ -2,7 +2,8 @@
 run == uninterrupted run), atomic checkpoint writes, and a CheckpointError for every kind of bad file.
 
 Most tests use a small synthetic MNIST-like data set (no files needed); the one real run uses the MNIST
-copy that $CYCONV_DATA (or the cache) points to and is skipped when there is none. Nothing downloads.
+verified copy (conftest's mnist_dir: $CYCONV_DATA, else ../shared/data/mnist) and fails without it.
+Nothing downloads.
 """
 
 import json
@@ -15,7 +16,7 @@ import pytest
 import cyconv
 import cyconv.train as train_module
 from cyconv.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from cyconv.data import MNIST, MNISTNotFoundError, load_mnist, resolve_data_dir
+from cyconv.data import MNIST, load_mnist
 from cyconv.optim import cosine_lr
 from cyconv.train import (
     CHECKPOINT_NAME, METRICS_NAME, TrainConfig, TrainingInterrupted, confusion_matrix, predict_logits, train,
@@ -50,11 +51,8 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def mnist():
-    try:
-        return load_mnist(resolve_data_dir())
-    except MNISTNotFoundError:
-        pytest.skip("MNIST not found: set CYCONV_DATA to a directory holding it")
+def mnist(mnist_dir):
+    return load_mnist(mnist_dir)
 
 
 @pytest.fixture(autouse=True)
