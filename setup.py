@@ -4,6 +4,9 @@ Environment switches:
   CYCONV_OPENMP=0  build serial kernels even if OpenMP is available.
   CYCONV_OPENMP=1  fail the build if OpenMP is not available.
   CYCONV_DEBUG=1   Cython bounds checks, -O0 -g (for chasing memory errors).
+  CYCONV_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer, -O1 -g (GCC/clang);
+                   CYCONV_SANITIZE=undefined (or any -fsanitize= list) picks the checks.
+                   Python is not instrumented: see the README for how to run the tests.
 Default: probe the compiler; without OpenMP, build serial kernels and warn.
 """
 
@@ -42,6 +45,23 @@ def openmp_flags(compiler_type):
     return ["-fopenmp"], ["-fopenmp"]
 
 
+def sanitizer_flags(compiler_type):
+    """Compile and link flags for CYCONV_SANITIZE; none when it is unset or 0."""
+    checks = os.environ.get("CYCONV_SANITIZE", "").strip()
+    if checks in ("", "0"):
+        return [], []
+    if compiler_type == "msvc":
+        raise RuntimeError("cyconv: CYCONV_SANITIZE needs GCC or clang")
+    if checks == "1":
+        checks = "address,undefined"
+    sanitize = [f"-fsanitize={checks}"]
+    # UBSan only prints and carries on by default: make a finding fatal, so a
+    # test run fails. Python's own CFLAGS has -fwrapv, which makes signed
+    # overflow defined and so turns GCC's signed-integer-overflow check off.
+    cflags = sanitize + ["-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-fno-wrapv"]
+    return cflags, sanitize
+
+
 def probe_openmp(compiler, cflags, ldflags):
     """True if a tiny omp.h program compiles and links with these flags."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,13 +80,21 @@ class BuildExt(build_ext):
     def build_extensions(self):
         mode = os.environ.get("CYCONV_OPENMP", "").strip()
         debug = os.environ.get("CYCONV_DEBUG", "") == "1"
+        san_cflags, san_ldflags = sanitizer_flags(self.compiler.compiler_type)
         if self.compiler.compiler_type == "msvc":
             opt = ["/Od", "/Zi"] if debug else ["/O2"]
         else:
             # -O3 vectorises the copy loops; never -ffast-math: it breaks NaN
             # propagation in max pooling and ReLU and tight comparisons in tests.
-            opt = ["-O0", "-g"] if debug else ["-O3"]
+            if debug:
+                opt = ["-O0", "-g"]
+            elif san_cflags:
+                opt = ["-O1", "-g"]  # fast enough, and the reports' line numbers stay right
+            else:
+                opt = ["-O3"]
             opt += ["-std=c11", "-Wno-unused-function", "-Wno-unreachable-code"]
+        if san_cflags:
+            print(f"cyconv: sanitizers on ({' '.join(san_cflags)}); the README says how to run the tests")
 
         cflags, ldflags = openmp_flags(self.compiler.compiler_type)
         if mode == "0":
@@ -87,8 +115,8 @@ class BuildExt(build_ext):
                     "building serial kernels (on macOS: brew install libomp)"
                 )
         for ext in self.extensions:
-            ext.extra_compile_args = opt + (cflags if use_openmp else [])
-            ext.extra_link_args = ldflags if use_openmp else []
+            ext.extra_compile_args = opt + (cflags if use_openmp else []) + san_cflags
+            ext.extra_link_args = (ldflags if use_openmp else []) + san_ldflags
         super().build_extensions()
 
 

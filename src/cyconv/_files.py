@@ -24,8 +24,13 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        # A Ctrl-C inside a writer's own clean-up (np.savez closing its zip file with a
+        # member still open) surfaces as the clean-up's ValueError: report the interrupt,
+        # which is what happened.
+        if not isinstance(exc, KeyboardInterrupt) and isinstance(exc.__context__, KeyboardInterrupt):
+            raise exc.__context__ from None
         raise
     _fsync_dir(path.parent)
 

@@ -17,13 +17,16 @@ Ctrl-C during a save leaves the previous checkpoint as it was. `load_checkpoint`
 reads and reports any problem as one CheckpointError that names the file.
 
 Left out on purpose: keeping several checkpoints, compression (LeNet-5 with its momentum buffers
-is ~10 MB, mostly incompressible float noise).
+is ~10 MB, mostly incompressible float noise). An archive with compressed members is refused, so that
+reading a file never costs much more memory than the file's size.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -117,11 +120,13 @@ def save_checkpoint(path, *, model, optimizer, model_name: str, epoch: int, conf
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read and check a checkpoint written by `save_checkpoint`.
 
-    Raises FileNotFoundError if there is no such file, and CheckpointError (naming the file) if it is not
-    an .npz archive, is truncated or damaged, holds a pickled object array, misses a key, or holds values
-    of the wrong kind.
+    Raises FileNotFoundError if there is no such file, and CheckpointError (naming the file) if it is a
+    directory, is not an uncompressed .npz archive, is truncated or damaged, holds a pickled object array,
+    announces arrays larger than the file, misses a key, or holds values of the wrong kind.
     """
     path = Path(path)
+    if path.is_dir():  # "no such checkpoint file" would send the user looking for a file that is there
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     arrays = _read_npz(path)
@@ -177,6 +182,13 @@ def _hidden(checkpoint: Checkpoint) -> int:
     hidden = checkpoint.config.get("hidden", 500)
     if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
         raise CheckpointError(f"{checkpoint.path}: config 'hidden' must be a positive int, got {hidden!r}")
+    # An mlp has over 785 weights per hidden unit (784 in, a bias, 10 out). Checking that the saved weights
+    # are that many before building the model keeps a config that lies about 'hidden' (10**9) from
+    # allocating gigabytes: the model built is never much bigger than the file.
+    saved = sum(a.size for a in checkpoint.model_state.values())
+    if checkpoint.model_name == "mlp" and hidden * 785 > saved:
+        raise CheckpointError(f"{checkpoint.path}: config 'hidden' is {hidden}, but the saved weights hold only "
+                              f"{saved} values, too few for an mlp of that size")
     return hidden
 
 
@@ -190,9 +202,12 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     arrays = {}
     key = None
     try:
+        _check_members(path)
         with np.load(path, allow_pickle=False) as npz:
             for key in npz.files:
                 arrays[key] = npz[key]
+    except CheckpointError:
+        raise
     except ValueError as e:
         # numpy refuses object arrays without allow_pickle; say what that means here.
         if "allow_pickle" in str(e) or "pickled" in str(e):
@@ -200,10 +215,66 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                 f"{path}: {key!r} is a pickled object array; checkpoints hold numbers and strings only"
             ) from e
         raise CheckpointError(f"{path}: damaged array {key!r}: {e}") from e
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError) as e:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError, NotImplementedError) as e:
+        # NotImplementedError: zipfile's answer to a "version needed to extract" it does not know.
         where = f" in {key!r}" if key is not None else ""
         raise CheckpointError(f"{path}: damaged or truncated archive{where}: {e}") from e
     return arrays
+
+
+# What numpy's .npy header parser raises besides ValueError: it falls back to tokenizing the header as
+# Python 2 source (tokenize.TokenError on an unclosed bracket), and a dtype description can be a nested
+# structure of any size (TypeError, OverflowError, RecursionError).
+_NPY_HEADER_ERRORS = (ValueError, TypeError, SyntaxError, OverflowError, RecursionError, tokenize.TokenError)
+
+
+def _check_members(path: Path) -> None:
+    """Refuse an archive whose members could cost more memory than the file's size, before numpy reads it.
+
+    np.load allocates each array at the size its .npy header announces, then reads the data: a 4 KB file
+    announcing 2**32 float64 would cost 32 GB before the short read is noticed. A compressed member can
+    inflate ~1000x, and members whose entries overlap can read the same bytes many times. save_checkpoint
+    writes uncompressed members one after the other, so here every member must be stored (not compressed,
+    not encrypted), the members together must fit in the file, and each .npy header must announce no more
+    bytes than its member holds. Every member must also be an .npy array: np.load returns the raw bytes of
+    any other member, which would not be an array.
+    """
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as z:
+        infos = z.infolist()
+        if sum(info.compress_size for info in infos) > size:
+            raise CheckpointError(f"{path}: damaged archive: its members claim more bytes than the file holds")
+        for info in infos:
+            name = info.filename
+            if info.flag_bits & 0x1:
+                raise CheckpointError(f"{path}: member {name!r} is encrypted")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise CheckpointError(f"{path}: member {name!r} is compressed; checkpoints are written "
+                                      "uncompressed (np.savez)")
+            if info.file_size != info.compress_size:
+                raise CheckpointError(f"{path}: damaged archive: member {name!r} is stored uncompressed but "
+                                      f"lists {info.file_size} bytes, {info.compress_size} of them in the file")
+            with z.open(info) as f:
+                try:
+                    version = np.lib.format.read_magic(f)
+                except ValueError:
+                    raise CheckpointError(f"{path}: member {name!r} is not an .npy array") from None
+                if version not in ((1, 0), (2, 0)):
+                    raise CheckpointError(f"{path}: member {name!r} is .npy version {version}, expected 1.0 or 2.0")
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                try:
+                    shape, _, dtype = read_header(f)
+                except _NPY_HEADER_ERRORS as e:
+                    raise CheckpointError(f"{path}: member {name!r} has a damaged .npy header: {e!r}") from e
+                header_size = f.tell()
+            if dtype.hasobject:
+                raise CheckpointError(f"{path}: {name.removesuffix('.npy')!r} is a pickled object array; "
+                                      "checkpoints hold numbers and strings only")
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes > info.file_size - header_size:
+                raise CheckpointError(f"{path}: member {name!r} announces a {dtype} array of shape {shape} "
+                                      f"({nbytes} bytes), but holds {info.file_size - header_size} bytes")
 
 
 def _integer(arrays: dict, key: str, path: Path) -> int:
@@ -221,9 +292,11 @@ def _string(arrays: dict, key: str, path: Path) -> str:
 
 
 def _json(arrays: dict, key: str, path: Path):
+    # Besides JSONDecodeError, json.loads raises a plain ValueError on an integer of over 4300 digits and
+    # RecursionError on deeply nested brackets ("[[[[..."); both mean the field is not usable JSON.
     try:
         return json.loads(_string(arrays, key, path))
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: {key!r} is not valid JSON: {e}") from e
 
 

@@ -188,14 +188,23 @@ def _read_header(f, path: Path, is_images: bool) -> tuple[bytes, tuple[int, ...]
 
 
 def _read_payload(f, path: Path, expected: int) -> bytearray:
-    """Exactly `expected` bytes to the end of the file. Reads in chunks and never past expected + 1, so
-    memory follows what the file really holds, not what its header claims."""
+    """Exactly `expected` bytes to the end of the file. Reads in chunks and never past expected + 1, nor
+    past one byte more than the largest MNIST file, so memory follows what the file really holds (and
+    no more than MNIST ever needs), not what its header claims."""
+    # The _MAX_RAW cap is for gzip: a few hundred KB of .gz inflate to hundreds of MB, so under a header
+    # that lies about its count, "what the file holds" alone would not bound memory.
+    limit = min(expected, _MAX_RAW)
     buf = bytearray()
-    while len(buf) <= expected:
-        chunk = f.read(min(_CHUNK, expected + 1 - len(buf)))
+    while len(buf) <= limit:
+        chunk = f.read(min(_CHUNK, limit + 1 - len(buf)))
         if not chunk:
             break
         buf += chunk
+    if len(buf) > _MAX_RAW:
+        raise MNISTFormatError(
+            f"{path}: the header announces {expected} bytes, more than the largest MNIST file "
+            f"({_MAX_RAW} bytes), and the file holds more than that too"
+        )
     if len(buf) < expected:
         raise MNISTFormatError(
             f"{path}: truncated payload: the header announces {expected} bytes, the file holds {len(buf)}"

@@ -26,6 +26,7 @@ __all__ = [
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _BLAS_INT_MAX = 2**31 - 1  # BLAS takes 32-bit int sizes
+_GEOMETRY_MAX = 2**31 - 1  # largest kernel_size, stride or padding
 
 
 # ---------------------------------------------------------------------------
@@ -48,6 +49,10 @@ def _pair(value, name, fn, minimum):
         raise TypeError(f"{fn}(): {name} must be an int or an (h, w) pair, got {value!r}")
     if min(pair) < minimum:
         raise ValueError(f"{fn}(): {name} must be >= {minimum}, got {value!r}")
+    # Far beyond any image; the cap keeps the kernels' index arithmetic (and the
+    # conversion to Py_ssize_t, an OverflowError otherwise) within 64 bits.
+    if max(pair) > _GEOMETRY_MAX:
+        raise ValueError(f"{fn}(): {name} must be at most 2**31 - 1, got {value!r}")
     return pair
 
 
@@ -64,7 +69,8 @@ def _float_array(a, name, fn, ndim=None, dtype=None):
         raise TypeError(f"{fn}(): {name} has dtype {a.dtype} but x has {dtype}; they must match")
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{fn}(): {name} must be {ndim}-D, got shape {a.shape}")
-    return np.ascontiguousarray(a)
+    # np.ascontiguousarray would turn a 0-d array into shape (1,).
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 def _output_size(size, kernel, stride, padding):
@@ -265,6 +271,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, return_indices=False):
     if ph > kh // 2 or pw > kw // 2:
         raise ValueError(f"{fn}(): padding must be at most half the kernel {(kh, kw)}, got {padding!r}")
     N, C, H, W = x.shape
+    if min(H, W) < 1:
+        # A window of padding alone has no element for its index to point at.
+        raise ValueError(f"{fn}(): x must have non-empty planes (H, W >= 1), got shape {x.shape}")
     _check_window_fits(fn, (H, W), (kh, kw), (ph, pw))
     Ho, Wo = _output_size(H, kh, sh, ph), _output_size(W, kw, sw, pw)
     y = np.empty((N, C, Ho, Wo), x.dtype)
@@ -322,7 +331,7 @@ def relu(x):
 
 
 def relu_backward(grad_y, x):
-    """grad_x = grad_y where x > 0, else 0 (0 at the kink x == 0)."""
+    """grad_x = 0 where x <= 0, else grad_y (0 at the kink x == 0; a NaN x passes grad_y, as in PyTorch)."""
     fn = "relu_backward"
     x = _float_array(x, "x", fn)
     grad_y = _float_array(grad_y, "grad_y", fn, dtype=x.dtype)
@@ -361,7 +370,10 @@ def linear(x, weight, bias=None):
             raise ValueError(f"{fn}(): bias must have shape ({OUT},), got {bias.shape}")
     _check_blas_size(fn, N * IN, OUT * IN, N * OUT)
     y = np.empty((N, OUT), x.dtype)
-    if y.size:
+    if y.size and IN == 0:
+        # An empty sum; BLAS rejects the zero leading dimension (and prints to stderr).
+        y[...] = bias if bias.size else 0
+    elif y.size:
         _kernels.linear_forward(y.reshape(-1), x.reshape(-1), weight.reshape(-1), bias,
                                 N, IN, OUT, _threads_for(N * OUT, IN))
     return y
@@ -381,8 +393,9 @@ def linear_backward(grad_y, x, weight, *, grad_input=True):
         raise ValueError(f"{fn}(): grad_y must have shape {(N, OUT)}, got {grad_y.shape}")
     _check_blas_size(fn, N * IN, OUT * IN, N * OUT)
     if not (N and IN and OUT):
+        # grad_bias does not depend on in_features: it is grad_y summed even when IN == 0.
         return (np.zeros((N, IN), x.dtype) if grad_input else None,
-                np.zeros((OUT, IN), x.dtype), np.zeros(OUT, x.dtype))
+                np.zeros((OUT, IN), x.dtype), grad_y.sum(axis=0))
     # The kernel writes every element of these.
     grad_x = np.empty((N, IN), x.dtype) if grad_input else None
     grad_weight = np.empty((OUT, IN), x.dtype)
@@ -416,7 +429,10 @@ def softmax_cross_entropy(logits, target):
     if target.min() < 0 or target.max() >= K:
         raise ValueError(f"{fn}(): target must hold class indices in [0, {K}), got values in [{target.min()}, {target.max()}]")
     rows = np.arange(N)
-    shifted = logits - logits.max(axis=1, keepdims=True)
+    # Finite logits further apart than the dtype's range (3e38 - -3e38 in float32)
+    # overflow to -inf here, which is the right limit (exp gives 0): no warning.
+    with np.errstate(over="ignore"):
+        shifted = logits - logits.max(axis=1, keepdims=True)
     log_norm = np.log(np.exp(shifted).sum(axis=1))
     loss = float(np.mean(log_norm - shifted[rows, target], dtype=np.float64))
     grad = np.exp(shifted - log_norm[:, None])

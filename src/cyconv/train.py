@@ -189,9 +189,10 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
     metrics: list[dict] = []
     start_epoch = 0
     saved = None  # the last complete checkpoint of this run
+    saved_epochs = 0  # the epochs it holds; not len(metrics): a Ctrl-C can land inside save_checkpoint
     if resume:
         start_epoch, metrics = _resume(checkpoint_path, config, n_train, model, optimizer)
-        saved = checkpoint_path
+        saved, saved_epochs = checkpoint_path, start_epoch
         if start_epoch >= config.epochs:
             log(f"{checkpoint_path} already holds all {config.epochs} epochs; nothing to do")
             return TrainResult(model, optimizer, metrics, saved)
@@ -207,12 +208,22 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
             metrics.append(stats)
             log(_epoch_line(stats, config.epochs))
             if checkpoint_path is not None:
-                save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, model_name=config.model,
-                                epoch=epoch + 1, config=config.to_dict(), metrics=metrics, info=info)
-                saved = checkpoint_path
+                previous = _inode(checkpoint_path)
+                try:
+                    save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, model_name=config.model,
+                                    epoch=epoch + 1, config=config.to_dict(), metrics=metrics, info=info)
+                except KeyboardInterrupt:
+                    # A Ctrl-C after the rename (while the directory is fsynced) still left the new file
+                    # in place, complete: a new inode says so.
+                    if _inode(checkpoint_path) != previous:
+                        saved, saved_epochs = checkpoint_path, epoch + 1
+                    raise
+                saved, saved_epochs = checkpoint_path, epoch + 1
                 _write_metrics(metrics_path, metrics)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(saved, len(metrics)) from None
+        # metrics already counts the epoch whose checkpoint was being written when Ctrl-C came, and the
+        # file still holds the one before: report what the file holds (without out_dir, what was trained).
+        raise TrainingInterrupted(saved, saved_epochs if checkpoint_path is not None else len(metrics)) from None
     return TrainResult(model, optimizer, metrics, saved)
 
 
@@ -327,6 +338,13 @@ def _epoch_line(m: dict, epochs: int) -> str:
 
 def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _write_metrics(path: Path, metrics: list) -> None:
