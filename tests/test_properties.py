@@ -37,6 +37,16 @@ PROFILE = settings.get_profile("cyconv-properties")
 LAYOUT_NAMES = ["C", "fortran", "sliced", "reversed", "readonly"]
 
 
+def assert_backward_close(got, want, dtype, grad_input):
+    """(grad_x or None, grad_weight, grad_bias) of a backward against the reference's."""
+    if grad_input:
+        assert_close(got[0], want[0], dtype, "grad_x")
+    else:
+        assert got[0] is None
+    assert_close(got[1], want[1], dtype, "grad_weight")
+    assert_close(got[2], want[2], dtype, "grad_bias")
+
+
 def in_layout(a, layout):
     """The values of ``a`` in another memory layout (copies; ``a`` is untouched).
 
@@ -164,12 +174,7 @@ def test_conv2d_backward(geometry, out_channels, grad_input, dtype, layout, seed
                             stride, padding, grad_input=grad_input)
     want = R.conv2d_backward(grad_y, x, weight, stride, padding, grad_input=grad_input)
 
-    if grad_input:
-        assert_close(got[0], want[0], dtype, "grad_x")
-    else:
-        assert got[0] is None
-    assert_close(got[1], want[1], dtype, "grad_weight")
-    assert_close(got[2], want[2], dtype, "grad_bias")
+    assert_backward_close(got, want, dtype, grad_input)
 
 
 @settings(PROFILE, max_examples=120)
@@ -297,12 +302,7 @@ def test_linear_backward(sizes, grad_input, dtype, layout, seed):
     got = F.linear_backward(in_layout(grad_y, layout), in_layout(x, layout), in_layout(weight, layout),
                             grad_input=grad_input)
     want = R.linear_backward(grad_y, x, weight, grad_input=grad_input)
-    if grad_input:
-        assert_close(got[0], want[0], dtype, "grad_x")
-    else:
-        assert got[0] is None
-    assert_close(got[1], want[1], dtype, "grad_weight")
-    assert_close(got[2], want[2], dtype, "grad_bias")
+    assert_backward_close(got, want, dtype, grad_input)
 
 
 @settings(PROFILE, max_examples=100)
