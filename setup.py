@@ -127,7 +127,7 @@ def extensions():
     ext = Extension(
         "cyconv._kernels",
         sources=["src/cyconv/_kernels.pyx", "csrc/im2col.c", "csrc/maxpool.c", "csrc/relu.c",
-                 "csrc/sgd.c"],
+                 "csrc/sgd.c", "csrc/hog.c"],
         include_dirs=["csrc"],
     )
     directives = {

@@ -87,4 +87,14 @@ void sgd_update_f32(float *p, float *buf, const float *grad, ptrdiff_t n,
 void sgd_update_f64(double *p, double *buf, const double *grad, ptrdiff_t n,
                     double lr, double momentum, double weight_decay, int first_step);
 
+/* HOG of one image img (H,W,C), channels last, as skimage.feature.hog with
+ * block_norm='L2-Hys': out is (H/cr - br + 1, W/cc - bc + 1, br, bc, n_orient),
+ * cells cr x cc pixels, blocks br x bc cells. hist is scratch of
+ * (H/cr)*(W/cc)*n_orient floats. Colour: per pixel, the channel with the
+ * largest gradient (skimage's channel_axis=-1). */
+void hog_f32(float *out, float *hist, const float *img, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,
+             ptrdiff_t n_orient, ptrdiff_t cr, ptrdiff_t cc, ptrdiff_t br, ptrdiff_t bc);
+void hog_f64(double *out, float *hist, const double *img, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,
+             ptrdiff_t n_orient, ptrdiff_t cr, ptrdiff_t cc, ptrdiff_t br, ptrdiff_t bc);
+
 #endif /* CYCONV_H */

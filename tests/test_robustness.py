@@ -4,8 +4,8 @@ thousands of calls (and failed calls), and training that survives SIGKILL and st
 Concurrent results are compared bit for bit with serial ones at the same thread count (the kernels'
 results depend on nothing else). Leaks are measured, not timed: resident memory after a warm-up and
 after the loop, with a bound far above noise but below what leaking one output per call would cost.
-The fault tests run `python -m cyconv train` on the MNIST copy $CYCONV_DATA points to (skipped
-without it) and kill it at moments drawn from a seeded RNG.
+The fault tests run `python -m cyconv train` on the verified MNIST copy (conftest's mnist_dir) and
+kill it at moments drawn from a seeded RNG.
 """
 
 import gc
@@ -25,7 +25,7 @@ import pytest
 import cyconv
 import cyconv.functional as F
 from cyconv.checkpoint import load_checkpoint
-from cyconv.data import FILES, MNIST, resolve_data_dir
+from cyconv.data import MNIST
 from cyconv.models import lenet5, mlp
 from cyconv.optim import SGD
 from cyconv.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, predict_logits, train
@@ -295,14 +295,6 @@ def test_failing_calls_do_not_leak(one_thread):
 
 # ---------------------------------------------------------------------------------------------------------
 # Faults during training: SIGKILL, then --resume; Ctrl-C
-
-
-@pytest.fixture(scope="module")
-def mnist_dir():
-    root = resolve_data_dir()
-    if not all((root / name).is_file() or (root / f"{name}.gz").is_file() for name in FILES):
-        pytest.skip("MNIST not found: set CYCONV_DATA to a directory holding it")
-    return root
 
 
 EPOCHS = 5

@@ -6,12 +6,13 @@
     cyconv.optim        SGD with momentum and weight decay, learning-rate schedules
     cyconv.models       the course's LeNet-5 and two-layer MLP, and summary()
     cyconv.data         MNIST: find, download, verify, load
+    cyconv.features     hand-crafted features: pixels, colour histograms, HOG (compiled)
 
 Threads: `get_num_threads()`, `set_num_threads(n)` (also a context manager),
 `openmp_enabled()`.
 """
 
-from . import _threads, data, functional, models, nn, optim, reference
+from . import _threads, data, features, functional, models, nn, optim, reference
 from ._kernels import openmp_enabled
 from ._threads import get_num_threads, set_num_threads
 

@@ -1,10 +1,11 @@
-"""The `cyconv` command: train, evaluate, predict, summary, download.
+"""The `cyconv` command: train, evaluate, predict, summary, compare, download.
 
     cyconv train                          LeNet-5 on MNIST, 3 epochs; checkpoint in ./runs/lenet5
     cyconv train --resume                 continue that run where it stopped
     cyconv evaluate --checkpoint runs/lenet5/checkpoint.npz
     cyconv predict --checkpoint runs/lenet5/checkpoint.npz digit.png more.npy
     cyconv summary --model lenet5
+    cyconv compare --plot compare.png     hand-crafted features + simple classifiers vs LeNet-5
     cyconv download --data DIR
 
 Errors a user can cause (a missing file, a bad option, a corrupt checkpoint or image, MNIST not found)
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import struct
 import sys
@@ -29,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, set_num_threads
+from . import compare, data, set_num_threads
+from ._files import atomic_write
 from .checkpoint import MODELS, build_model, load_checkpoint, load_model
 from .models import summary
 from .train import (CHECKPOINT_NAME, SCHEDULES, TrainConfig, TrainingInterrupted, confusion_matrix,
@@ -46,6 +49,10 @@ IMAGE_SIZE = 28
 
 class UsageError(Exception):
     """A bad command line: reported in one line, exit status 2."""
+
+
+class _MissingDependency(Exception):
+    """An optional package a command needs is not installed: one line, exit status 1."""
 
 
 class ImageError(ValueError):
@@ -163,6 +170,25 @@ def _build_parser():
                    help=f"mlp hidden units (default: {d.hidden})")
     p.set_defaults(run=_cmd_summary)
 
+    p = commands.add_parser(
+        "compare", help="hand-crafted features + simple classifiers vs LeNet-5",
+        description="Train softmax regression on pixels, an intensity histogram and HOG, the two-layer MLP "
+                    "on pixels, and LeNet-5 on the images, all with the same SGD recipe as 'cyconv train'; "
+                    "print each one's test accuracy, training time and feature-extraction time.")
+    p.add_argument("--epochs", type=_int_at_least(1), metavar="N",
+                   help=f"epochs for every model (default: {compare.DEFAULT_EPOCHS} for the feature classifiers, "
+                        f"{compare.DEFAULT_CNN_EPOCHS} for LeNet-5)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, metavar="N", help="default: 0")
+    p.add_argument("--limit", type=_int_at_least(1), metavar="N", help="use the first N training images only")
+    p.add_argument("--test-limit", type=_int_at_least(1), metavar="N", help="use the first N test images only")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
+    p.add_argument("--plot", metavar="FILE", help="draw test accuracy against training time to FILE (e.g. a .png; "
+                   "needs matplotlib: pip install 'cyconv[plot]')")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
+    data_options(p)
+    threads_option(p)
+    p.set_defaults(run=_cmd_compare)
+
     p = commands.add_parser("download", help="fetch MNIST",
                             description="Download the missing MNIST files (MD5-checked) and verify all four.")
     p.add_argument("--data", metavar="DIR", help="target directory (default: $CYCONV_DATA, else ~/.cache/cyconv/mnist)")
@@ -180,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            raise UsageError(f"no command given; choose one of train, evaluate, predict, summary, download "
-                             f"(see '{PROG} --help')")
+            raise UsageError(f"no command given; choose one of train, evaluate, predict, summary, compare, "
+                             f"download (see '{PROG} --help')")
     except UsageError as e:
         return _fail(e, EXIT_USAGE)
     except SystemExit as e:  # --help
@@ -204,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except UsageError as e:
         return _fail(e, EXIT_USAGE)
-    except (OSError, ValueError, FloatingPointError, MemoryError) as e:
+    except (OSError, ValueError, FloatingPointError, MemoryError, _MissingDependency) as e:
         if debug:
             raise
         return _fail(e, EXIT_ERROR)
@@ -311,6 +337,36 @@ def _cmd_predict(args) -> int:
 
 def _cmd_summary(args) -> int:
     print(summary(build_model(args.model, hidden=args.hidden, rng=np.random.default_rng(0))))
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    # Everything that can fail fast does so before minutes of training.
+    if args.plot is not None:
+        try:
+            from matplotlib.backend_bases import FigureCanvasBase
+        except ImportError:
+            raise _MissingDependency("compare: --plot needs matplotlib; install cyconv[plot] "
+                                     "(pip install 'cyconv[plot]')") from None
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if Path(args.plot).suffix.lower().lstrip(".") not in formats:
+            raise UsageError(f"compare: --plot {args.plot}: the name must end in one of "
+                             f"{', '.join('.' + f for f in sorted(formats))} (see 'cyconv compare --help')")
+    for path in (args.json, args.plot):
+        if path is not None and not Path(path).resolve().parent.is_dir():
+            raise FileNotFoundError(2, "No such directory", str(Path(path).resolve().parent))
+    mnist = _load_mnist(args)
+    rows = compare.compare(mnist, epochs=args.epochs, cnn_epochs=args.epochs, limit=args.limit,
+                           test_limit=args.test_limit, seed=args.seed,
+                           progress=False if args.no_progress else None,
+                           log=lambda line: print(line, file=sys.stderr))
+    print(compare.format_table(rows))
+    if args.json is not None:
+        text = json.dumps(compare.as_dicts(rows), indent=2) + "\n"
+        atomic_write(Path(args.json), lambda f: f.write(text.encode()))
+    if args.plot is not None:
+        compare.plot(rows, args.plot)
+        print(f"plot: {args.plot}")
     return 0
 
 

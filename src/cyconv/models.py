@@ -2,7 +2,8 @@
 
     lenet5()   the LeNet-5 of the course's table: [Conv 5x5 "same", ReLU, MaxPool 2x2] x 2, Flatten,
                Linear 2450 -> 500, ReLU, Linear 500 -> 10, for 1 x 28 x 28 images.
-    mlp()      the course's two-layer network y = W2 relu(W1 x) on raw pixels.
+    mlp()      the course's two-layer network y = W2 relu(W1 x) on raw pixels (or any feature vector).
+    softmax_regression()  one Linear layer, logits = W x + b, for feature vectors.
     summary()  the course's "Layer | Output Size | Weight Size" table, plus the parameter count.
 
 Each builder draws every layer's initial weights from one numpy.random.Generator
@@ -15,7 +16,7 @@ import numpy as np
 
 from .nn import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential, _count, _float_dtype, _generator
 
-__all__ = ["lenet5", "mlp", "summary"]
+__all__ = ["lenet5", "mlp", "softmax_regression", "summary"]
 
 
 def lenet5(num_classes=10, *, dtype=np.float32, rng=None):
@@ -71,6 +72,20 @@ def mlp(hidden=500, num_classes=10, in_features=784, *, dtype=np.float32, rng=No
         ReLU(),
         Linear(hidden, num_classes, dtype=dtype, rng=rng),
     )
+
+
+def softmax_regression(in_features, num_classes=10, *, dtype=np.float32, rng=None):
+    """Multinomial logistic regression: Flatten, Linear(in_features -> num_classes). Trained with
+    softmax cross-entropy on its logits, it is the linear classifier of the hand-crafted-features
+    baselines (see cyconv.compare).
+
+    Shape: (N, ...) with in_features values per example (e.g. (N, 324) HOG vectors) -> (N, num_classes).
+    """
+    in_features = _count(in_features, "in_features", "softmax_regression")
+    num_classes = _count(num_classes, "num_classes", "softmax_regression")
+    dtype = _float_dtype(dtype, "softmax_regression")
+    rng = _generator(rng, "softmax_regression")
+    return Sequential(Flatten(), Linear(in_features, num_classes, dtype=dtype, rng=rng))
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,202 @@
+"""`cyconv compare` and its pieces: softmax_regression, standardize, the table, the plot, the command line.
+
+The end-to-end run uses the verified MNIST copy (conftest's mnist_dir) on a subset, with downloading
+disabled; everything else runs on small random arrays.
+"""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from cyconv import cli, compare as compare_module
+from cyconv import functional as F
+from cyconv.compare import Row, format_table, standardize
+from cyconv.models import softmax_regression, summary
+from gradcheck import assert_grad
+
+@pytest.fixture(autouse=True)
+def no_download(monkeypatch):
+    monkeypatch.setenv(cli.ENV_NO_DOWNLOAD, "1")
+    monkeypatch.delenv(cli.ENV_DEBUG, raising=False)
+
+
+def run(capsys, *argv):
+    """main(argv) -> (exit status, stdout, stderr)."""
+    status = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_one_line_error(result, status, match):
+    code, _, err = result
+    lines = err.splitlines()
+    assert code == status, err
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("cyconv: error: ") and match in lines[0], lines[0]
+
+
+ROWS = [
+    Row("pixels", "softmax regression", 784, 3, 0.9240, 0.37, 2.9),
+    Row("intensity histogram", "softmax regression", 16, 3, 0.3202, 0.22, 4.8),
+    Row("learned (conv layers)", "LeNet-5", 2450, 1, 0.9851, 41.5, None),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# softmax_regression
+
+
+def test_softmax_regression_is_one_linear_layer():
+    model = softmax_regression(324, rng=np.random.default_rng(0))
+    params = dict(model.named_parameters())
+    assert sorted(p.data.shape for p in params.values()) == [(10,), (10, 324)]
+    x = np.random.default_rng(1).standard_normal((5, 324)).astype(np.float32)
+    assert model(x).shape == (5, 10) and model(x).dtype == np.float32
+    assert summary(model, input_shape=(324,)).endswith("Total parameters: 3,250")
+
+
+def test_softmax_regression_is_seeded_and_validates():
+    a = softmax_regression(16, num_classes=3, rng=np.random.default_rng(7))
+    b = softmax_regression(16, num_classes=3, rng=np.random.default_rng(7))
+    for (_, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+    with pytest.raises(ValueError, match="softmax_regression\\(\\): in_features"):
+        softmax_regression(0)
+    with pytest.raises(TypeError, match="softmax_regression\\(\\): dtype"):
+        softmax_regression(4, dtype=np.int32)
+
+
+def test_softmax_regression_gradient_matches_finite_differences():
+    rng = np.random.default_rng(2)
+    model = softmax_regression(6, num_classes=4, dtype=np.float64, rng=rng)
+    x = rng.standard_normal((3, 6))
+    y = np.array([0, 3, 1])
+    weight = model[1].weight
+
+    def loss_at(w):
+        saved = weight.data.copy()
+        weight.data[...] = w
+        loss = F.softmax_cross_entropy(model(x), y)[0]
+        weight.data[...] = saved
+        return loss
+
+    model.zero_grad()
+    _, grad = F.softmax_cross_entropy(model(x), y)
+    model.backward(grad)
+    assert_grad(weight.grad.copy(), loss_at, weight.data.copy())
+
+
+def test_mlp_takes_any_in_features():
+    from cyconv.models import mlp
+
+    model = mlp(8, in_features=324, rng=np.random.default_rng(0))
+    assert model(np.zeros((2, 324), np.float32)).shape == (2, 10)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# standardize and the table
+
+
+def test_standardize_uses_training_statistics_only():
+    rng = np.random.default_rng(3)
+    train = rng.normal(5, 3, (200, 4))
+    train[:, 2] = 7.0  # constant: only centred
+    test = rng.normal(-5, 1, (50, 4))
+    a, b = standardize(train, test)
+    assert a.dtype == b.dtype == np.float32
+    np.testing.assert_allclose(a.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(a[:, [0, 1, 3]].std(axis=0), 1, rtol=1e-5)
+    assert np.all(a[:, 2] == 0)
+    expected = (test - train.mean(axis=0)) / np.where(train.std(axis=0) == 0, 1, train.std(axis=0))
+    np.testing.assert_allclose(b, expected, rtol=1e-5)
+
+
+def test_format_table_is_aligned():
+    lines = format_table(ROWS).splitlines()
+    assert len(lines) == 2 + len(ROWS)
+    assert len({len(line.rstrip()) for line in lines[:2]}) == 1
+    assert lines[0].split() == ["features", "classifier", "dim", "epochs", "test", "acc", "train", "s",
+                                "features", "s"]
+    assert lines[2].split()[-3:] == ["92.40%", "0.37", "2.90"]
+    assert lines[4].endswith(" -")  # LeNet-5 has no separate feature-extraction time
+    ends = {len(line) for line in lines}
+    assert len(ends) == 1  # right-aligned last column
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_help(capsys):
+    status, out, err = run(capsys, "compare", "--help")
+    assert status == 0 and err == ""
+    for option in ("--epochs", "--limit", "--test-limit", "--seed", "--plot", "--json", "--threads",
+                   "--no-progress", "--data"):
+        assert option in out
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--epochs", "0"], "--epochs: must be >= 1"),
+    (["--limit", "many"], "--limit: expected an integer"),
+    (["--seed", "-1"], "--seed: must be >= 0"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_arguments_exit_2_with_one_line(capsys, argv, match):
+    assert_one_line_error(run(capsys, "compare", *argv), 2, match)
+
+
+def test_plot_without_matplotlib_fails_fast_with_one_line(capsys, monkeypatch, tmp_path):
+    for name in ("matplotlib", "matplotlib.backend_bases", "matplotlib.figure"):
+        monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
+    # The check comes before MNIST is even looked for.
+    result = run(capsys, "compare", "--data", tmp_path / "nowhere", "--plot", tmp_path / "p.png")
+    assert_one_line_error(result, 1, "install cyconv[plot]")
+
+
+def test_plot_rejects_an_unknown_format_before_training(capsys, tmp_path):
+    result = run(capsys, "compare", "--data", tmp_path / "nowhere", "--plot", tmp_path / "p.txt")
+    assert_one_line_error(result, 2, "--plot")
+
+
+def test_plot_writes_a_png(tmp_path):
+    compare_module.plot(ROWS, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_output_directory_fails_before_training(capsys, tmp_path):
+    result = run(capsys, "compare", "--data", tmp_path / "nowhere", "--json", tmp_path / "no" / "rows.json")
+    assert_one_line_error(result, 1, "No such directory")
+
+
+def test_limit_beyond_the_data_is_one_line(capsys, mnist_dir):
+    result = run(capsys, "compare", "--data", mnist_dir, "--test-limit", "10001", "--no-progress")
+    assert_one_line_error(result, 1, "test_limit 10001 is more than the 10000")
+
+
+def test_short_compare_gives_every_row_well_above_chance(capsys, mnist_dir, tmp_path):
+    argv = ["compare", "--data", mnist_dir, "--limit", "2000", "--test-limit", "500", "--epochs", "1",
+            "--no-progress", "--json", tmp_path / "rows.json"]
+    argv += ["--plot", tmp_path / "rows.png"]
+    status, out, err = run(capsys, *argv)
+    assert status == 0, err
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["features"], r["classifier"].split(" (")[0], r["dimension"]) for r in rows] == [
+        ("pixels", "softmax regression", 784),
+        ("intensity histogram", "softmax regression", 16),
+        ("HOG", "softmax regression", 324),
+        ("pixels", "MLP", 784),
+        ("learned (conv layers)", "LeNet-5", 2450),
+    ]
+    accuracy = {(r["features"], r["classifier"].split(" (")[0]): r["test_acc"] for r in rows}
+    # Chance is 10%. A 16-bin histogram of a digit's intensities says little about which digit it is.
+    assert accuracy.pop(("intensity histogram", "softmax regression")) > 0.15
+    # 2000 images, one epoch: ~80-90% here, so 50% leaves room for other thread counts and features.
+    assert all(a > 0.5 for a in accuracy.values()), accuracy
+    assert all(r["epochs"] == 1 and r["train_time_s"] > 0 for r in rows)
+    assert all(r["feature_time_s"] > 0 for r in rows[:4]) and rows[4]["feature_time_s"] is None
+    table = out.splitlines()
+    assert table[0].startswith("features") and len(table) >= 2 + len(rows)
+    assert "LeNet-5" in table[6]
+    assert (tmp_path / "rows.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
