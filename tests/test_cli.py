@@ -23,6 +23,7 @@ import cyconv.train as train_module
 from cyconv import cli
 from cyconv.data import load_mnist
 from cyconv.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, train
+from cli_helpers import assert_error, run
 
 
 @pytest.fixture(autouse=True)
@@ -47,23 +48,6 @@ def checkpoint(tmp_path_factory):
     config = TrainConfig(model="mlp", hidden=8, epochs=1, batch_size=32)
     train(config, (images, labels, images[:16], labels[:16]), out_dir=out, progress=False, log=lambda *a: None)
     return out / CHECKPOINT_NAME
-
-
-def run(capsys, *argv):
-    """main(argv) -> (exit status, stdout, stderr)."""
-    status = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def assert_error(result, status, match):
-    code, _, err = result
-    lines = err.splitlines()
-    assert code == status, err
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert lines[0].startswith("cyconv: error: "), lines[0]
-    assert match in lines[0], lines[0]
-    assert "Traceback" not in err
 
 
 # ---------------------------------------------------------------------------------------------------------

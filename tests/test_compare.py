@@ -14,27 +14,14 @@ from cyconv import cli, compare as compare_module
 from cyconv import functional as F
 from cyconv.compare import Row, format_table, standardize
 from cyconv.models import softmax_regression, summary
+from cli_helpers import assert_error, run
 from gradcheck import assert_grad
+
 
 @pytest.fixture(autouse=True)
 def no_download(monkeypatch):
     monkeypatch.setenv(cli.ENV_NO_DOWNLOAD, "1")
     monkeypatch.delenv(cli.ENV_DEBUG, raising=False)
-
-
-def run(capsys, *argv):
-    """main(argv) -> (exit status, stdout, stderr)."""
-    status = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def assert_one_line_error(result, status, match):
-    code, _, err = result
-    lines = err.splitlines()
-    assert code == status, err
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert lines[0].startswith("cyconv: error: ") and match in lines[0], lines[0]
 
 
 ROWS = [
@@ -144,7 +131,7 @@ def test_help(capsys):
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_arguments_exit_2_with_one_line(capsys, argv, match):
-    assert_one_line_error(run(capsys, "compare", *argv), 2, match)
+    assert_error(run(capsys, "compare", *argv), 2, match)
 
 
 def test_plot_without_matplotlib_fails_fast_with_one_line(capsys, monkeypatch, tmp_path):
@@ -152,12 +139,12 @@ def test_plot_without_matplotlib_fails_fast_with_one_line(capsys, monkeypatch, t
         monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
     # The check comes before MNIST is even looked for.
     result = run(capsys, "compare", "--data", tmp_path / "nowhere", "--plot", tmp_path / "p.png")
-    assert_one_line_error(result, 1, "install cyconv[plot]")
+    assert_error(result, 1, "install cyconv[plot]")
 
 
 def test_plot_rejects_an_unknown_format_before_training(capsys, tmp_path):
     result = run(capsys, "compare", "--data", tmp_path / "nowhere", "--plot", tmp_path / "p.txt")
-    assert_one_line_error(result, 2, "--plot")
+    assert_error(result, 2, "--plot")
 
 
 def test_plot_writes_a_png(tmp_path):
@@ -167,12 +154,12 @@ def test_plot_writes_a_png(tmp_path):
 
 def test_missing_output_directory_fails_before_training(capsys, tmp_path):
     result = run(capsys, "compare", "--data", tmp_path / "nowhere", "--json", tmp_path / "no" / "rows.json")
-    assert_one_line_error(result, 1, "No such directory")
+    assert_error(result, 1, "No such directory")
 
 
 def test_limit_beyond_the_data_is_one_line(capsys, mnist_dir):
     result = run(capsys, "compare", "--data", mnist_dir, "--test-limit", "10001", "--no-progress")
-    assert_one_line_error(result, 1, "test_limit 10001 is more than the 10000")
+    assert_error(result, 1, "test_limit 10001 is more than the 10000")
 
 
 def test_short_compare_gives_every_row_well_above_chance(capsys, mnist_dir, tmp_path):
