@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -12,27 +14,43 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     """Call write(f) on a temp file in path's directory, fsync it, then rename it over path.
 
     Readers (and other processes writing the same file) see the old file or the complete new
-    one, never a partial one; on any error (or Ctrl-C) the temp file is removed and path is
-    untouched.
+    one, never a partial one; on any error the temp file is removed and path is untouched.
+    A Ctrl-C arriving during the write is held until the file is in place (the write takes
+    milliseconds): an interrupt landing between creating the temp file and entering the
+    clean-up, or inside np.savez's zip writer, would otherwise leave a stray temp file or
+    come out as some other exception.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes files 0600; outputs and caches are meant to be readable
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        # A Ctrl-C inside a writer's own clean-up (np.savez closing its zip file with a
-        # member still open) surfaces as the clean-up's ValueError: report the interrupt,
-        # which is what happened.
-        if not isinstance(exc, KeyboardInterrupt) and isinstance(exc.__context__, KeyboardInterrupt):
-            raise exc.__context__ from None
-        raise
+    with _sigint_deferred():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o644)  # mkstemp makes files 0600; outputs and caches are meant to be readable
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as exc:
+            Path(tmp).unlink(missing_ok=True)
+            # Where SIGINT cannot be held (no pthread_sigmask), a Ctrl-C inside np.savez's
+            # clean-up surfaces as its ValueError: report the interrupt, which is what happened.
+            if not isinstance(exc, KeyboardInterrupt) and isinstance(exc.__context__, KeyboardInterrupt):
+                raise exc.__context__ from None
+            raise
     _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Block SIGINT in this thread for the duration; a pending one is delivered on exit."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _fsync_dir(directory: Path) -> None:
