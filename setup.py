@@ -126,7 +126,7 @@ def extensions():
     debug = os.environ.get("CYCONV_DEBUG", "") == "1"
     ext = Extension(
         "cyconv._kernels",
-        sources=["src/cyconv/_kernels.pyx", "csrc/im2col.c", "csrc/maxpool.c", "csrc/relu.c",
+        sources=["src/cyconv/_kernels.pyx", "csrc/im2col.c", "csrc/gemm.c", "csrc/maxpool.c", "csrc/relu.c",
                  "csrc/sgd.c", "csrc/hog.c"],
         include_dirs=["csrc"],
     )

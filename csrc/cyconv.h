@@ -74,12 +74,28 @@ void relu_forward_f64(double *y, const double *x, ptrdiff_t n);
 void relu_backward_f32(float *dx, const float *dy, const float *x, ptrdiff_t n);
 void relu_backward_f64(double *dx, const double *dy, const double *x, ptrdiff_t n);
 
-/* Bias add on a (O, L) output block: y[o, :] += bias[o]. */
-void add_bias_f32(float *y, const float *bias, ptrdiff_t O, ptrdiff_t L);
-void add_bias_f64(double *y, const double *bias, ptrdiff_t O, ptrdiff_t L);
+/* Bias add on a (O, L) output block with row stride ldy: y[o, :] += bias[o]. */
+void add_bias_f32(float *y, ptrdiff_t ldy, const float *bias, ptrdiff_t O, ptrdiff_t L);
+void add_bias_f64(double *y, ptrdiff_t ldy, const double *bias, ptrdiff_t O, ptrdiff_t L);
 /* Row sums accumulated: acc[o] += sum(dy[o, :]) for a (O, L) block. */
 void accumulate_row_sums_f32(float *acc, const float *dy, ptrdiff_t O, ptrdiff_t L);
 void accumulate_row_sums_f64(double *acc, const double *dy, ptrdiff_t O, ptrdiff_t L);
+
+/* cyconv's own float GEMM (gemm.c): C (M,N) = A @ B [+ C] [+ bias per row],
+ * A packed by gemm_pack_a_f32 into gemm_packed_size(M, K) floats, B row-major
+ * with leading dimension ldb. Fast only where gemm_own_supported() (AVX-512). */
+#define GEMM_MR 10
+int gemm_own_supported(void);
+ptrdiff_t gemm_packed_size(ptrdiff_t M, ptrdiff_t K);
+void gemm_pack_a_f32(float *packed, const float *a, ptrdiff_t M, ptrdiff_t K,
+                     ptrdiff_t row_stride, ptrdiff_t col_stride);
+void gemm_packed_f32(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *packed_a,
+                     const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
+                     const float *bias, int accumulate);
+/* im2row: one image (C,H,W) -> (Ho*Wo, C*kh*kw), the transpose of im2col. */
+void im2row_f32(float *rows, const float *img, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
+                ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph,
+                ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo);
 
 /* One in-place SGD step (momentum, weight decay) on n elements; buf may be NULL. */
 void sgd_update_f32(float *p, float *buf, const float *grad, ptrdiff_t n,

@@ -14,6 +14,146 @@
 
 #include "cyconv.h"
 
+#if CYCONV_X86_DISPATCH
+#include <immintrin.h>
+
+/* Lanes [lo, hi) of a 16-lane vector, clipped to [0, 16). */
+static inline __mmask16 lane_range(ptrdiff_t lo, ptrdiff_t hi)
+{
+    if (lo < 0) lo = 0;
+    if (hi > 16) hi = 16;
+    if (hi <= lo) return 0;
+    return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
+
+/* im2col for float, stride 1 along the width, with AVX-512: each output row
+ * segment (up to 16 pixels) is one masked load and one masked store, the mask
+ * supplying the padding zeros. The scalar version spends its time in thousands
+ * of 14-float memcpy calls per image: this is 4-5x faster on LeNet's conv2.
+ * Masked-off lanes are never read, so the load may start left of the row. */
+__attribute__((target("avx512f")))
+static void im2col_w1_avx512(float *cols, ptrdiff_t col_ld, const float *img,
+                             ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw,
+                             ptrdiff_t sh, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo)
+{
+    for (ptrdiff_t c = 0; c < C; c++) {
+        for (ptrdiff_t ki = 0; ki < kh; ki++) {
+            for (ptrdiff_t kj = 0; kj < kw; kj++) {
+                float *row = cols + ((c * kh + ki) * kw + kj) * col_ld;
+                ptrdiff_t shift = kj - pw; /* input column of output column ow is ow + shift */
+                for (ptrdiff_t oh = 0; oh < Ho; oh++) {
+                    ptrdiff_t ih = oh * sh - ph + ki;
+                    int inside = ih >= 0 && ih < H;
+                    const float *src = img + (c * H + (inside ? ih : 0)) * W;
+                    for (ptrdiff_t ow = 0; ow < Wo; ow += 16) {
+                        __mmask16 store = lane_range(0, Wo - ow);
+                        __mmask16 load = inside ? store & lane_range(-shift - ow, W - shift - ow) : 0;
+                        __m512 v = _mm512_maskz_loadu_ps(load, (const void *)((uintptr_t)(src + ow) + shift * (ptrdiff_t)sizeof(float)));
+                        _mm512_mask_storeu_ps(row + oh * Wo + ow, store, v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* col2im for float, stride 1, with AVX-512, written as a gather: each input
+ * row segment sums its kh*kw contributions in a register and is stored once
+ * (the scalar scatter version re-reads and re-writes every pixel kh*kw times). */
+__attribute__((target("avx512f")))
+static void col2im_s1_avx512(float *img, const float *cols, ptrdiff_t col_ld,
+                             ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw,
+                             ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo)
+{
+    for (ptrdiff_t c = 0; c < C; c++) {
+        for (ptrdiff_t ih = 0; ih < H; ih++) {
+            for (ptrdiff_t iw = 0; iw < W; iw += 16) {
+                __m512 acc = _mm512_setzero_ps();
+                for (ptrdiff_t ki = 0; ki < kh; ki++) {
+                    ptrdiff_t oh = ih + ph - ki;
+                    if (oh < 0 || oh >= Ho) continue;
+                    for (ptrdiff_t kj = 0; kj < kw; kj++) {
+                        const float *row = cols + ((c * kh + ki) * kw + kj) * col_ld + oh * Wo;
+                        ptrdiff_t shift = pw - kj; /* output column of input column iw is iw + shift */
+                        __mmask16 m = lane_range(0, W - iw) & lane_range(-shift - iw, Wo - shift - iw);
+                        __m512 v = _mm512_maskz_loadu_ps(m, (const void *)((uintptr_t)(row + iw) + shift * (ptrdiff_t)sizeof(float)));
+                        acc = _mm512_add_ps(acc, v);
+                    }
+                }
+                _mm512_mask_storeu_ps(img + (c * H + ih) * W + iw, lane_range(0, W - iw), acc);
+            }
+        }
+    }
+}
+
+/* im2row for kernels up to 16 wide: each (output pixel, channel,
+ * kernel row) is one masked load and store of kw floats. */
+__attribute__((target("avx512f")))
+static void im2row_avx512(float *rows, const float *img, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
+                          ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph,
+                          ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo)
+{
+    ptrdiff_t K = C * kh * kw;
+    __mmask16 store = lane_range(0, kw);
+    for (ptrdiff_t oh = 0; oh < Ho; oh++) {
+        for (ptrdiff_t ow = 0; ow < Wo; ow++) {
+            float *row = rows + (oh * Wo + ow) * K;
+            ptrdiff_t iw0 = ow * sw - pw;
+            __mmask16 load = store & lane_range(-iw0, W - iw0);
+            for (ptrdiff_t ki = 0; ki < kh; ki++) {
+                ptrdiff_t ih = oh * sh - ph + ki;
+                int inside = ih >= 0 && ih < H;
+                for (ptrdiff_t c = 0; c < C; c++) {
+                    const float *src = img + (c * H + (inside ? ih : 0)) * W;
+                    __m512 v = _mm512_maskz_loadu_ps(inside ? load : 0, (const void *)((uintptr_t)src + iw0 * (ptrdiff_t)sizeof(float)));
+                    _mm512_mask_storeu_ps(row + (c * kh + ki) * kw, store, v);
+                }
+            }
+        }
+    }
+}
+#endif
+
+void im2row_f32(float *rows, const float *img, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
+                ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph,
+                ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo)
+{
+    // rows is (Ho*Wo, C*kh*kw): the transpose of im2col's columns. Row (oh, ow)
+    // is the receptive field of that output, so the weight gradient
+    // dW (O, C*kh*kw) = dy (O, Ho*Wo) @ rows is a GEMM whose B is read in place.
+    ptrdiff_t K = C * kh * kw;
+#if CYCONV_X86_DISPATCH
+    if (kw <= 16 && __builtin_cpu_supports("avx512f")) {
+        im2row_avx512(rows, img, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo);
+        return;
+    }
+#endif
+    for (ptrdiff_t oh = 0; oh < Ho; oh++) {
+        for (ptrdiff_t ow = 0; ow < Wo; ow++) {
+            float *row = rows + (oh * Wo + ow) * K;
+            ptrdiff_t iw0 = ow * sw - pw;
+            // taps kj in [kj_lo, kj_hi) fall inside the image columns
+            ptrdiff_t kj_lo = iw0 < 0 ? -iw0 : 0;
+            ptrdiff_t kj_hi = W - iw0 < kw ? W - iw0 : kw;
+            if (kj_hi < kj_lo) kj_hi = kj_lo;
+            for (ptrdiff_t c = 0; c < C; c++) {
+                for (ptrdiff_t ki = 0; ki < kh; ki++) {
+                    float *dst = row + (c * kh + ki) * kw;
+                    ptrdiff_t ih = oh * sh - ph + ki;
+                    if (ih < 0 || ih >= H) {
+                        for (ptrdiff_t kj = 0; kj < kw; kj++) dst[kj] = 0.0f;
+                        continue;
+                    }
+                    const float *src = img + (c * H + ih) * W + iw0;
+                    for (ptrdiff_t kj = 0; kj < kj_lo; kj++) dst[kj] = 0.0f;
+                    for (ptrdiff_t kj = kj_lo; kj < kj_hi; kj++) dst[kj] = src[kj];
+                    for (ptrdiff_t kj = kj_hi; kj < kw; kj++) dst[kj] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
 #define CYCONV_TEMPLATE "im2col.c"
 #include "instantiate.h"
 
@@ -46,6 +186,12 @@ CYCONV_VECTORIZE void FN(im2col)(real *cols, ptrdiff_t col_ld, const real *img,
                 ptrdiff_t Ho, ptrdiff_t Wo)
 {
     // img is (C,H,W); cols is (C*kh*kw, Ho*Wo) with row stride col_ld
+#if CYCONV_X86_DISPATCH && defined(REAL_IS_FLOAT)
+    if (sw == 1 && __builtin_cpu_supports("avx512f")) {
+        im2col_w1_avx512(cols, col_ld, img, C, H, W, kh, kw, sh, ph, pw, Ho, Wo);
+        return;
+    }
+#endif
     for (ptrdiff_t c = 0; c < C; c++) {
         const real *plane = img + c * H * W;
         for (ptrdiff_t ki = 0; ki < kh; ki++) {
@@ -79,6 +225,12 @@ CYCONV_VECTORIZE void FN(col2im)(real *img, const real *cols, ptrdiff_t col_ld,
                 ptrdiff_t Ho, ptrdiff_t Wo)
 {
     // cols is (C*kh*kw, Ho*Wo) with row stride col_ld; img is (C,H,W), overwritten
+#if CYCONV_X86_DISPATCH && defined(REAL_IS_FLOAT)
+    if (sh == 1 && sw == 1 && __builtin_cpu_supports("avx512f")) {
+        col2im_s1_avx512(img, cols, col_ld, C, H, W, kh, kw, ph, pw, Ho, Wo);
+        return;
+    }
+#endif
     memset(img, 0, (size_t)(C * H * W) * sizeof(real));
     for (ptrdiff_t c = 0; c < C; c++) {
         real *plane = img + c * H * W;
@@ -99,12 +251,12 @@ CYCONV_VECTORIZE void FN(col2im)(real *img, const real *cols, ptrdiff_t col_ld,
     }
 }
 
-CYCONV_VECTORIZE void FN(add_bias)(real *y, const real *bias, ptrdiff_t O, ptrdiff_t L)
+CYCONV_VECTORIZE void FN(add_bias)(real *y, ptrdiff_t ldy, const real *bias, ptrdiff_t O, ptrdiff_t L)
 {
-    // y is (O,L), bias is (O,)
+    // y is (O,L) with row stride ldy, bias is (O,)
     for (ptrdiff_t o = 0; o < O; o++) {
         real b = bias[o];
-        real *yo = y + o * L;
+        real *yo = y + o * ldy;
         for (ptrdiff_t l = 0; l < L; l++) yo[l] += b;
     }
 }

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cyconv._kernels as _kernels
 import cyconv.functional as F
 import cyconv.reference as R
 
@@ -154,6 +155,32 @@ def geometry_param(image_shape, kernel, stride, padding):
     """pytest.param(image_shape, kernel, stride, padding) with an id like 3x2x6x5-k3x5-s1-p2x0."""
     name = f"{ident(image_shape)}-k{ident(kernel)}-s{ident(stride)}-p{ident(padding)}"
     return pytest.param(image_shape, kernel, stride, padding, id=name)
+
+
+# Wider than one 16-lane vector, and kernels wider than 16: the AVX-512 paths
+# of im2col / col2im / im2row and the own GEMM's column tails and row panels
+# (the grid above is all narrower than 8 pixels).
+WIDE_GEOMETRIES = [
+    geometry_param((2, 3, 9, 37), (3, 5), 1, (1, 2)),
+    geometry_param((1, 2, 6, 33), (2, 17), 1, (0, 8)),
+    geometry_param((3, 20, 14, 14), 5, 1, 2),  # LeNet-5's conv2
+    geometry_param((2, 4, 11, 40), 3, (2, 1), 1),
+    geometry_param((2, 4, 11, 40), 3, (1, 2), 1),
+]
+
+
+# The float convolutions' two GEMM paths: BLAS, and cyconv's own (AVX-512 CPUs only).
+GEMM_PATHS = [pytest.param(False, id="blas-gemm")] + (
+    [pytest.param(True, id="own-gemm")] if _kernels.own_gemm_supported() else []
+)
+
+
+@pytest.fixture(params=GEMM_PATHS)
+def gemm_path(request):
+    """Run the test with float convolutions on one GEMM path, then restore the default."""
+    previous = _kernels.set_own_gemm(request.param)
+    yield request.param
+    _kernels.set_own_gemm(previous)
 
 
 def conv_grid(image_shapes):

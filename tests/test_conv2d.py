@@ -7,11 +7,13 @@ import itertools
 import numpy as np
 import pytest
 
+import cyconv
 import cyconv.functional as F
 import cyconv.reference as R
 from conftest import (
     DTYPES,
     LAYOUTS,
+    WIDE_GEOMETRIES,
     MODULES,
     assert_close,
     conv_grid,
@@ -41,7 +43,7 @@ def make_conv(rng, image_shape, kernel, dtype, bias=True):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("image_shape, kernel, stride, padding", conv_grid(IMAGE_SHAPES))
-def test_conv2d_matches_reference(image_shape, kernel, stride, padding, dtype):
+def test_conv2d_matches_reference(image_shape, kernel, stride, padding, dtype, gemm_path):
     rng = np.random.default_rng(0)
     # Alternate bias / no bias over the batch sizes rather than doubling the grid.
     x, weight, bias = make_conv(rng, image_shape, kernel, dtype, bias=image_shape[0] != 1)
@@ -54,7 +56,7 @@ def test_conv2d_matches_reference(image_shape, kernel, stride, padding, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("image_shape, kernel, stride, padding", conv_grid(IMAGE_SHAPES))
-def test_conv2d_backward_matches_reference(image_shape, kernel, stride, padding, dtype):
+def test_conv2d_backward_matches_reference(image_shape, kernel, stride, padding, dtype, gemm_path):
     rng = np.random.default_rng(1)
     x, weight, _ = make_conv(rng, image_shape, kernel, dtype, bias=False)
     grad_y = random_array(rng, R.conv2d(x, weight, None, stride, padding).shape, dtype)
@@ -63,6 +65,27 @@ def test_conv2d_backward_matches_reference(image_shape, kernel, stride, padding,
     want = R.conv2d_backward(grad_y, x, weight, stride, padding)
     for name, g, w in zip(["grad_x", "grad_weight", "grad_bias"], got, want):
         assert_close(g, w, dtype, err_msg=name)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("image_shape, kernel, stride, padding", WIDE_GEOMETRIES)
+def test_wide_conv2d_matches_reference(image_shape, kernel, stride, padding, threads, gemm_path):
+    """float32 on the fast paths: 13 output channels (a partial row panel of the own
+    GEMM), widths past one vector, and batch 1 at 2 threads (the column-split forward)."""
+    rng = np.random.default_rng(7)
+    n, c, _, _ = image_shape
+    x = random_array(rng, image_shape, np.float32)
+    weight = random_array(rng, (13, c) + pair(kernel), np.float32)
+    bias = random_array(rng, (13,), np.float32)
+    want = R.conv2d(x, weight, bias, stride, padding)
+    grad_y = random_array(rng, want.shape, np.float32)
+    with cyconv.set_num_threads(threads):
+        assert_close(F.conv2d(x, weight, bias, stride, padding), want, np.float32)
+        assert_close(F.conv2d(x[:1], weight, bias, stride, padding), want[:1], np.float32)
+        got = F.conv2d_backward(grad_y, x, weight, stride, padding)
+    for name, g, w in zip(["grad_x", "grad_weight", "grad_bias"], got,
+                          R.conv2d_backward(grad_y, x, weight, stride, padding)):
+        assert_close(g, w, np.float32, err_msg=name)
 
 
 # Small geometries for the float64 gradient checks: overlapping windows, padding,

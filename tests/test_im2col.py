@@ -14,6 +14,7 @@ from conftest import (
     LAYOUTS,
     MODULES,
     assert_close,
+    WIDE_GEOMETRIES,
     conv_grid,
     out_size,
     pair,
@@ -34,7 +35,7 @@ def cols_shape(image_shape, kernel, stride, padding):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("image_shape, kernel, stride, padding", conv_grid(IMAGE_SHAPES))
+@pytest.mark.parametrize("image_shape, kernel, stride, padding", conv_grid(IMAGE_SHAPES) + WIDE_GEOMETRIES)
 def test_im2col_matches_reference(image_shape, kernel, stride, padding, dtype):
     x = random_array(np.random.default_rng(0), image_shape, dtype)
     # A pure copy: bit-for-bit equal.
@@ -45,7 +46,7 @@ def test_im2col_matches_reference(image_shape, kernel, stride, padding, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("image_shape, kernel, stride, padding", conv_grid(IMAGE_SHAPES))
+@pytest.mark.parametrize("image_shape, kernel, stride, padding", conv_grid(IMAGE_SHAPES) + WIDE_GEOMETRIES)
 def test_col2im_matches_reference(image_shape, kernel, stride, padding, dtype):
     cols = random_array(np.random.default_rng(1), cols_shape(image_shape, kernel, stride, padding), dtype)
     assert_close(

@@ -147,6 +147,41 @@ def test_parameter_gradients_accumulate_until_zero_grad(make):
         assert p.grad is g and not g.any()  # cleared in place
 
 
+@pytest.mark.parametrize("make", [
+    lambda rng: nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64, rng=rng),
+    lambda rng: nn.Linear(2 * 5 * 5, 3, dtype=np.float64, rng=rng),
+], ids=["Conv2d", "Linear"])
+def test_zero_grad_then_backward_equals_a_fresh_layer(make):
+    """zero_grad() only marks the gradients cleared; the next backward overwrites them. Every way
+    of mixing that with reads, partial clears and repeated backward passes gives the sums a fresh
+    layer would."""
+    rng = seeded(10)
+    layer, fresh = make(seeded(11)), make(seeded(11))
+    x = random_array(rng, (2, 2, 5, 5) if isinstance(layer, nn.Conv2d) else (2, 50), np.float64)
+    g1, g2 = random_array(rng, layer(x).shape, np.float64), random_array(rng, layer(x).shape, np.float64)
+    fresh(x)
+    fresh.backward(g2)
+    want = [p.grad.copy() for p in fresh.parameters()]
+
+    layer.backward(g1)
+    layer.zero_grad()
+    layer.backward(g2)  # overwrites g1's gradients
+    for p, w in zip(layer.parameters(), want):
+        np.testing.assert_allclose(p.grad, w, rtol=1e-12, atol=1e-12)
+
+    layer.zero_grad()
+    assert all(not p.grad.any() for p in layer.parameters())  # reading materialises the zeros
+    layer.backward(g2)
+    for p, w in zip(layer.parameters(), want):
+        np.testing.assert_allclose(p.grad, w, rtol=1e-12, atol=1e-12)
+
+    # Only the weight cleared: the bias keeps adding.
+    layer.weight.zero_grad()
+    layer.backward(g2)
+    np.testing.assert_allclose(layer.weight.grad, want[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.bias.grad, 2 * want[1], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("layer", [
     nn.Conv2d(2, 3, 3, rng=seeded(7)), nn.Linear(50, 3, rng=seeded(7)),
 ], ids=["Conv2d", "Linear"])

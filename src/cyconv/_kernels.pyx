@@ -16,8 +16,11 @@ kept single-threaded (see blas_single_threaded), so only one thread pool, ours,
 ever runs on the cores.
 """
 
+import os
+
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int64_t
+from libc.stdlib cimport malloc, free
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 ctypedef fused floating:
@@ -65,10 +68,20 @@ cdef extern from "cyconv.h" nogil:
                         float lr, float momentum, float weight_decay, int first_step) noexcept
     void sgd_update_f64(double *p, double *buf, const double *grad, Py_ssize_t n,
                         double lr, double momentum, double weight_decay, int first_step) noexcept
-    void add_bias_f32(float *y, const float *bias, Py_ssize_t O, Py_ssize_t L) noexcept
-    void add_bias_f64(double *y, const double *bias, Py_ssize_t O, Py_ssize_t L) noexcept
+    void add_bias_f32(float *y, Py_ssize_t ldy, const float *bias, Py_ssize_t O, Py_ssize_t L) noexcept
+    void add_bias_f64(double *y, Py_ssize_t ldy, const double *bias, Py_ssize_t O, Py_ssize_t L) noexcept
     void accumulate_row_sums_f32(float *acc, const float *dy, Py_ssize_t O, Py_ssize_t L) noexcept
     void accumulate_row_sums_f64(double *acc, const double *dy, Py_ssize_t O, Py_ssize_t L) noexcept
+    int gemm_own_supported() noexcept
+    Py_ssize_t gemm_packed_size(Py_ssize_t M, Py_ssize_t K) noexcept
+    void gemm_pack_a_f32(float *packed, const float *a, Py_ssize_t M, Py_ssize_t K,
+                         Py_ssize_t row_stride, Py_ssize_t col_stride) noexcept
+    void gemm_packed_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *packed_a,
+                         const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc,
+                         const float *bias, int accumulate) noexcept
+    void im2row_f32(float *rows, const float *img, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                    Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo) noexcept
 
 
 def openmp_enabled():
@@ -79,6 +92,40 @@ def openmp_enabled():
 def omp_max_threads():
     """The OpenMP runtime's default team size (1 in a serial build)."""
     return cyconv_omp_max_threads()
+
+
+# ---------------------------------------------------------------------------
+# Float convolutions run their GEMMs on cyconv's own AVX-512 kernel
+# (csrc/gemm.c: 1.1-1.35x OpenBLAS at LeNet's shapes) where the CPU has it;
+# CYCONV_GEMM=blas, or set_own_gemm(False), keeps them on BLAS. The tests hold
+# both paths to the reference.
+
+cdef bint _own_gemm = gemm_own_supported() and os.environ.get("CYCONV_GEMM", "") != "blas"
+
+
+def own_gemm_supported():
+    """True if this CPU can run cyconv's own float GEMM (AVX-512)."""
+    return bool(gemm_own_supported())
+
+
+def own_gemm_enabled():
+    """True if float convolutions use cyconv's own GEMM rather than BLAS."""
+    return _own_gemm
+
+
+def set_own_gemm(bint enabled):
+    """Use cyconv's own GEMM for float convolutions (where supported); returns the previous setting."""
+    global _own_gemm
+    previous = _own_gemm
+    _own_gemm = enabled and gemm_own_supported()
+    return previous
+
+
+cdef float *packed_buffer(Py_ssize_t n) except NULL:
+    cdef float *p = <float *>malloc(max(n, 1) * sizeof(float))
+    if p == NULL:
+        raise MemoryError(f"cannot allocate {n * sizeof(float)} bytes for packed GEMM operands")
+    return p
 
 
 # ---------------------------------------------------------------------------
@@ -193,48 +240,64 @@ def conv2d_forward(floating[::1] y, const floating[::1] x, const floating[::1] w
     # SCRATCH (num_threads, C*kh*kw*Ho*Wo), empty for a direct 1x1 kernel.
     # Fewer images than threads (inference on one image): each image's GEMM is
     # split into column blocks across the threads instead, so all cores work.
-    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, o, l, l0, l1
+    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, l0, l1
     cdef bint direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
     cdef bint has_bias = bias.shape[0] > 0
     cdef const floating *cols
     cdef floating *buf
     cdef int t
-    with nogil:
-        blas_single_threaded()
-        if N < num_threads:
-            for n in range(N):
-                if direct:
-                    cols = &x[n * C * H * W]
-                else:
-                    im2col_image(&scratch[0], L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw,
-                                 ph, pw, Ho, Wo)
-                    cols = &scratch[0]
-                for t in prange(num_threads, schedule='static', num_threads=num_threads):
-                    l0 = block_start(L, num_threads, t)
-                    l1 = block_start(L, num_threads, t + 1)
-                    if l0 < l1:
-                        # y[n][:, l0:l1] = weight @ cols[:, l0:l1]
-                        gemm(False, False, <int>O, <int>(l1 - l0), <int>K, 1, &weight[0], <int>K,
-                             cols + l0, <int>L, 0, &y[n * O * L + l0], <int>L)
-                        if has_bias:
-                            for o in range(O):
-                                for l in range(l0, l1):
-                                    y[n * O * L + o * L + l] += bias[o]
-        else:
-            for n in prange(N, schedule='static', num_threads=num_threads):
-                if direct:
-                    cols = &x[n * C * H * W]
-                else:
-                    buf = &scratch[threadid() * K * L]
-                    im2col_image(buf, L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
-                    cols = buf
-                gemm(False, False, <int>O, <int>L, <int>K, 1, &weight[0], <int>K,
-                     cols, <int>L, 0, &y[n * O * L], <int>L)
-                if has_bias:
-                    if floating is float:
-                        add_bias_f32(&y[n * O * L], &bias[0], O, L)
+    cdef float *packed_w = NULL  # own GEMM: the weights packed once for every image
+    if floating is float:
+        if _own_gemm and N > 0:
+            packed_w = packed_buffer(gemm_packed_size(O, K))
+            gemm_pack_a_f32(packed_w, &weight[0], O, K, K, 1)
+    try:
+        with nogil:
+            blas_single_threaded()
+            if N < num_threads:
+                for n in range(N):
+                    if direct:
+                        cols = &x[n * C * H * W]
                     else:
-                        add_bias_f64(&y[n * O * L], &bias[0], O, L)
+                        im2col_image(&scratch[0], L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw,
+                                     ph, pw, Ho, Wo)
+                        cols = &scratch[0]
+                    for t in prange(num_threads, schedule='static', num_threads=num_threads):
+                        l0 = block_start(L, num_threads, t)
+                        l1 = block_start(L, num_threads, t + 1)
+                        if l0 < l1:
+                            # y[n][:, l0:l1] = weight @ cols[:, l0:l1] (+ bias)
+                            conv_output_gemm(packed_w, O, l1 - l0, K, &weight[0], cols + l0, L,
+                                             &y[n * O * L + l0], L, &bias[0] if has_bias else NULL)
+            else:
+                for n in prange(N, schedule='static', num_threads=num_threads):
+                    if direct:
+                        cols = &x[n * C * H * W]
+                    else:
+                        buf = &scratch[threadid() * K * L]
+                        im2col_image(buf, L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+                        cols = buf
+                    conv_output_gemm(packed_w, O, L, K, &weight[0], cols, L, &y[n * O * L], L,
+                                     &bias[0] if has_bias else NULL)
+    finally:
+        free(packed_w)
+
+
+cdef inline void conv_output_gemm(const float *packed_w, Py_ssize_t O, Py_ssize_t L, Py_ssize_t K,
+                                  const floating *weight, const floating *cols, Py_ssize_t ldb,
+                                  floating *y, Py_ssize_t ldy, const floating *bias) noexcept nogil:
+    # y (O, L) = weight (O, K) @ cols (K, L) + bias: our GEMM (bias fused into
+    # its store) when the weights were packed for it, else BLAS and a bias pass.
+    if floating is float:
+        if packed_w != NULL:
+            gemm_packed_f32(O, L, K, packed_w, cols, ldb, y, ldy, bias, 0)
+            return
+    gemm(False, False, <int>O, <int>L, <int>K, 1, weight, <int>K, cols, <int>ldb, 0, y, <int>ldy)
+    if bias != NULL:
+        if floating is float:
+            add_bias_f32(y, ldy, bias, O, L)
+        else:
+            add_bias_f64(y, ldy, bias, O, L)
 
 
 def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::1] grad_bias,
@@ -243,10 +306,11 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
                     Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O,
                     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo,
-                    bint need_grad_x, int num_threads):
-    # OUT grad_x (N,C,H,W) (empty if not need_grad_x), grad_weight (O,C*kh*kw), grad_bias (O,)
+                    bint need_grad_x, bint accumulate, int num_threads):
+    # OUT grad_x (N,C,H,W) (empty if not need_grad_x), grad_weight (O,C*kh*kw), grad_bias (O,):
+    # overwritten, or added into if accumulate
     # IN grad_y (N,O,Ho,Wo), x (N,C,H,W), weight (O,C*kh*kw)
-    # SCRATCH (num_threads, 2*C*kh*kw*Ho*Wo): columns of x and of the input gradient
+    # SCRATCH (num_threads, 2*C*kh*kw*Ho*Wo): columns (or rows) of x and of the input gradient
     # acc (num_threads, O*C*kh*kw + O), zeroed: per-thread weight and bias gradients
     cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, i, t
     cdef Py_ssize_t per_acc = O * K + O
@@ -256,45 +320,82 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
     cdef floating *buf
     cdef floating *dw
     cdef floating s
-    with nogil:
-        blas_single_threaded()
-        for n in prange(N, schedule='static', num_threads=num_threads):
-            t = threadid()
-            buf = &scratch[t * 2 * K * L]
-            dw = &acc[t * per_acc]
-            dy = &grad_y[n * O * L]
-            if direct:
-                cols = &x[n * C * H * W]
-            else:
-                im2col_image(buf, L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
-                cols = buf
-            # weight-gradient GEMM: dW (O,K) += dy (O,L) @ cols^T (L,K)
-            gemm(False, True, <int>O, <int>K, <int>L, 1, dy, <int>L, cols, <int>L,
-                 1, dw, <int>K)
-            if floating is float:
-                accumulate_row_sums_f32(dw + O * K, dy, O, L)
-            else:
-                accumulate_row_sums_f64(dw + O * K, dy, O, L)
+    # Own GEMM: weight^T packed once; one packed copy of an image's output
+    # gradient per thread; x laid out as rows (im2row) so that the weight
+    # gradient's B operand is read in place.
+    cdef float *packed_wt = NULL
+    cdef float *packed_dy = NULL
+    cdef Py_ssize_t dy_size = gemm_packed_size(O, L)
+    if floating is float:
+        if _own_gemm and N > 0:
+            packed_dy = packed_buffer(num_threads * dy_size)
             if need_grad_x:
-                # input-gradient GEMM: dcols (K,L) = weight^T (K,O) @ dy (O,L), then col2im
-                if direct:
-                    gemm(True, False, <int>K, <int>L, <int>O, 1, &weight[0], <int>K, dy, <int>L,
-                         0, &grad_x[n * C * H * W], <int>L)
+                try:
+                    packed_wt = packed_buffer(gemm_packed_size(K, O))
+                except MemoryError:
+                    free(packed_dy)
+                    raise
+                gemm_pack_a_f32(packed_wt, &weight[0], K, O, 1, K)
+    try:
+        with nogil:
+            blas_single_threaded()
+            for n in prange(N, schedule='static', num_threads=num_threads):
+                t = threadid()
+                buf = &scratch[t * 2 * K * L]
+                dw = &acc[t * per_acc]
+                dy = &grad_y[n * O * L]
+                if floating is float:
+                    if packed_dy != NULL:
+                        # dW (O,K) += dy (O,L) @ rows (L,K)
+                        im2row_f32(buf, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+                        gemm_pack_a_f32(packed_dy + t * dy_size, dy, O, L, L, 1)
+                        gemm_packed_f32(O, K, L, packed_dy + t * dy_size, buf, K, dw, K, NULL, 1)
+                if packed_dy == NULL:
+                    if direct:
+                        cols = &x[n * C * H * W]
+                    else:
+                        im2col_image(buf, L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+                        cols = buf
+                    # dW (O,K) += dy (O,L) @ cols^T (L,K)
+                    gemm(False, True, <int>O, <int>K, <int>L, 1, dy, <int>L, cols, <int>L,
+                         1, dw, <int>K)
+                if floating is float:
+                    accumulate_row_sums_f32(dw + O * K, dy, O, L)
                 else:
-                    gemm(True, False, <int>K, <int>L, <int>O, 1, &weight[0], <int>K, dy, <int>L,
-                         0, buf + K * L, <int>L)
-                    col2im_image(&grad_x[n * C * H * W], buf + K * L, L, C, H, W,
-                                 kh, kw, sh, sw, ph, pw, Ho, Wo)
-        # Sum the per-thread accumulators in thread order (deterministic for a
-        # given thread count).
-        for i in prange(O * K + O, schedule='static', num_threads=num_threads):
-            s = 0
-            for t in range(num_threads):
-                s = s + acc[t * per_acc + i]
-            if i < O * K:
-                grad_weight[i] = s
-            else:
-                grad_bias[i - O * K] = s
+                    accumulate_row_sums_f64(dw + O * K, dy, O, L)
+                if need_grad_x:
+                    # input gradient: dcols (K,L) = weight^T (K,O) @ dy (O,L), then col2im
+                    # (a direct 1x1 kernel's dcols are the input gradient itself)
+                    if direct:
+                        input_grad_gemm(packed_wt, K, L, O, &weight[0], dy, &grad_x[n * C * H * W])
+                    else:
+                        input_grad_gemm(packed_wt, K, L, O, &weight[0], dy, buf + K * L)
+                        col2im_image(&grad_x[n * C * H * W], buf + K * L, L, C, H, W,
+                                     kh, kw, sh, sw, ph, pw, Ho, Wo)
+            # Sum the per-thread accumulators in thread order (deterministic for a
+            # given thread count).
+            for i in prange(O * K + O, schedule='static', num_threads=num_threads):
+                s = 0
+                for t in range(num_threads):
+                    s = s + acc[t * per_acc + i]
+                if i < O * K:
+                    grad_weight[i] = grad_weight[i] + s if accumulate else s
+                else:
+                    grad_bias[i - O * K] = grad_bias[i - O * K] + s if accumulate else s
+    finally:
+        free(packed_dy)
+        free(packed_wt)
+
+
+cdef inline void input_grad_gemm(const float *packed_wt, Py_ssize_t K, Py_ssize_t L, Py_ssize_t O,
+                                 const floating *weight, const floating *dy,
+                                 floating *dcols) noexcept nogil:
+    # dcols (K, L) = weight^T (K, O) @ dy (O, L): our GEMM when weight^T was packed for it, else BLAS.
+    if floating is float:
+        if packed_wt != NULL:
+            gemm_packed_f32(K, L, O, packed_wt, dy, L, dcols, L, NULL, 0)
+            return
+    gemm(True, False, <int>K, <int>L, <int>O, 1, weight, <int>K, dy, <int>L, 0, dcols, <int>L)
 
 
 # ---------------------------------------------------------------------------
@@ -346,8 +447,9 @@ cdef inline void add_bias_row(floating *y, const floating *bias, Py_ssize_t n) n
 def linear_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::1] grad_bias,
                     const floating[::1] grad_y, const floating[::1] x,
                     const floating[::1] weight, Py_ssize_t N, Py_ssize_t IN, Py_ssize_t OUT,
-                    bint need_grad_x, int num_threads):
-    # OUT grad_x (N,IN) (empty if not need_grad_x), grad_weight (OUT,IN), grad_bias (OUT,)
+                    bint need_grad_x, bint accumulate, int num_threads):
+    # OUT grad_x (N,IN) (empty if not need_grad_x), grad_weight (OUT,IN), grad_bias (OUT,):
+    # overwritten, or added into if accumulate
     # IN grad_y (N,OUT), x (N,IN), weight (OUT,IN)
     cdef Py_ssize_t n, o, o0, o1, i0, i1
     cdef floating s
@@ -360,9 +462,9 @@ def linear_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
             if o0 < o1:
                 # weight-gradient GEMM: grad_weight[o0:o1] = grad_y[:, o0:o1].T @ x
                 gemm(True, False, <int>(o1 - o0), <int>IN, <int>N, 1, &grad_y[o0], <int>OUT,
-                     &x[0], <int>IN, 0, &grad_weight[o0 * IN], <int>IN)
+                     &x[0], <int>IN, 1 if accumulate else 0, &grad_weight[o0 * IN], <int>IN)
                 for o in range(o0, o1):
-                    s = 0
+                    s = grad_bias[o] if accumulate else 0
                     for n in range(N):
                         s = s + grad_y[n * OUT + o]
                     grad_bias[o] = s

@@ -73,6 +73,36 @@ def _float_array(a, name, fn, ndim=None, dtype=None):
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
+def _gradient_outputs(fn, out, accumulate, weight_shape, bias_size, dtype, inputs):
+    """The (grad_weight, grad_bias) arrays a backward writes into: fresh ones, or the
+    caller's `out` pair (either may be None: a fresh array), checked; accumulate=True
+    adds into `out` instead of overwriting it."""
+    if not isinstance(accumulate, (bool, np.bool_)):
+        raise TypeError(f"{fn}(): accumulate must be True or False, got {accumulate!r}")
+    if out is None:
+        if accumulate:
+            raise ValueError(f"{fn}(): accumulate=True needs out=(grad_weight, grad_bias) to add into")
+        return np.empty(weight_shape, dtype), np.empty(bias_size, dtype)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(f"{fn}(): out must be a (grad_weight, grad_bias) tuple, got {type(out).__name__}")
+    arrays = []
+    for a, name, shape in zip(out, ("grad_weight", "grad_bias"), (weight_shape, (bias_size,))):
+        if a is None:
+            arrays.append(np.zeros(shape, dtype) if accumulate else np.empty(shape, dtype))
+            continue
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{fn}(): out {name} must be a numpy.ndarray or None, got {type(a).__name__}")
+        if a.shape != shape or a.dtype != dtype:
+            raise ValueError(f"{fn}(): out {name} must have shape {shape} and dtype {dtype}, "
+                             f"got {a.shape} {a.dtype}")
+        if not (a.flags.c_contiguous and a.flags.writeable):
+            raise ValueError(f"{fn}(): out {name} must be C-contiguous and writeable")
+        if any(np.may_share_memory(a, b) for b in inputs + arrays if b is not None):
+            raise ValueError(f"{fn}(): out {name} overlaps another argument")
+        arrays.append(a)
+    return tuple(arrays)
+
+
 def _output_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
@@ -161,7 +191,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     return y
 
 
-def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True):
+def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True, out=None,
+                    accumulate=False):
     """Gradients of conv2d with respect to its input, weight and bias.
 
     Shape:
@@ -170,6 +201,10 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True):
            layer needs no input gradient), grad_weight (O, C, kh, kw), grad_bias (O,).
 
     grad_weight = sum_n grad_y[n] @ im2col(x)[n].T;  grad_x = col2im(weight.T @ grad_y).
+
+    out=(grad_weight, grad_bias) writes the parameter gradients into those arrays
+    (C-contiguous, the right shape and dtype; either may be None) and returns them;
+    with accumulate=True they are added into them, as a module adds into `.grad`.
     """
     fn = "conv2d_backward"
     x = _float_array(x, "x", fn, ndim=4)
@@ -180,18 +215,21 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True):
     if grad_y.shape != (N, O, Ho, Wo):
         raise ValueError(f"{fn}(): grad_y must have shape {(N, O, Ho, Wo)} (the output of conv2d), got {grad_y.shape}")
     grad_x = np.empty(x.shape, x.dtype) if grad_input else None
+    # The kernel writes (or adds into) every element of these, from zeroed per-thread accumulators.
+    grad_weight, grad_bias = _gradient_outputs(fn, out, accumulate, weight.shape, O, x.dtype,
+                                                [x, weight, grad_y])
     if N == 0:
-        return grad_x, np.zeros(weight.shape, x.dtype), np.zeros(O, x.dtype)
-    # The kernel writes every element of these (from zeroed per-thread accumulators).
-    grad_weight = np.empty(weight.shape, x.dtype)
-    grad_bias = np.empty(O, x.dtype)
+        if not accumulate:
+            grad_weight.fill(0)
+            grad_bias.fill(0)
+        return grad_x, grad_weight, grad_bias
     nt = _threads_for(N)
     scratch = np.empty(nt * 2 * C * kh * kw * Ho * Wo, x.dtype)
     acc = np.zeros(nt * (O * C * kh * kw + O), x.dtype)
     _kernels.conv2d_backward(
         grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype),
         grad_weight.reshape(-1), grad_bias, grad_y.reshape(-1), x.reshape(-1),
-        weight.reshape(-1), scratch, acc, *geom, grad_input, nt,
+        weight.reshape(-1), scratch, acc, *geom, grad_input, accumulate, nt,
     )
     return grad_x, grad_weight, grad_bias
 
@@ -379,9 +417,11 @@ def linear(x, weight, bias=None):
     return y
 
 
-def linear_backward(grad_y, x, weight, *, grad_input=True):
+def linear_backward(grad_y, x, weight, *, grad_input=True, out=None, accumulate=False):
     """Gradients of linear: grad_x = grad_y @ weight (None when grad_input=False),
-    grad_weight = grad_y.T @ x, grad_bias = grad_y summed over the batch."""
+    grad_weight = grad_y.T @ x, grad_bias = grad_y summed over the batch.
+
+    out=(grad_weight, grad_bias) and accumulate=True: as in conv2d_backward."""
     fn = "linear_backward"
     x = _float_array(x, "x", fn, ndim=2)
     weight = _float_array(weight, "weight", fn, ndim=2, dtype=x.dtype)
@@ -392,17 +432,20 @@ def linear_backward(grad_y, x, weight, *, grad_input=True):
     if grad_y.shape != (N, OUT):
         raise ValueError(f"{fn}(): grad_y must have shape {(N, OUT)}, got {grad_y.shape}")
     _check_blas_size(fn, N * IN, OUT * IN, N * OUT)
+    # The kernel writes (or adds into) every element of these.
+    grad_weight, grad_bias = _gradient_outputs(fn, out, accumulate, (OUT, IN), OUT, x.dtype,
+                                                [x, weight, grad_y])
     if not (N and IN and OUT):
         # grad_bias does not depend on in_features: it is grad_y summed even when IN == 0.
-        return (np.zeros((N, IN), x.dtype) if grad_input else None,
-                np.zeros((OUT, IN), x.dtype), grad_y.sum(axis=0))
-    # The kernel writes every element of these.
+        if not accumulate:
+            grad_weight.fill(0)
+            grad_bias.fill(0)
+        grad_bias += grad_y.sum(axis=0)
+        return np.zeros((N, IN), x.dtype) if grad_input else None, grad_weight, grad_bias
     grad_x = np.empty((N, IN), x.dtype) if grad_input else None
-    grad_weight = np.empty((OUT, IN), x.dtype)
-    grad_bias = np.empty(OUT, x.dtype)
     _kernels.linear_backward(grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype),
                              grad_weight.reshape(-1), grad_bias, grad_y.reshape(-1),
-                             x.reshape(-1), weight.reshape(-1), N, IN, OUT, grad_input,
+                             x.reshape(-1), weight.reshape(-1), N, IN, OUT, grad_input, accumulate,
                              _threads_for(N * OUT, IN))
     return grad_x, grad_weight, grad_bias
 

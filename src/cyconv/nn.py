@@ -47,11 +47,31 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 class Parameter:
     """A learnable array and the gradient accumulated for it (same shape and dtype, zeros at first)."""
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "_grad", "_grad_cleared")
 
     def __init__(self, data):
         self.data = data
-        self.grad = np.zeros_like(data)
+        self._grad = np.zeros_like(data)
+        self._grad_cleared = False
+
+    @property
+    def grad(self):
+        """The accumulated gradient: an array of data's shape, zeros after zero_grad()."""
+        if self._grad_cleared:
+            self._grad.fill(0)
+            self._grad_cleared = False
+        return self._grad
+
+    def zero_grad(self):
+        """Clear the gradient. The zeros are written only if someone reads .grad first: the
+        next backward overwrites the old values instead of adding to them, which saves two
+        passes over every gradient per training step (a fill and an add)."""
+        self._grad_cleared = True
+
+    def _grad_for_backward(self):
+        """(the gradient array, whether a backward must add into it rather than overwrite it)."""
+        cleared, self._grad_cleared = self._grad_cleared, False
+        return self._grad, not cleared
 
     def __repr__(self):
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
@@ -113,9 +133,9 @@ class Module:
         return [p for _, p in self.named_parameters()]
 
     def zero_grad(self):
-        """Set every parameter gradient to zero, in place."""
+        """Set every parameter gradient to zero (in place, lazily: see Parameter.zero_grad)."""
         for p in self.parameters():
-            p.grad.fill(0)
+            p.zero_grad()
 
     def train(self, mode=True):
         """Set training mode (eval mode when mode=False) here and in every child; return self."""
@@ -216,6 +236,18 @@ def _uniform(rng, fan_in, shape, dtype):
     return Parameter(rng.uniform(-bound, bound, size=shape).astype(dtype))
 
 
+def _gradients_for_backward(weight, bias):
+    """out=(weight grad, bias grad or None) and accumulate for a layer's backward: the kernel
+    writes straight into .grad, adding unless zero_grad() cleared both since the last backward."""
+    grad_w, add_w = weight._grad_for_backward()
+    if bias is None:
+        return (grad_w, None), add_w
+    grad_b, add_b = bias._grad_for_backward()
+    if add_w != add_b:  # only one was cleared: write its zeros, then add into both
+        (grad_b if add_w else grad_w).fill(0)
+    return (grad_w, grad_b), add_w or add_b
+
+
 def _square_or_pair(pair):
     return pair[0] if pair[0] == pair[1] else pair
 
@@ -262,11 +294,9 @@ class Conv2d(Module):
 
     def backward(self, grad_output, *, input_grad=True):
         (x,) = self._saved_for_backward()
-        grad_x, grad_weight, grad_bias = F.conv2d_backward(
-            grad_output, x, self.weight.data, self.stride, self.padding, grad_input=input_grad)
-        self.weight.grad += grad_weight
-        if self.bias is not None:
-            self.bias.grad += grad_bias
+        out, accumulate = _gradients_for_backward(self.weight, self.bias)
+        grad_x, _, _ = F.conv2d_backward(grad_output, x, self.weight.data, self.stride, self.padding,
+                                         grad_input=input_grad, out=out, accumulate=accumulate)
         return grad_x
 
     def extra_repr(self):
@@ -388,11 +418,9 @@ class Linear(Module):
 
     def backward(self, grad_output, *, input_grad=True):
         (x,) = self._saved_for_backward()
-        grad_x, grad_weight, grad_bias = F.linear_backward(grad_output, x, self.weight.data,
-                                                           grad_input=input_grad)
-        self.weight.grad += grad_weight
-        if self.bias is not None:
-            self.bias.grad += grad_bias
+        out, accumulate = _gradients_for_backward(self.weight, self.bias)
+        grad_x, _, _ = F.linear_backward(grad_output, x, self.weight.data, grad_input=input_grad,
+                                         out=out, accumulate=accumulate)
         return grad_x
 
     def extra_repr(self):

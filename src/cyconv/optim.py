@@ -72,7 +72,7 @@ class SGD:
     def zero_grad(self):
         """Set every parameter gradient to zero, in place."""
         for p in self.params:
-            p.grad.fill(0)
+            p.zero_grad()
 
     def step(self):
         """Update every parameter once from its current .grad."""

@@ -1,0 +1,156 @@
+/*
+ * cyconv's own single-precision GEMM for the convolution.
+ *
+ *     C (M,N) = A (M,K) @ B (K,N)   [+ C if accumulate]   [+ bias[m] on row m]
+ *
+ * A is packed once into panels of GEMM_MR rows (gemm_pack_a_f32); B is read
+ * where it lies, row-major with leading dimension ldb (the im2col columns, the
+ * output gradient or the im2row rows of im2col.c), so nothing large is copied per call.
+ * Why our own: at LeNet's per-image shapes (50x196x500, 500x196x50, 50x500x196)
+ * OpenBLAS packs both operands on every call and reaches 79-94 GFLOP/s on one
+ * core here; this kernel, with the weights packed once per layer call, reaches
+ * 101-108 GFLOP/s (the core's AVX-512 FMA peak is ~116). See benchmarks/RESULTS.md.
+ *
+ * The micro-kernel keeps a GEMM_MR x 32 block of C in 20 zmm registers and
+ * streams one row of B (two vectors, the second masked at the right edge) and
+ * GEMM_MR broadcasts of A per step of k. Without AVX-512 the same functions
+ * run a plain loop (correct, slow): the Cython layer calls BLAS instead there
+ * (gemm_own_supported() is 0).
+ */
+#include <string.h>
+
+#include "cyconv.h"
+
+#if CYCONV_X86_DISPATCH
+#include <immintrin.h>
+#endif
+
+ptrdiff_t gemm_packed_size(ptrdiff_t M, ptrdiff_t K)
+{
+    return (M + GEMM_MR - 1) / GEMM_MR * GEMM_MR * K;
+}
+
+void gemm_pack_a_f32(float *packed, const float *a, ptrdiff_t M, ptrdiff_t K,
+                     ptrdiff_t row_stride, ptrdiff_t col_stride)
+{
+    // element (m, k) of A is a[m*row_stride + k*col_stride]; packed is
+    // (ceil(M/MR), K, MR), rows past M zero so the kernel never branches on them
+    for (ptrdiff_t m0 = 0; m0 < M; m0 += GEMM_MR) {
+        float *panel = packed + m0 * K;
+        ptrdiff_t mr = M - m0 < GEMM_MR ? M - m0 : GEMM_MR;
+        for (ptrdiff_t k = 0; k < K; k++) {
+            for (ptrdiff_t i = 0; i < mr; i++) panel[k * GEMM_MR + i] = a[(m0 + i) * row_stride + k * col_stride];
+            for (ptrdiff_t i = mr; i < GEMM_MR; i++) panel[k * GEMM_MR + i] = 0.0f;
+        }
+    }
+}
+
+#if CYCONV_X86_DISPATCH
+
+int gemm_own_supported(void)
+{
+    return __builtin_cpu_supports("avx512f");
+}
+
+/* The accumulators are named variables, not an array: GCC spills an array of
+ * vectors to the stack on every step of k (measured: 2.5x slower). */
+#define GEMM_REP(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9)
+#define GEMM_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
+#define GEMM_FMA(i)                                                 \
+    {                                                               \
+        __m512 a = _mm512_set1_ps(ap[i]);                           \
+        c##i##0 = _mm512_fmadd_ps(a, b0, c##i##0);                  \
+        if (wide) c##i##1 = _mm512_fmadd_ps(a, b1, c##i##1);        \
+    }
+#define GEMM_STORE(i)                                                               \
+    if (i < mr) {                                                                   \
+        float *row = c + i * ldc;                                                   \
+        __m512 v0 = c##i##0, v1 = c##i##1;                                          \
+        if (bias) {                                                                 \
+            v0 = _mm512_add_ps(v0, _mm512_set1_ps(bias[i]));                        \
+            v1 = _mm512_add_ps(v1, _mm512_set1_ps(bias[i]));                        \
+        }                                                                           \
+        if (accumulate) {                                                           \
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, row));                 \
+            if (wide) v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, row + 16));  \
+        }                                                                           \
+        _mm512_mask_storeu_ps(row, m0, v0);                                         \
+        if (wide) _mm512_mask_storeu_ps(row + 16, m1, v1);                          \
+    }
+
+/* One MR x nr block of C, nr <= 32; `wide` (nr > 16) is a compile-time
+ * constant in each of the two inlined copies below. */
+__attribute__((target("avx512f"), always_inline))
+static inline void gemm_block(int wide, ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb,
+                              float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr,
+                              const float *bias, int accumulate)
+{
+    __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
+    __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
+    GEMM_REP(GEMM_DECL)
+    for (ptrdiff_t k = 0; k < K; k++, ap += GEMM_MR, b += ldb) {
+        __m512 b0 = _mm512_maskz_loadu_ps(m0, b), b1 = _mm512_setzero_ps();
+        if (wide) b1 = _mm512_maskz_loadu_ps(m1, b + 16);
+        GEMM_REP(GEMM_FMA)
+    }
+    GEMM_REP(GEMM_STORE)
+}
+
+__attribute__((target("avx512f")))
+static void gemm_block_32(ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb, float *c,
+                          ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, const float *bias, int accumulate)
+{
+    gemm_block(1, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+}
+
+__attribute__((target("avx512f")))
+static void gemm_block_16(ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb, float *c,
+                          ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, const float *bias, int accumulate)
+{
+    gemm_block(0, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+}
+
+void gemm_packed_f32(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *packed_a,
+                     const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
+                     const float *bias, int accumulate)
+{
+    // Column blocks outside, row panels inside: the 32 columns of B being read
+    // (K x 128 bytes) stay in L1/L2 while every panel of A passes over them.
+    for (ptrdiff_t n0 = 0; n0 < N; n0 += 32) {
+        ptrdiff_t nr = N - n0 < 32 ? N - n0 : 32;
+        for (ptrdiff_t m0 = 0; m0 < M; m0 += GEMM_MR) {
+            ptrdiff_t mr = M - m0 < GEMM_MR ? M - m0 : GEMM_MR;
+            const float *bias_block = bias ? bias + m0 : NULL;
+            if (nr > 16)
+                gemm_block_32(K, packed_a + m0 * K, b + n0, ldb, c + m0 * ldc + n0, ldc, mr, nr,
+                              bias_block, accumulate);
+            else
+                gemm_block_16(K, packed_a + m0 * K, b + n0, ldb, c + m0 * ldc + n0, ldc, mr, nr,
+                              bias_block, accumulate);
+        }
+    }
+}
+
+#else /* no AVX-512 dispatch on this compiler/platform: BLAS is used instead */
+
+int gemm_own_supported(void)
+{
+    return 0;
+}
+
+void gemm_packed_f32(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *packed_a,
+                     const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
+                     const float *bias, int accumulate)
+{
+    for (ptrdiff_t m = 0; m < M; m++) {
+        const float *panel = packed_a + m / GEMM_MR * GEMM_MR * K;
+        for (ptrdiff_t n = 0; n < N; n++) {
+            float s = 0.0f;
+            for (ptrdiff_t k = 0; k < K; k++) s += panel[k * GEMM_MR + m % GEMM_MR] * b[k * ldb + n];
+            if (bias) s += bias[m];
+            c[m * ldc + n] = accumulate ? c[m * ldc + n] + s : s;
+        }
+    }
+}
+
+#endif
