@@ -52,20 +52,22 @@ void col2im_f64(double *img, const double *cols, ptrdiff_t col_ld,
                 ptrdiff_t Ho, ptrdiff_t Wo);
 
 /* Max pooling on one plane: x is (H,W), y and ind are (Ho,Wo).
- * ind (may be NULL) receives the flat position in x of each maximum. */
+ * ind (may be NULL) receives the flat position in x of each maximum; relu != 0
+ * applies ReLU to y (max_pool2d(relu(x)) in one pass). */
 void maxpool2d_forward_f32(float *y, int64_t *ind, const float *x,
                            ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw,
                            ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw,
-                           ptrdiff_t Ho, ptrdiff_t Wo);
+                           ptrdiff_t Ho, ptrdiff_t Wo, int relu);
 void maxpool2d_forward_f64(double *y, int64_t *ind, const double *x,
                            ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw,
                            ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw,
-                           ptrdiff_t Ho, ptrdiff_t Wo);
-/* dx (HW) = scatter-add of dy (L) through ind (L). Returns the number of
+                           ptrdiff_t Ho, ptrdiff_t Wo, int relu);
+/* dx (HW) = scatter-add of dy (L) through ind (L), skipping outputs whose
+ * y (the ReLU-fused forward's output; NULL: none) is <= 0. Returns the number of
  * indices outside [0, HW) (they are skipped), so the caller can raise. */
-ptrdiff_t maxpool2d_backward_f32(float *dx, const float *dy, const int64_t *ind,
+ptrdiff_t maxpool2d_backward_f32(float *dx, const float *dy, const int64_t *ind, const float *y,
                                  ptrdiff_t HW, ptrdiff_t L);
-ptrdiff_t maxpool2d_backward_f64(double *dx, const double *dy, const int64_t *ind,
+ptrdiff_t maxpool2d_backward_f64(double *dx, const double *dy, const int64_t *ind, const double *y,
                                  ptrdiff_t HW, ptrdiff_t L);
 
 /* ReLU on n contiguous elements. NaN propagates in forward, as in PyTorch. */

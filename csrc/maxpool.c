@@ -8,6 +8,11 @@
  * gives a NaN output, exactly as PyTorch does. Padding acts as -inf: padded
  * taps are simply skipped.
  *
+ * With relu set, forward also applies ReLU to each output: max_pool2d(relu(x)),
+ * which equals relu(max_pool2d(x)) (ReLU is monotone and keeps NaN), in one pass
+ * over x instead of two; backward then takes that output y and drops the
+ * gradient where y <= 0 (ReLU's rule), so the pair's gradient is exact too.
+ *
  * Instantiated for float and double by instantiate.h.
  */
 #ifndef real
@@ -26,7 +31,7 @@
  * which picks the same element as the row-major scan. */
 __attribute__((target("avx512f")))
 static void maxpool2x2_row_avx512(float *y, int64_t *ind, const float *r0, const float *r1,
-                                  ptrdiff_t W, ptrdiff_t Wo, ptrdiff_t base)
+                                  ptrdiff_t W, ptrdiff_t Wo, ptrdiff_t base, int relu)
 {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
@@ -48,6 +53,8 @@ static void maxpool2x2_row_avx512(float *y, int64_t *ind, const float *r0, const
         __m512i bot_i = _mm512_add_epi32(w, _mm512_maskz_mov_epi32(take_br, one));
         __mmask16 take_bot = _mm512_cmp_ps_mask(bot, top, _CMP_GT_OQ) | _mm512_cmp_ps_mask(bot, bot, _CMP_UNORD_Q);
         __m512 m = _mm512_mask_blend_ps(take_bot, top, bot);
+        if (relu) /* ReLU's rule: 0 where m <= 0, NaN stays */
+            m = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_NLE_UQ), m);
         __m512i off = _mm512_mask_blend_epi32(take_bot, top_i, bot_i);
         /* position in the plane = base + 2*(c + lane) + offset; fits int32 (plane < 2^31, checked by the caller) */
         __m512i pos = _mm512_add_epi32(_mm512_add_epi32(_mm512_set1_epi32((int)(base + 2 * c)), lane2), off);
@@ -79,13 +86,13 @@ static void maxpool2x2_row_avx512(float *y, int64_t *ind, const float *r0, const
  * output and no bounds tests; float runs the AVX-512 row kernel when the CPU
  * has it (9x faster than this loop on LeNet's pool2). */
 static void FN(maxpool2x2)(real *restrict y, int64_t *restrict ind, const real *restrict x,
-                           ptrdiff_t W, ptrdiff_t Ho, ptrdiff_t Wo)
+                           ptrdiff_t W, ptrdiff_t Ho, ptrdiff_t Wo, int relu)
 {
 #if CYCONV_X86_DISPATCH && defined(REAL_IS_FLOAT)
     if (2 * Ho * W < INT32_MAX && __builtin_cpu_supports("avx512f")) {
         for (ptrdiff_t oh = 0; oh < Ho; oh++)
             maxpool2x2_row_avx512(y + oh * Wo, ind ? ind + oh * Wo : NULL, x + 2 * oh * W, x + (2 * oh + 1) * W,
-                                  W, Wo, 2 * oh * W);
+                                  W, Wo, 2 * oh * W, relu);
         return;
     }
 #endif
@@ -100,7 +107,7 @@ static void FN(maxpool2x2)(real *restrict y, int64_t *restrict ind, const real *
             MAXPOOL_TAKE(m, best, r0[2 * ow + 1], i0 + 1);
             MAXPOOL_TAKE(m, best, r1[2 * ow], i0 + W);
             MAXPOOL_TAKE(m, best, r1[2 * ow + 1], i0 + W + 1);
-            yr[ow] = m;
+            yr[ow] = relu && m <= 0 ? 0 : m;
             if (ir) ir[ow] = (int64_t)best;
         }
     }
@@ -109,11 +116,11 @@ static void FN(maxpool2x2)(real *restrict y, int64_t *restrict ind, const real *
 void FN(maxpool2d_forward)(real *y, int64_t *ind, const real *x,
                            ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw,
                            ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw,
-                           ptrdiff_t Ho, ptrdiff_t Wo)
+                           ptrdiff_t Ho, ptrdiff_t Wo, int relu)
 {
     // x is (H,W); y and ind are (Ho,Wo); ind may be NULL (inference)
     if (kh == 2 && kw == 2 && sh == 2 && sw == 2 && ph == 0 && pw == 0) {
-        FN(maxpool2x2)(y, ind, x, W, Ho, Wo);
+        FN(maxpool2x2)(y, ind, x, W, Ho, Wo, relu);
         return;
     }
     for (ptrdiff_t oh = 0; oh < Ho; oh++) {
@@ -129,22 +136,22 @@ void FN(maxpool2d_forward)(real *y, int64_t *ind, const real *x,
             real m = -INFINITY;
             for (ptrdiff_t h = h0; h < h1; h++)
                 for (ptrdiff_t w = w0; w < w1; w++) MAXPOOL_TAKE(m, best, x[h * W + w], h * W + w);
-            y[oh * Wo + ow] = m;
+            y[oh * Wo + ow] = relu && m <= 0 ? 0 : m;
             if (ind) ind[oh * Wo + ow] = (int64_t)best;
         }
     }
 }
 
-ptrdiff_t FN(maxpool2d_backward)(real *dx, const real *dy, const int64_t *ind,
+ptrdiff_t FN(maxpool2d_backward)(real *dx, const real *dy, const int64_t *ind, const real *y,
                                  ptrdiff_t HW, ptrdiff_t L)
 {
-    // dx is (HW,), overwritten; dy and ind are (L,)
+    // dx is (HW,), overwritten; dy and ind are (L,); y (L,) or NULL
     ptrdiff_t bad = 0;
     for (ptrdiff_t i = 0; i < HW; i++) dx[i] = 0;
     for (ptrdiff_t l = 0; l < L; l++) {
         /* one unsigned comparison rejects both negative and too-large indices */
         if ((uint64_t)ind[l] < (uint64_t)HW) {
-            dx[ind[l]] += dy[l];
+            if (!(y && y[l] <= 0)) dx[ind[l]] += dy[l];
         } else {
             bad++;
         }

@@ -298,9 +298,10 @@ def test_rejects_bad_input(call, error, match):
         call()
 
 
+@pytest.mark.parametrize("relu", [False, True], ids=["max_pool2d", "relu_max_pool2d"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("width", [2, 6, 14, 30, 34, 62])
-def test_2x2_kernel_writes_nothing_past_its_output(dtype, width):
+def test_2x2_kernel_writes_nothing_past_its_output(dtype, width, relu):
     # The 2x2/2 path writes whole rows with masked 16-lane stores, which AddressSanitizer
     # cannot see: call the kernel on the front of larger buffers and check that the
     # guard values behind the outputs survive, for every tail length of a row.
@@ -314,8 +315,9 @@ def test_2x2_kernel_writes_nothing_past_its_output(dtype, width):
     y = np.full(n_out + guard, 7.5, dtype)
     indices = np.full(n_out + guard, -7, np.int64)
     _kernels.maxpool2d_forward(y[:n_out], indices[:n_out], x.reshape(-1), planes, height, width,
-                               2, 2, 2, 2, 0, 0, height // 2, width // 2, 1)
+                               2, 2, 2, 2, 0, 0, height // 2, width // 2, relu, 1)
     assert np.all(y[n_out:] == 7.5) and np.all(indices[n_out:] == -7)
-    want_y, want_i = R.max_pool2d(x[:, None], 2, return_indices=True)
+    pool = R.relu_max_pool2d if relu else R.max_pool2d
+    want_y, want_i = pool(x[:, None], 2, return_indices=True)
     np.testing.assert_array_equal(y[:n_out], want_y.reshape(-1))
     np.testing.assert_array_equal(indices[:n_out], want_i.reshape(-1))

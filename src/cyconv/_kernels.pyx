@@ -51,15 +51,15 @@ cdef extern from "cyconv.h" nogil:
     void maxpool2d_forward_f32(float *y, int64_t *ind, const float *x,
                                Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
                                Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                               Py_ssize_t Ho, Py_ssize_t Wo) noexcept
+                               Py_ssize_t Ho, Py_ssize_t Wo, int relu) noexcept
     void maxpool2d_forward_f64(double *y, int64_t *ind, const double *x,
                                Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
                                Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                               Py_ssize_t Ho, Py_ssize_t Wo) noexcept
+                               Py_ssize_t Ho, Py_ssize_t Wo, int relu) noexcept
     Py_ssize_t maxpool2d_backward_f32(float *dx, const float *dy, const int64_t *ind,
-                                      Py_ssize_t HW, Py_ssize_t L) noexcept
+                                      const float *y, Py_ssize_t HW, Py_ssize_t L) noexcept
     Py_ssize_t maxpool2d_backward_f64(double *dx, const double *dy, const int64_t *ind,
-                                      Py_ssize_t HW, Py_ssize_t L) noexcept
+                                      const double *y, Py_ssize_t HW, Py_ssize_t L) noexcept
     void relu_forward_f32(float *y, const float *x, Py_ssize_t n) noexcept
     void relu_forward_f64(double *y, const double *x, Py_ssize_t n) noexcept
     void relu_backward_f32(float *dx, const float *dy, const float *x, Py_ssize_t n) noexcept
@@ -511,8 +511,9 @@ def maxpool2d_forward(floating[::1] y, int64_t[::1] indices, const floating[::1]
                       Py_ssize_t P, Py_ssize_t H, Py_ssize_t W,
                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo,
-                      int num_threads):
+                      bint relu, int num_threads):
     # OUT y (P,Ho,Wo), indices (P,Ho,Wo) or empty when not wanted; IN x (P,H,W)
+    # relu: y = max_pool2d(relu(x)), indices still the argmax positions in x
     cdef Py_ssize_t L = Ho * Wo, p
     cdef bint want_indices = indices.shape[0] > 0
     cdef int64_t *ind
@@ -521,24 +522,28 @@ def maxpool2d_forward(floating[::1] y, int64_t[::1] indices, const floating[::1]
             ind = &indices[p * L] if want_indices else NULL
             if floating is float:
                 maxpool2d_forward_f32(&y[p * L], ind, &x[p * H * W],
-                                      H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+                                      H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, relu)
             else:
                 maxpool2d_forward_f64(&y[p * L], ind, &x[p * H * W],
-                                      H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+                                      H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, relu)
 
 
 def maxpool2d_backward(floating[::1] grad_x, const floating[::1] grad_y,
-                       const int64_t[::1] indices, Py_ssize_t P, Py_ssize_t HW,
-                       Py_ssize_t L, int num_threads):
+                       const int64_t[::1] indices, const floating[::1] relu_output,
+                       Py_ssize_t P, Py_ssize_t HW, Py_ssize_t L, int num_threads):
     """Returns the number of out-of-range indices (skipped); the caller raises."""
-    # OUT grad_x (P,HW); IN grad_y (P,L), indices (P,L)
+    # OUT grad_x (P,HW); IN grad_y (P,L), indices (P,L),
+    # relu_output (P,L) of a ReLU-fused forward (gradient dropped where <= 0) or empty
     cdef Py_ssize_t p, bad = 0
+    cdef bint relu = relu_output.shape[0] > 0
     with nogil:
         for p in prange(P, schedule='static', num_threads=num_threads):
             if floating is float:
-                bad += maxpool2d_backward_f32(&grad_x[p * HW], &grad_y[p * L], &indices[p * L], HW, L)
+                bad += maxpool2d_backward_f32(&grad_x[p * HW], &grad_y[p * L], &indices[p * L],
+                                              &relu_output[p * L] if relu else NULL, HW, L)
             else:
-                bad += maxpool2d_backward_f64(&grad_x[p * HW], &grad_y[p * L], &indices[p * L], HW, L)
+                bad += maxpool2d_backward_f64(&grad_x[p * HW], &grad_y[p * L], &indices[p * L],
+                                              &relu_output[p * L] if relu else NULL, HW, L)
     return bad
 
 

@@ -21,7 +21,7 @@ from ._threads import get_num_threads
 
 __all__ = [
     "conv2d", "conv2d_backward", "im2col", "col2im", "max_pool2d", "max_pool2d_backward",
-    "relu", "relu_backward", "linear", "linear_backward", "softmax_cross_entropy", "sgd_update",
+    "relu_max_pool2d", "relu_max_pool2d_backward", "relu", "relu_backward", "linear", "linear_backward", "softmax_cross_entropy", "sgd_update",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -301,7 +301,22 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, return_indices=False):
     stride defaults to kernel_size; padding must be at most half the kernel. The
     first maximum in row-major window order wins ties; a NaN in the window gives NaN.
     """
-    fn = "max_pool2d"
+    return _max_pool2d("max_pool2d", x, kernel_size, stride, padding, return_indices, relu=False)
+
+
+def relu_max_pool2d(x, kernel_size, stride=None, padding=0, return_indices=False):
+    """max_pool2d(relu(x)) in one pass over x.
+
+    y = max_pool2d(relu(x)) = relu(max_pool2d(x)) (ReLU is monotone and keeps NaN); the
+    indices (return_indices=True) are max_pool2d(x)'s, the positions in x of each window's
+    maximum, and relu_max_pool2d_backward turns them and y into the exact gradient of the
+    pair. Saves the separate ReLU pass over x (a read and a write) and its backward;
+    nn.Sequential runs every ReLU followed by a MaxPool2d this way.
+    """
+    return _max_pool2d("relu_max_pool2d", x, kernel_size, stride, padding, return_indices, relu=True)
+
+
+def _max_pool2d(fn, x, kernel_size, stride, padding, return_indices, relu):
     x = _float_array(x, "x", fn, ndim=4)
     kh, kw = _pair(kernel_size, "kernel_size", fn, 1)
     sh, sw = _pair((kh, kw) if stride is None else stride, "stride", fn, 1)
@@ -318,7 +333,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, return_indices=False):
     indices = np.empty((N, C, Ho, Wo) if return_indices else 0, np.int64)
     if y.size:
         _kernels.maxpool2d_forward(y.reshape(-1), indices.reshape(-1), x.reshape(-1), N * C, H, W,
-                                   kh, kw, sh, sw, ph, pw, Ho, Wo, _threads_for(N * C, H * W))
+                                   kh, kw, sh, sw, ph, pw, Ho, Wo, relu, _threads_for(N * C, H * W))
     return (y, indices) if return_indices else y
 
 
@@ -329,8 +344,21 @@ def max_pool2d_backward(grad_y, indices, input_shape):
         grad_y (N, C, Ho, Wo), indices int64 (N, C, Ho, Wo), input_shape (N, C, H, W)
         -> grad_x (N, C, H, W).
     """
-    fn = "max_pool2d_backward"
+    return _max_pool2d_backward("max_pool2d_backward", grad_y, None, indices, input_shape)
+
+
+def relu_max_pool2d_backward(grad_y, y, indices, input_shape):
+    """Gradient of relu_max_pool2d with respect to x, from its outputs y and indices:
+    max_pool2d_backward(grad_y where y > 0 (or NaN), else 0, indices, input_shape)."""
+    return _max_pool2d_backward("relu_max_pool2d_backward", grad_y, y, indices, input_shape)
+
+
+def _max_pool2d_backward(fn, grad_y, y, indices, input_shape):
     grad_y = _float_array(grad_y, "grad_y", fn, ndim=4)
+    if y is not None:
+        y = _float_array(y, "y", fn, ndim=4, dtype=grad_y.dtype)
+        if y.shape != grad_y.shape:
+            raise ValueError(f"{fn}(): y must have grad_y's shape {grad_y.shape}, got {y.shape}")
     if not isinstance(indices, np.ndarray) or indices.dtype != np.int64:
         got = indices.dtype if isinstance(indices, np.ndarray) else type(indices).__name__
         raise TypeError(f"{fn}(): indices must be an int64 array (from max_pool2d), got {got}")
@@ -350,8 +378,9 @@ def max_pool2d_backward(grad_y, indices, input_shape):
         raise ValueError(f"{fn}(): indices has {indices.size} entries outside [0, H*W) = [0, 0)")
     grad_x = np.empty((N, C, H, W), grad_y.dtype)  # the kernel zeroes each plane first
     L = grad_y.shape[2] * grad_y.shape[3]
+    relu_output = np.empty(0, grad_y.dtype) if y is None else y.reshape(-1)
     bad = _kernels.maxpool2d_backward(grad_x.reshape(-1), grad_y.reshape(-1), indices.reshape(-1),
-                                      N * C, H * W, L, _threads_for(N * C, H * W))
+                                      relu_output, N * C, H * W, L, _threads_for(N * C, H * W))
     if bad:
         raise ValueError(f"{fn}(): indices has {bad} entries outside [0, H*W) = [0, {H * W})")
     return grad_x

@@ -236,6 +236,13 @@ def _uniform(rng, fan_in, shape, dtype):
     return Parameter(rng.uniform(-bound, bound, size=shape).astype(dtype))
 
 
+_RAN_FUSED = object()  # what a ReLU keeps when a Sequential ran it fused into the next MaxPool2d
+_FUSED_MESSAGE = (
+    "{name}.backward(): the last forward ran this layer fused with the "
+    + "ReLU -> MaxPool2d pair it belongs to (a Sequential does that); call the Sequential's backward"
+)
+
+
 def _gradients_for_backward(weight, bias):
     """out=(weight grad, bias grad or None) and accumulate for a layer's backward: the kernel
     writes straight into .grad, adding unless zero_grad() cleared both since the last backward."""
@@ -336,12 +343,34 @@ class MaxPool2d(Module):
             self._save()
             return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
         y, indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True)
-        self._save(indices, x.shape)
+        self._save(indices, x.shape, None)
         return y
 
     def backward(self, grad_output, *, input_grad=True):
-        indices, input_shape = self._saved_for_backward()
+        indices, input_shape, relu_output = self._saved_for_backward()
+        if relu_output is not None:
+            raise RuntimeError(_FUSED_MESSAGE.format(name="MaxPool2d"))
         return F.max_pool2d_backward(grad_output, indices, input_shape) if input_grad else None
+
+    # A ReLU followed by this layer runs as one pass (functional.relu_max_pool2d) when a
+    # Sequential holds them: the ReLU's separate read and write of its input, and its
+    # backward, cost more than pooling itself. Outputs and gradients are exactly the pair's.
+
+    def _forward_fused(self, relu, x):
+        relu._save(_RAN_FUSED)
+        if not self.training:
+            self._save()
+            return F.relu_max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        y, indices = F.relu_max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True)
+        self._save(indices, x.shape, y)
+        return y
+
+    def _ran_fused(self):
+        return self._saved is not None and self._saved[2] is not None
+
+    def _backward_fused(self, grad_output, input_grad):
+        indices, input_shape, y = self._saved_for_backward()
+        return F.relu_max_pool2d_backward(grad_output, y, indices, input_shape) if input_grad else None
 
     def extra_repr(self):
         return (f"kernel_size={_square_or_pair(self.kernel_size)}, stride={_square_or_pair(self.stride)}, "
@@ -362,6 +391,8 @@ class ReLU(Module):
 
     def backward(self, grad_output, *, input_grad=True):
         (y,) = self._saved_for_backward()
+        if y is _RAN_FUSED:
+            raise RuntimeError(_FUSED_MESSAGE.format(name="ReLU"))
         return F.relu_backward(grad_output, y) if input_grad else None
 
 
@@ -459,16 +490,29 @@ class Sequential(Module):
         return self._modules[index]
 
     def forward(self, x):
-        for m in self._modules:
-            x = m(x)
+        modules, i = self._modules, 0
+        while i < len(modules):
+            if i + 1 < len(modules) and type(modules[i]) is ReLU and type(modules[i + 1]) is MaxPool2d:
+                x = modules[i + 1]._forward_fused(modules[i], x)  # see MaxPool2d._forward_fused
+                i += 2
+            else:
+                x = modules[i](x)
+                i += 1
         return x
 
     def backward(self, grad_output, *, input_grad=False):
+        modules = self._modules
         first = 0 if input_grad else next(
-            (i for i, m in enumerate(self._modules) if m.parameters()), len(self._modules))
-        grad = grad_output
-        for i in range(len(self._modules) - 1, first - 1, -1):
-            grad = self._modules[i].backward(grad, input_grad=input_grad or i > first)
+            (i for i, m in enumerate(modules) if m.parameters()), len(modules))
+        grad, i = grad_output, len(modules) - 1
+        while i >= first:
+            m = modules[i]
+            if type(m) is MaxPool2d and m._ran_fused():  # the pair (ReLU i-1, MaxPool2d i)
+                grad = m._backward_fused(grad, input_grad or i - 1 > first)
+                i -= 2
+            else:
+                grad = m.backward(grad, input_grad=input_grad or i > first)
+                i -= 1
         return grad if input_grad else None
 
     def __repr__(self):

@@ -26,6 +26,8 @@ __all__ = [
     "col2im",
     "max_pool2d",
     "max_pool2d_backward",
+    "relu_max_pool2d",
+    "relu_max_pool2d_backward",
     "relu",
     "relu_backward",
     "linear",
@@ -232,6 +234,24 @@ def max_pool2d_backward(grad_y, indices, input_shape):
         grad_y.reshape(planes, outputs_per_plane),
     )
     return grad_x.reshape(input_shape)
+
+
+def relu_max_pool2d(x, kernel_size, stride=None, padding=0, return_indices=False):
+    """``max_pool2d(relu(x))``, computed as ``relu(max_pool2d(x))`` (equal: ReLU is monotone
+    and keeps NaN); the indices are ``max_pool2d(x)``'s.
+
+    Shape: x (N, C, H, W) -> y (N, C, Ho, Wo) [, indices (N, C, Ho, Wo)].
+    """
+    y, indices = max_pool2d(x, kernel_size, stride, padding, return_indices=True)
+    return (relu(y), indices) if return_indices else relu(y)
+
+
+def relu_max_pool2d_backward(grad_y, y, indices, input_shape):
+    """Gradient of relu_max_pool2d: ReLU's backward on the pooled output, then the pooling's.
+
+    Shape: grad_y, y, indices (N, C, Ho, Wo), input_shape = (N, C, H, W) -> grad_x (N, C, H, W).
+    """
+    return max_pool2d_backward(relu_backward(grad_y, y), indices, input_shape)
 
 
 # ----------------------------------------------------------------------------
