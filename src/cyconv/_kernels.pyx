@@ -72,6 +72,7 @@ cdef extern from "cyconv.h" nogil:
     void add_bias_f64(double *y, Py_ssize_t ldy, const double *bias, Py_ssize_t O, Py_ssize_t L) noexcept
     void accumulate_row_sums_f32(float *acc, const float *dy, Py_ssize_t O, Py_ssize_t L) noexcept
     void accumulate_row_sums_f64(double *acc, const double *dy, Py_ssize_t O, Py_ssize_t L) noexcept
+    enum: GEMM_MR
     int gemm_own_supported() noexcept
     Py_ssize_t gemm_packed_size(Py_ssize_t M, Py_ssize_t K) noexcept
     void gemm_pack_a_f32(float *packed, const float *a, Py_ssize_t M, Py_ssize_t K,
@@ -126,6 +127,20 @@ cdef float *packed_buffer(Py_ssize_t n) except NULL:
     if p == NULL:
         raise MemoryError(f"cannot allocate {n * sizeof(float)} bytes for packed GEMM operands")
     return p
+
+
+cdef float *packed_operand(const float *a, Py_ssize_t M, Py_ssize_t K, Py_ssize_t row_stride,
+                           Py_ssize_t col_stride, int num_threads) except NULL:
+    # A (M,K), element (m,k) at a[m*row_stride + k*col_stride], packed for the
+    # own GEMM (free() it), row panels split across the threads: on one image
+    # the packing is as long as the GEMM's share of a thread.
+    cdef float *packed = packed_buffer(gemm_packed_size(M, K))
+    cdef Py_ssize_t panels = (M + GEMM_MR - 1) // GEMM_MR, p
+    with nogil:
+        for p in prange(panels, schedule='static', num_threads=num_threads):
+            gemm_pack_a_f32(packed + p * GEMM_MR * K, a + p * GEMM_MR * row_stride,
+                            min(<Py_ssize_t>GEMM_MR, M - p * GEMM_MR), K, row_stride, col_stride)
+    return packed
 
 
 # ---------------------------------------------------------------------------
@@ -240,7 +255,7 @@ def conv2d_forward(floating[::1] y, const floating[::1] x, const floating[::1] w
     # SCRATCH (num_threads, C*kh*kw*Ho*Wo), empty for a direct 1x1 kernel.
     # Fewer images than threads (inference on one image): each image's GEMM is
     # split into column blocks across the threads instead, so all cores work.
-    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, l0, l1
+    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, l0, l1, c0, c1
     cdef bint direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
     cdef bint has_bias = bias.shape[0] > 0
     cdef const floating *cols
@@ -249,8 +264,7 @@ def conv2d_forward(floating[::1] y, const floating[::1] x, const floating[::1] w
     cdef float *packed_w = NULL  # own GEMM: the weights packed once for every image
     if floating is float:
         if _own_gemm and N > 0:
-            packed_w = packed_buffer(gemm_packed_size(O, K))
-            gemm_pack_a_f32(packed_w, &weight[0], O, K, K, 1)
+            packed_w = packed_operand(&weight[0], O, K, K, 1, num_threads)
     try:
         with nogil:
             blas_single_threaded()
@@ -259,8 +273,13 @@ def conv2d_forward(floating[::1] y, const floating[::1] x, const floating[::1] w
                     if direct:
                         cols = &x[n * C * H * W]
                     else:
-                        im2col_image(&scratch[0], L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw,
-                                     ph, pw, Ho, Wo)
+                        # the image's im2col split by input channels
+                        for t in prange(num_threads, schedule='static', num_threads=num_threads):
+                            c0 = C * t // num_threads
+                            c1 = C * (t + 1) // num_threads
+                            if c0 < c1:
+                                im2col_image(&scratch[c0 * kh * kw * L], L, &x[(n * C + c0) * H * W],
+                                             c1 - c0, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
                         cols = &scratch[0]
                     for t in prange(num_threads, schedule='static', num_threads=num_threads):
                         l0 = block_start(L, num_threads, t)
@@ -331,11 +350,10 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
             packed_dy = packed_buffer(num_threads * dy_size)
             if need_grad_x:
                 try:
-                    packed_wt = packed_buffer(gemm_packed_size(K, O))
+                    packed_wt = packed_operand(&weight[0], K, O, 1, K, num_threads)
                 except MemoryError:
                     free(packed_dy)
                     raise
-                gemm_pack_a_f32(packed_wt, &weight[0], K, O, 1, K)
     try:
         with nogil:
             blas_single_threaded()
