@@ -94,6 +94,16 @@ void gemm_pack_a_f32(float *packed, const float *a, ptrdiff_t M, ptrdiff_t K,
 void gemm_packed_f32(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *packed_a,
                      const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
                      const float *bias, int accumulate);
+/* Weight gradient of a stride-1 convolution on one image without im2row (gemm.c):
+ * dw (O,C,kh,kw) += dy (O,Ho,Wo) correlated with xp, the image padded to (C,Hp,Wp).
+ * Only where conv_weight_grad_direct_fits() (kw <= 6, large planes, AVX-512). */
+int conv_weight_grad_direct_fits(ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t kw, ptrdiff_t Ho, ptrdiff_t Wo);
+void conv_weight_grad_direct_f32(float *dw, const float *dy, const float *xp, ptrdiff_t O,
+                                 ptrdiff_t C, ptrdiff_t Hp, ptrdiff_t Wp, ptrdiff_t kh,
+                                 ptrdiff_t kw, ptrdiff_t Ho, ptrdiff_t Wo);
+/* The image (C,H,W) zero-padded to (C, H + 2*ph, W + 2*pw). */
+void pad_image_f32(float *padded, const float *img, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
+                   ptrdiff_t ph, ptrdiff_t pw);
 /* im2row: one image (C,H,W) -> (Ho*Wo, C*kh*kw), the transpose of im2col. */
 void im2row_f32(float *rows, const float *img, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
                 ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph,

@@ -154,6 +154,24 @@ void im2row_f32(float *rows, const float *img, ptrdiff_t C, ptrdiff_t H, ptrdiff
     }
 }
 
+void pad_image_f32(float *padded, const float *img, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
+                   ptrdiff_t ph, ptrdiff_t pw)
+{
+    // padded is (C, H + 2*ph, W + 2*pw): img in the middle, zeros around it
+    ptrdiff_t Hp = H + 2 * ph, Wp = W + 2 * pw;
+    for (ptrdiff_t c = 0; c < C; c++) {
+        float *plane = padded + c * Hp * Wp;
+        memset(plane, 0, (size_t)(ph * Wp) * sizeof(float));
+        for (ptrdiff_t h = 0; h < H; h++) {
+            float *row = plane + (ph + h) * Wp;
+            memset(row, 0, (size_t)pw * sizeof(float));
+            memcpy(row + pw, img + (c * H + h) * W, (size_t)W * sizeof(float));
+            memset(row + pw + W, 0, (size_t)pw * sizeof(float));
+        }
+        memset(plane + (ph + H) * Wp, 0, (size_t)(ph * Wp) * sizeof(float));
+    }
+}
+
 #define CYCONV_TEMPLATE "im2col.c"
 #include "instantiate.h"
 

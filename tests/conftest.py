@@ -158,12 +158,16 @@ def geometry_param(image_shape, kernel, stride, padding):
 
 
 # Wider than one 16-lane vector, and kernels wider than 16: the AVX-512 paths
-# of im2col / col2im / im2row and the own GEMM's column tails and row panels
-# (the grid above is all narrower than 8 pixels).
+# of im2col / col2im / im2row, the own GEMM's column tails and row panels, and
+# the direct weight gradient of large planes (the grid above is all narrower
+# than 8 pixels).
 WIDE_GEOMETRIES = [
     geometry_param((2, 3, 9, 37), (3, 5), 1, (1, 2)),
     geometry_param((1, 2, 6, 33), (2, 17), 1, (0, 8)),
     geometry_param((3, 20, 14, 14), 5, 1, 2),  # LeNet-5's conv2
+    geometry_param((2, 1, 28, 28), 5, 1, 2),  # LeNet-5's conv1: the direct weight gradient
+    geometry_param((2, 3, 34, 24), (4, 3), 1, 1),
+    geometry_param((1, 2, 40, 31), (2, 6), 1, (0, 3)),
     geometry_param((2, 4, 11, 40), 3, (2, 1), 1),
     geometry_param((2, 4, 11, 40), 3, (1, 2), 1),
 ]

@@ -80,6 +80,13 @@ cdef extern from "cyconv.h" nogil:
     void gemm_packed_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *packed_a,
                          const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc,
                          const float *bias, int accumulate) noexcept
+    int conv_weight_grad_direct_fits(Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t kw, Py_ssize_t Ho,
+                                     Py_ssize_t Wo) noexcept
+    void conv_weight_grad_direct_f32(float *dw, const float *dy, const float *xp, Py_ssize_t O,
+                                     Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t kh,
+                                     Py_ssize_t kw, Py_ssize_t Ho, Py_ssize_t Wo) noexcept
+    void pad_image_f32(float *padded, const float *img, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                       Py_ssize_t ph, Py_ssize_t pw) noexcept
     void im2row_f32(float *rows, const float *img, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
                     Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo) noexcept
@@ -342,12 +349,17 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
     # Own GEMM: weight^T packed once; one packed copy of an image's output
     # gradient per thread; x laid out as rows (im2row) so that the weight
     # gradient's B operand is read in place.
+    # A stride-1 kernel over large planes with few taps per row (LeNet's conv1)
+    # skips even that: its weight gradient is computed directly from the padded image.
     cdef float *packed_wt = NULL
     cdef float *packed_dy = NULL
     cdef Py_ssize_t dy_size = gemm_packed_size(O, L)
+    cdef bint direct_dw = False
     if floating is float:
+        direct_dw = _own_gemm and conv_weight_grad_direct_fits(sh, sw, kw, Ho, Wo)
         if _own_gemm and N > 0:
-            packed_dy = packed_buffer(num_threads * dy_size)
+            if not direct_dw:
+                packed_dy = packed_buffer(num_threads * dy_size)
             if need_grad_x:
                 try:
                     packed_wt = packed_operand(&weight[0], K, O, 1, K, num_threads)
@@ -363,12 +375,15 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
                 dw = &acc[t * per_acc]
                 dy = &grad_y[n * O * L]
                 if floating is float:
-                    if packed_dy != NULL:
+                    if direct_dw:
+                        pad_image_f32(buf, &x[n * C * H * W], C, H, W, ph, pw)
+                        conv_weight_grad_direct_f32(dw, dy, buf, O, C, H + 2 * ph, W + 2 * pw, kh, kw, Ho, Wo)
+                    elif packed_dy != NULL:
                         # dW (O,K) += dy (O,L) @ rows (L,K)
                         im2row_f32(buf, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
                         gemm_pack_a_f32(packed_dy + t * dy_size, dy, O, L, L, 1)
                         gemm_packed_f32(O, K, L, packed_dy + t * dy_size, buf, K, dw, K, NULL, 1)
-                if packed_dy == NULL:
+                if packed_dy == NULL and not direct_dw:
                     if direct:
                         cols = &x[n * C * H * W]
                     else:
