@@ -3,7 +3,8 @@
     python benchmarks/report.py bench.json
 
 One row per (layer, phase, threads): the median ms (min-max) of each
-implementation and the speed-up of cyconv over the reference and over PyTorch.
+implementation and the speed-up of cyconv over each of the others (its variant
+"cyconv-blas" / "cyconv-unfused" where the group has one, the reference, PyTorch).
 """
 
 import json
@@ -25,13 +26,17 @@ def main(path):
     openmp = data["machine_info"].get("cyconv_openmp")
     print(f"cpu: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}; "
           f"cyconv OpenMP: {openmp}; times in ms, median (min-max)\n")
-    print("| layer | phase | threads | cyconv | reference | torch | x reference | x torch |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| layer | phase | threads | cyconv | cyconv variant | reference | torch "
+          "| x variant | x reference | x torch |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for (group, phase, threads), impls in sorted(rows.items()):
+        variant = next((k for k in impls if k.startswith("cyconv-")), None)
         cy = impls.get("cyconv")
-        cells = [fmt(impls[k]) if k in impls else "-" for k in ("cyconv", "reference", "torch")]
+        cells = [fmt(impls[k]) if k in impls else "-" for k in ("cyconv", variant, "reference", "torch")]
+        if variant:
+            cells[1] = f"{variant}: {cells[1]}"
         ratios = [f"{impls[k]['median'] / cy['median']:.2f}" if cy and k in impls else "-"
-                  for k in ("reference", "torch")]
+                  for k in (variant, "reference", "torch")]
         print(f"| {group} | {phase} | {threads} | " + " | ".join(cells + ratios) + " |")
 
 

@@ -1,5 +1,8 @@
 """Kernel benchmarks at the course's LeNet-5 layer shapes (batch 64, float32):
 cyconv vs its NumPy reference vs PyTorch (rows skipped when torch is absent).
+Convolutions also run as "cyconv-blas" (cyconv with its GEMMs on OpenBLAS instead
+of its own AVX-512 kernel), and ReLU + max pooling as "cyconv-unfused" (the two
+ops one after the other instead of relu_max_pool2d).
 
 Each layer is timed forward alone ("fwd", PyTorch under no_grad) and forward +
 backward as a training step runs it ("fwd+bwd"; conv1 computes no input
@@ -30,7 +33,20 @@ def _setup(benchmark, group, impl, phase, threads):
                                 openmp=cyconv.openmp_enabled())
     if impl == "torch":
         return pytest.importorskip("torch")
-    return {"cyconv": F, "reference": R}[impl]
+    return R if impl == "reference" else F
+
+
+@pytest.fixture
+def gemm_path(request):
+    """cyconv-blas runs with the convolutions' GEMMs on BLAS; restored afterwards."""
+    from cyconv import _kernels
+
+    impl = request.node.callspec.params["impl"]
+    if impl == "cyconv" and not _kernels.own_gemm_supported():
+        pytest.skip("no AVX-512: cyconv's own GEMM is not used on this CPU (cyconv-blas is the cyconv row)")
+    previous = _kernels.set_own_gemm(impl == "cyconv")
+    yield
+    _kernels.set_own_gemm(previous)
 
 
 def _torch_step(torch, phase, forward, inputs, grad):
@@ -49,8 +65,8 @@ def _torch_step(torch, phase, forward, inputs, grad):
 
 @pytest.mark.parametrize("phase", PHASES)
 @pytest.mark.parametrize("layer", CONV)
-@pytest.mark.parametrize("impl", IMPLS)
-def test_conv2d(benchmark, impl, layer, phase, threads):
+@pytest.mark.parametrize("impl", ["cyconv", "cyconv-blas"] + IMPLS[1:])
+def test_conv2d(benchmark, impl, layer, phase, threads, gemm_path):
     mod = _setup(benchmark, f"conv2d-{layer}", impl, phase, threads)
     xs, ws, pad, grad_input = CONV[layer]
     rng = np.random.default_rng(0)
@@ -103,4 +119,28 @@ def test_relu(benchmark, impl, layer, phase, threads):
             y = mod.relu(x)
             if phase == "fwd+bwd":
                 mod.relu_backward(y, x)
+    benchmark(step)
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("layer", ACT)
+@pytest.mark.parametrize("impl", ["cyconv", "cyconv-unfused"] + IMPLS[1:])
+def test_relu_max_pool2d(benchmark, impl, layer, phase, threads):
+    mod = _setup(benchmark, f"relu+max_pool2d-{layer}", impl, phase, threads)
+    x = np.random.default_rng(0).standard_normal(ACT[layer], dtype=np.float32)
+    if impl == "torch":
+        tx = mod.from_numpy(x).requires_grad_()
+        gy = mod.ones(x.shape[:2] + (x.shape[2] // 2, x.shape[3] // 2))
+        step = _torch_step(mod, phase, lambda: mod.nn.functional.max_pool2d(mod.relu(tx), 2), (tx,), gy)
+    elif impl == "cyconv":
+        def step():
+            y, ind = F.relu_max_pool2d(x, 2, return_indices=True)
+            if phase == "fwd+bwd":
+                F.relu_max_pool2d_backward(y, y, ind, x.shape)
+    else:  # the two ops one after the other
+        def step():
+            r = mod.relu(x)
+            y, ind = mod.max_pool2d(r, 2, return_indices=True)
+            if phase == "fwd+bwd":
+                mod.relu_backward(mod.max_pool2d_backward(y, ind, x.shape), r)
     benchmark(step)

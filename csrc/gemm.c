@@ -7,9 +7,9 @@
  * where it lies, row-major with leading dimension ldb (the im2col columns, the
  * output gradient or the im2row rows of im2col.c), so nothing large is copied per call.
  * Why our own: at LeNet's per-image shapes (50x196x500, 500x196x50, 50x500x196)
- * OpenBLAS packs both operands on every call and reaches 79-94 GFLOP/s on one
- * core here; this kernel, with the weights packed once per layer call, reaches
- * 101-108 GFLOP/s (the core's AVX-512 FMA peak is ~116). See benchmarks/RESULTS.md.
+ * OpenBLAS packs both operands on every call; with the weights packed once per
+ * layer call and nothing else copied, LeNet's conv2 forward + backward runs
+ * 1.15-1.35x faster than on OpenBLAS (benchmarks/RESULTS.md, "cyconv-blas").
  *
  * The micro-kernel keeps a GEMM_MR x 32 block of C in 20 zmm registers and
  * streams one row of B (two vectors, the second masked at the right edge) and
