@@ -73,11 +73,12 @@ def lenet_like():
                                                                                   rng=rng))
 
 
-def test_sequential_fuses_relu_and_pool_with_the_same_results():
+def test_sequential_fuses_conv_relu_pool_and_relu_pool_with_the_same_results():
     rng = np.random.default_rng(3)
     x = random_array(rng, (2, 1, 8, 8), np.float64)
     fused, layers = lenet_like(), lenet_like()
     y = fused(x)
+    assert fused._runs[:3] == [(0, 3), (3, 2), (5, 1)]  # conv -> ReLU -> pool, then ReLU -> pool, fused
     h = x
     for m in layers:  # one module at a time: nothing fused
         h = m(h)

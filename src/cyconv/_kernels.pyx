@@ -252,8 +252,9 @@ cdef inline Py_ssize_t block_start(Py_ssize_t n, int parts, int t) noexcept nogi
 # cache), then the GEMM. A 1x1 kernel with stride 1 and no padding is already
 # its own im2col, so the image is used directly.
 
-def conv2d_forward(floating[::1] y, const floating[::1] x, const floating[::1] weight,
-                   const floating[::1] bias, floating[::1] scratch,
+def conv2d_forward(floating[::1] y, int64_t[::1] pool_indices, const floating[::1] x,
+                   const floating[::1] weight, const floating[::1] bias, floating[::1] scratch,
+                   const Py_ssize_t[::1] pool,
                    Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O,
                    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo,
@@ -262,12 +263,23 @@ def conv2d_forward(floating[::1] y, const floating[::1] x, const floating[::1] w
     # SCRATCH (num_threads, C*kh*kw*Ho*Wo), empty for a direct 1x1 kernel.
     # Fewer images than threads (inference on one image): each image's GEMM is
     # split into column blocks across the threads instead, so all cores work.
-    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, l0, l1, c0, c1
+    # pool = (kh, kw, sh, sw, ph, pw, Ho, Wo) of a max pooling, or empty: then
+    # y is max_pool2d(relu(conv)) (N,O,pool Ho,pool Wo) and pool_indices (same
+    # shape, or empty) its argmax positions in the conv output planes; each
+    # image's conv output stays in this thread's scratch (SCRATCH grows by
+    # O*Ho*Wo per thread) and never reaches memory. Needs N >= num_threads.
+    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, l0, l1, c0, c1, PL = 0, per_thread
     cdef bint direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
     cdef bint has_bias = bias.shape[0] > 0
+    cdef bint pooled = pool.shape[0] > 0
+    cdef bint want_indices = pool_indices.shape[0] > 0
     cdef const floating *cols
     cdef floating *buf
+    cdef floating *conv_out
     cdef int t
+    if pooled:
+        PL = pool[6] * pool[7]
+    per_thread = (0 if direct else K * L) + (O * L if pooled else 0)
     cdef float *packed_w = NULL  # own GEMM: the weights packed once for every image
     if floating is float:
         if _own_gemm and N > 0:
@@ -300,13 +312,35 @@ def conv2d_forward(floating[::1] y, const floating[::1] x, const floating[::1] w
                     if direct:
                         cols = &x[n * C * H * W]
                     else:
-                        buf = &scratch[threadid() * K * L]
+                        buf = &scratch[threadid() * per_thread]
                         im2col_image(buf, L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
                         cols = buf
-                    conv_output_gemm(packed_w, O, L, K, &weight[0], cols, L, &y[n * O * L], L,
-                                     &bias[0] if has_bias else NULL)
+                    if not pooled:
+                        conv_output_gemm(packed_w, O, L, K, &weight[0], cols, L, &y[n * O * L], L,
+                                         &bias[0] if has_bias else NULL)
+                    else:
+                        conv_out = &scratch[threadid() * per_thread + (0 if direct else K * L)]
+                        conv_output_gemm(packed_w, O, L, K, &weight[0], cols, L, conv_out, L,
+                                         &bias[0] if has_bias else NULL)
+                        pool_planes(&y[n * O * PL], &pool_indices[n * O * PL] if want_indices else NULL,
+                                    conv_out, O, Ho, Wo, &pool[0])
     finally:
         free(packed_w)
+
+
+cdef inline void pool_planes(floating *y, int64_t *indices, const floating *conv_out, Py_ssize_t O,
+                             Py_ssize_t Ho, Py_ssize_t Wo, const Py_ssize_t *pool) noexcept nogil:
+    # y (O, pool Ho*Wo) = max_pool2d(relu(conv_out (O, Ho, Wo))), indices too unless NULL
+    cdef Py_ssize_t o, L = Ho * Wo, PL = pool[6] * pool[7]
+    for o in range(O):
+        if floating is float:
+            maxpool2d_forward_f32(y + o * PL, indices + o * PL if indices != NULL else NULL, conv_out + o * L,
+                                  Ho, Wo, pool[0], pool[1], pool[2], pool[3], pool[4], pool[5], pool[6],
+                                  pool[7], 1)
+        else:
+            maxpool2d_forward_f64(y + o * PL, indices + o * PL if indices != NULL else NULL, conv_out + o * L,
+                                  Ho, Wo, pool[0], pool[1], pool[2], pool[3], pool[4], pool[5], pool[6],
+                                  pool[7], 1)
 
 
 cdef inline void conv_output_gemm(const float *packed_w, Py_ssize_t O, Py_ssize_t L, Py_ssize_t K,
@@ -327,19 +361,28 @@ cdef inline void conv_output_gemm(const float *packed_w, Py_ssize_t O, Py_ssize_
 
 
 def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::1] grad_bias,
-                    const floating[::1] grad_y, const floating[::1] x,
+                    const floating[::1] grad_y, const floating[::1] pooled_y,
+                    const int64_t[::1] pool_indices, const floating[::1] x,
                     const floating[::1] weight, floating[::1] scratch, floating[::1] acc,
+                    Py_ssize_t PL,
                     Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O,
                     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo,
                     bint need_grad_x, bint accumulate, int num_threads):
+    """Returns the number of out-of-range pooling indices (skipped); the caller raises."""
     # OUT grad_x (N,C,H,W) (empty if not need_grad_x), grad_weight (O,C*kh*kw), grad_bias (O,):
     # overwritten, or added into if accumulate
     # IN grad_y (N,O,Ho,Wo), x (N,C,H,W), weight (O,C*kh*kw)
     # SCRATCH (num_threads, 2*C*kh*kw*Ho*Wo): columns (or rows) of x and of the input gradient
     # acc (num_threads, O*C*kh*kw + O), zeroed: per-thread weight and bias gradients
-    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, i, t
+    # PL > 0: the fused conv -> ReLU -> max pooling (conv2d_forward with `pool`): grad_y is the
+    # gradient of its output pooled_y (N,O,PL) and pool_indices those of the forward; each image's
+    # conv output gradient is scattered into this thread's scratch (SCRATCH grows by O*Ho*Wo).
+    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, i, t, o, bad = 0
     cdef Py_ssize_t per_acc = O * K + O
+    cdef bint pooled = PL > 0
+    cdef Py_ssize_t per_thread = 2 * K * L + (O * L if pooled else 0)
+    cdef floating *dy_buf
     cdef bint direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
     cdef const floating *cols
     cdef const floating *dy
@@ -371,9 +414,22 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
             blas_single_threaded()
             for n in prange(N, schedule='static', num_threads=num_threads):
                 t = threadid()
-                buf = &scratch[t * 2 * K * L]
+                buf = &scratch[t * per_thread]
                 dw = &acc[t * per_acc]
-                dy = &grad_y[n * O * L]
+                if pooled:
+                    dy_buf = buf + 2 * K * L
+                    for o in range(O):
+                        if floating is float:
+                            bad += maxpool2d_backward_f32(dy_buf + o * L, &grad_y[(n * O + o) * PL],
+                                                          &pool_indices[(n * O + o) * PL],
+                                                          &pooled_y[(n * O + o) * PL], L, PL)
+                        else:
+                            bad += maxpool2d_backward_f64(dy_buf + o * L, &grad_y[(n * O + o) * PL],
+                                                          &pool_indices[(n * O + o) * PL],
+                                                          &pooled_y[(n * O + o) * PL], L, PL)
+                    dy = dy_buf
+                else:
+                    dy = &grad_y[n * O * L]
                 if floating is float:
                     if direct_dw:
                         pad_image_f32(buf, &x[n * C * H * W], C, H, W, ph, pw)
@@ -406,8 +462,8 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
                         col2im_image(&grad_x[n * C * H * W], buf + K * L, L, C, H, W,
                                      kh, kw, sh, sw, ph, pw, Ho, Wo)
             # Sum the per-thread accumulators in thread order (deterministic for a
-            # given thread count).
-            for i in prange(O * K + O, schedule='static', num_threads=num_threads):
+            # given thread count); on bad pooling indices leave the outputs alone.
+            for i in prange(O * K + O if bad == 0 else 0, schedule='static', num_threads=num_threads):
                 s = 0
                 for t in range(num_threads):
                     s = s + acc[t * per_acc + i]
@@ -418,6 +474,7 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
     finally:
         free(packed_dy)
         free(packed_wt)
+    return bad
 
 
 cdef inline void input_grad_gemm(const float *packed_wt, Py_ssize_t K, Py_ssize_t L, Py_ssize_t O,

@@ -21,10 +21,14 @@ from ._threads import get_num_threads
 
 __all__ = [
     "conv2d", "conv2d_backward", "im2col", "col2im", "max_pool2d", "max_pool2d_backward",
-    "relu_max_pool2d", "relu_max_pool2d_backward", "relu", "relu_backward", "linear", "linear_backward", "softmax_cross_entropy", "sgd_update",
+    "relu_max_pool2d", "relu_max_pool2d_backward", "conv2d_relu_max_pool2d",
+    "conv2d_relu_max_pool2d_backward", "relu", "relu_backward", "linear", "linear_backward",
+    "softmax_cross_entropy", "sgd_update",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_NO_INDICES = np.empty(0, np.int64)  # "no pooling indices wanted" for the kernels
+_NO_POOL = np.empty(0, np.intp)      # "no pooling fused into this convolution"
 _BLAS_INT_MAX = 2**31 - 1  # BLAS takes 32-bit int sizes
 _GEOMETRY_MAX = 2**31 - 1  # largest kernel_size, stride or padding
 
@@ -167,28 +171,107 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         >>> conv2d(x, w, padding=2).shape
         (1, 20, 28, 28)
     """
-    fn = "conv2d"
+    x, weight, bias, geom = _conv_arguments("conv2d", x, weight, bias, stride, padding)
+    N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo = geom
+    y = np.empty((N, O, Ho, Wo), x.dtype)
+    if N == 0:
+        return y
+    nt = _conv_threads(geom)
+    direct = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
+    scratch = np.empty(0 if direct else min(nt, N) * C * kh * kw * Ho * Wo, x.dtype)
+    _kernels.conv2d_forward(y.reshape(-1), _NO_INDICES, x.reshape(-1), weight.reshape(-1), bias, scratch,
+                            _NO_POOL, *geom, nt)
+    return y
+
+
+def _conv_arguments(fn, x, weight, bias, stride, padding):
+    """x, weight and bias (empty for None) checked and C-contiguous, and the geometry."""
     x = _float_array(x, "x", fn, ndim=4)
     weight = _float_array(weight, "weight", fn, ndim=4, dtype=x.dtype)
     geom = _conv_geometry(fn, x, weight, stride, padding)
-    N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo = geom
+    O = geom[4]
     if bias is None:
         bias = np.empty(0, x.dtype)
     else:
         bias = _float_array(bias, "bias", fn, ndim=1, dtype=x.dtype)
         if bias.shape[0] != O:
             raise ValueError(f"{fn}(): bias must have shape ({O},) for {O} out_channels, got {bias.shape}")
-    y = np.empty((N, O, Ho, Wo), x.dtype)
-    if N == 0:
-        return y
-    # One image per thread; with fewer images than threads, the kernel splits
-    # each image's GEMM (O*Ho*Wo outputs of C*kh*kw multiply-adds) instead.
-    nt = max(_threads_for(N), _threads_for(O * Ho * Wo, C * kh * kw))
-    direct = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
-    scratch = np.empty(0 if direct else min(nt, N) * C * kh * kw * Ho * Wo, x.dtype)
-    _kernels.conv2d_forward(y.reshape(-1), x.reshape(-1), weight.reshape(-1), bias, scratch,
-                            *geom, nt)
-    return y
+    return x, weight, bias, geom
+
+
+def _conv_threads(geom):
+    """One image per thread; with fewer images than threads, the kernel splits
+    each image's GEMM (O*Ho*Wo outputs of C*kh*kw multiply-adds) instead."""
+    N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo = geom
+    return max(_threads_for(N), _threads_for(O * Ho * Wo, C * kh * kw))
+
+
+def conv2d_relu_max_pool2d(x, weight, bias=None, stride=1, padding=0, pool_size=2, pool_stride=None,
+                           pool_padding=0, return_indices=False):
+    """max_pool2d(relu(conv2d(x, weight, bias, stride, padding)), pool_size, pool_stride, pool_padding)
+    without writing the convolution's output to memory: each image's is pooled while in cache.
+
+    Returns y, or (y, indices) with return_indices=True: the positions of the maxima in the
+    convolution's output planes, as relu_max_pool2d gives them. conv2d_relu_max_pool2d_backward
+    takes y and indices back. nn.Sequential runs every Conv2d -> ReLU -> MaxPool2d this way.
+    The results equal the three ops one after the other, bit for bit.
+    """
+    fn = "conv2d_relu_max_pool2d"
+    x, weight, bias, geom = _conv_arguments(fn, x, weight, bias, stride, padding)
+    N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo = geom
+    pool = _pool_geometry(fn, (Ho, Wo), pool_size, pool_stride, pool_padding,
+                          ("pool_size", "pool_stride", "pool_padding"), "the convolution's output")
+    nt = _conv_threads(geom)
+    if N < nt:  # fewer images than threads: the convolution splits each image's GEMM instead
+        return relu_max_pool2d(conv2d(x, weight, bias if bias.size else None, stride, padding),
+                               pool_size, pool_stride, pool_padding, return_indices)
+    y = np.empty((N, O, pool[6], pool[7]), x.dtype)
+    indices = np.empty(y.shape if return_indices else 0, np.int64)
+    if N:
+        direct = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
+        scratch = np.empty(nt * ((0 if direct else C * kh * kw * Ho * Wo) + O * Ho * Wo), x.dtype)
+        _kernels.conv2d_forward(y.reshape(-1), indices.reshape(-1), x.reshape(-1), weight.reshape(-1), bias,
+                                scratch, np.array(pool, np.intp), *geom, nt)
+    return (y, indices) if return_indices else y
+
+
+def conv2d_relu_max_pool2d_backward(grad_y, y, indices, x, weight, stride=1, padding=0, *, grad_input=True,
+                                    out=None, accumulate=False):
+    """Gradients of conv2d_relu_max_pool2d with respect to x, weight and bias, from its output y and
+    indices: (grad_x or None, grad_weight, grad_bias), `out` and `accumulate` as in conv2d_backward.
+    The convolution's output gradient is built per image in cache, never in memory."""
+    fn = "conv2d_relu_max_pool2d_backward"
+    x = _float_array(x, "x", fn, ndim=4)
+    weight = _float_array(weight, "weight", fn, ndim=4, dtype=x.dtype)
+    grad_y = _float_array(grad_y, "grad_y", fn, ndim=4, dtype=x.dtype)
+    y = _float_array(y, "y", fn, ndim=4, dtype=x.dtype)
+    geom = _conv_geometry(fn, x, weight, stride, padding)
+    N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo = geom
+    if grad_y.shape[:2] != (N, O):
+        raise ValueError(f"{fn}(): grad_y must have shape ({N}, {O}, pooled H, pooled W), got {grad_y.shape}")
+    indices = _pooling_indices(fn, "conv2d_relu_max_pool2d", grad_y, y, indices)
+    grad_x = np.empty(x.shape, x.dtype) if grad_input else None
+    grad_weight, grad_bias = _gradient_outputs(fn, out, accumulate, weight.shape, O, x.dtype,
+                                               [x, weight, grad_y, y])
+    PL = grad_y.shape[2] * grad_y.shape[3]
+    if N == 0 or PL == 0:
+        if not accumulate:
+            grad_weight.fill(0)
+            grad_bias.fill(0)
+        if grad_input:
+            grad_x.fill(0)
+        return grad_x, grad_weight, grad_bias
+    nt = _threads_for(N)
+    scratch = np.empty(nt * (2 * C * kh * kw + O) * Ho * Wo, x.dtype)
+    acc = np.zeros(nt * (O * C * kh * kw + O), x.dtype)
+    bad = _kernels.conv2d_backward(
+        grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype), grad_weight.reshape(-1), grad_bias,
+        grad_y.reshape(-1), y.reshape(-1), indices.reshape(-1), x.reshape(-1), weight.reshape(-1),
+        scratch, acc, PL, *geom, grad_input, accumulate, nt)
+    if bad:
+        raise ValueError(f"{fn}(): indices has {bad} entries outside [0, H*W) = [0, {Ho * Wo}) of the "
+                         "convolution's output planes")
+    return grad_x, grad_weight, grad_bias
 
 
 def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True, out=None,
@@ -228,8 +311,8 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True, 
     acc = np.zeros(nt * (O * C * kh * kw + O), x.dtype)
     _kernels.conv2d_backward(
         grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype),
-        grad_weight.reshape(-1), grad_bias, grad_y.reshape(-1), x.reshape(-1),
-        weight.reshape(-1), scratch, acc, *geom, grad_input, accumulate, nt,
+        grad_weight.reshape(-1), grad_bias, grad_y.reshape(-1), np.empty(0, x.dtype), _NO_INDICES,
+        x.reshape(-1), weight.reshape(-1), scratch, acc, 0, *geom, grad_input, accumulate, nt,
     )
     return grad_x, grad_weight, grad_bias
 
@@ -316,19 +399,25 @@ def relu_max_pool2d(x, kernel_size, stride=None, padding=0, return_indices=False
     return _max_pool2d("relu_max_pool2d", x, kernel_size, stride, padding, return_indices, relu=True)
 
 
+def _pool_geometry(fn, hw, kernel_size, stride, padding, names=("kernel_size", "stride", "padding"),
+                   input_name="x"):
+    """(kh, kw, sh, sw, ph, pw, Ho, Wo) of a max pooling over planes of size hw, checked."""
+    kh, kw = _pair(kernel_size, names[0], fn, 1)
+    sh, sw = _pair((kh, kw) if stride is None else stride, names[1], fn, 1)
+    ph, pw = _pair(padding, names[2], fn, 0)
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(f"{fn}(): {names[2]} must be at most half the kernel {(kh, kw)}, got {padding!r}")
+    if min(hw) < 1:
+        # A window of padding alone has no element for its index to point at.
+        raise ValueError(f"{fn}(): {input_name} must have non-empty planes (H, W >= 1), got {tuple(hw)}")
+    _check_window_fits(fn, hw, (kh, kw), (ph, pw))
+    return kh, kw, sh, sw, ph, pw, _output_size(hw[0], kh, sh, ph), _output_size(hw[1], kw, sw, pw)
+
+
 def _max_pool2d(fn, x, kernel_size, stride, padding, return_indices, relu):
     x = _float_array(x, "x", fn, ndim=4)
-    kh, kw = _pair(kernel_size, "kernel_size", fn, 1)
-    sh, sw = _pair((kh, kw) if stride is None else stride, "stride", fn, 1)
-    ph, pw = _pair(padding, "padding", fn, 0)
-    if ph > kh // 2 or pw > kw // 2:
-        raise ValueError(f"{fn}(): padding must be at most half the kernel {(kh, kw)}, got {padding!r}")
     N, C, H, W = x.shape
-    if min(H, W) < 1:
-        # A window of padding alone has no element for its index to point at.
-        raise ValueError(f"{fn}(): x must have non-empty planes (H, W >= 1), got shape {x.shape}")
-    _check_window_fits(fn, (H, W), (kh, kw), (ph, pw))
-    Ho, Wo = _output_size(H, kh, sh, ph), _output_size(W, kw, sw, pw)
+    kh, kw, sh, sw, ph, pw, Ho, Wo = _pool_geometry(fn, (H, W), kernel_size, stride, padding)
     y = np.empty((N, C, Ho, Wo), x.dtype)
     indices = np.empty((N, C, Ho, Wo) if return_indices else 0, np.int64)
     if y.size:
@@ -353,18 +442,24 @@ def relu_max_pool2d_backward(grad_y, y, indices, input_shape):
     return _max_pool2d_backward("relu_max_pool2d_backward", grad_y, y, indices, input_shape)
 
 
+def _pooling_indices(fn, source, grad_y, y, indices):
+    """A pooling backward's indices (from `source`), checked against grad_y (and y, the output
+    of a ReLU-fused forward, unless None) and made C-contiguous."""
+    if y is not None and y.shape != grad_y.shape:
+        raise ValueError(f"{fn}(): y must have grad_y's shape {grad_y.shape}, got {y.shape}")
+    if not isinstance(indices, np.ndarray) or indices.dtype != np.int64:
+        got = indices.dtype if isinstance(indices, np.ndarray) else type(indices).__name__
+        raise TypeError(f"{fn}(): indices must be an int64 array (from {source}), got {got}")
+    if indices.shape != grad_y.shape:
+        raise ValueError(f"{fn}(): indices must have grad_y's shape {grad_y.shape}, got {indices.shape}")
+    return np.ascontiguousarray(indices)
+
+
 def _max_pool2d_backward(fn, grad_y, y, indices, input_shape):
     grad_y = _float_array(grad_y, "grad_y", fn, ndim=4)
     if y is not None:
         y = _float_array(y, "y", fn, ndim=4, dtype=grad_y.dtype)
-        if y.shape != grad_y.shape:
-            raise ValueError(f"{fn}(): y must have grad_y's shape {grad_y.shape}, got {y.shape}")
-    if not isinstance(indices, np.ndarray) or indices.dtype != np.int64:
-        got = indices.dtype if isinstance(indices, np.ndarray) else type(indices).__name__
-        raise TypeError(f"{fn}(): indices must be an int64 array (from max_pool2d), got {got}")
-    if indices.shape != grad_y.shape:
-        raise ValueError(f"{fn}(): indices must have grad_y's shape {grad_y.shape}, got {indices.shape}")
-    indices = np.ascontiguousarray(indices)
+    indices = _pooling_indices(fn, "max_pool2d", grad_y, y, indices)
     if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 4
             and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0
                     for s in input_shape)):

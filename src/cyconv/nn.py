@@ -238,8 +238,8 @@ def _uniform(rng, fan_in, shape, dtype):
 
 _RAN_FUSED = object()  # what a ReLU keeps when a Sequential ran it fused into the next MaxPool2d
 _FUSED_MESSAGE = (
-    "{name}.backward(): the last forward ran this layer fused with the "
-    + "ReLU -> MaxPool2d pair it belongs to (a Sequential does that); call the Sequential's backward"
+    "{name}.backward(): the last forward ran this layer fused with its neighbours (a Sequential runs "
+    "Conv2d -> ReLU -> MaxPool2d and ReLU -> MaxPool2d as one pass); call the Sequential's backward"
 )
 
 
@@ -300,10 +300,37 @@ class Conv2d(Module):
         return F.conv2d(x, self.weight.data, bias, self.stride, self.padding)
 
     def backward(self, grad_output, *, input_grad=True):
-        (x,) = self._saved_for_backward()
+        saved = self._saved_for_backward()
+        if len(saved) != 1:
+            raise RuntimeError(_FUSED_MESSAGE.format(name="Conv2d"))
+        (x,) = saved
         out, accumulate = _gradients_for_backward(self.weight, self.bias)
         grad_x, _, _ = F.conv2d_backward(grad_output, x, self.weight.data, self.stride, self.padding,
                                          grad_input=input_grad, out=out, accumulate=accumulate)
+        return grad_x
+
+    # A Conv2d followed by a ReLU and a MaxPool2d runs as one pass when a Sequential holds them
+    # (functional.conv2d_relu_max_pool2d): each image's convolution output is pooled while in cache,
+    # so neither it nor its gradient is ever written to memory. Results are exactly the three's.
+
+    def _forward_fused(self, relu, pool, x):
+        relu._save(_RAN_FUSED)
+        pool._save(_RAN_FUSED, None, None)
+        bias = None if self.bias is None else self.bias.data
+        args = (x, self.weight.data, bias, self.stride, self.padding, pool.kernel_size, pool.stride, pool.padding)
+        if not self.training:
+            self._save()
+            return F.conv2d_relu_max_pool2d(*args)
+        y, indices = F.conv2d_relu_max_pool2d(*args, return_indices=True)
+        self._save(x, y, indices)
+        return y
+
+    def _backward_fused(self, grad_output, input_grad):
+        x, y, indices = self._saved_for_backward()
+        out, accumulate = _gradients_for_backward(self.weight, self.bias)
+        grad_x, _, _ = F.conv2d_relu_max_pool2d_backward(
+            grad_output, y, indices, x, self.weight.data, self.stride, self.padding, grad_input=input_grad,
+            out=out, accumulate=accumulate)
         return grad_x
 
     def extra_repr(self):
@@ -348,7 +375,7 @@ class MaxPool2d(Module):
 
     def backward(self, grad_output, *, input_grad=True):
         indices, input_shape, relu_output = self._saved_for_backward()
-        if relu_output is not None:
+        if relu_output is not None or indices is _RAN_FUSED:
             raise RuntimeError(_FUSED_MESSAGE.format(name="MaxPool2d"))
         return F.max_pool2d_backward(grad_output, indices, input_shape) if input_grad else None
 
@@ -364,9 +391,6 @@ class MaxPool2d(Module):
         y, indices = F.relu_max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True)
         self._save(indices, x.shape, y)
         return y
-
-    def _ran_fused(self):
-        return self._saved is not None and self._saved[2] is not None
 
     def _backward_fused(self, grad_output, input_grad):
         indices, input_shape, y = self._saved_for_backward()
@@ -448,7 +472,10 @@ class Linear(Module):
         return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
 
     def backward(self, grad_output, *, input_grad=True):
-        (x,) = self._saved_for_backward()
+        saved = self._saved_for_backward()
+        if len(saved) != 1:
+            raise RuntimeError(_FUSED_MESSAGE.format(name="Conv2d"))
+        (x,) = saved
         out, accumulate = _gradients_for_backward(self.weight, self.bias)
         grad_x, _, _ = F.linear_backward(grad_output, x, self.weight.data, grad_input=input_grad,
                                          out=out, accumulate=accumulate)
@@ -474,6 +501,7 @@ class Sequential(Module):
             if not isinstance(m, Module):
                 raise TypeError(f"Sequential(): argument {i} must be a Module, got {type(m).__name__}")
         self._modules = list(modules)
+        self._runs = []  # (first module, how many) of each pass of the last forward
 
     def named_children(self):
         return [(str(i), m) for i, m in enumerate(self._modules)]
@@ -490,29 +518,37 @@ class Sequential(Module):
         return self._modules[index]
 
     def forward(self, x):
-        modules, i = self._modules, 0
+        # Runs of modules that have a fused pass run as one (see Conv2d._forward_fused and
+        # MaxPool2d._forward_fused); `_runs` remembers how, for backward.
+        modules, i, self._runs = self._modules, 0, []
         while i < len(modules):
-            if i + 1 < len(modules) and type(modules[i]) is ReLU and type(modules[i + 1]) is MaxPool2d:
-                x = modules[i + 1]._forward_fused(modules[i], x)  # see MaxPool2d._forward_fused
-                i += 2
+            kinds = tuple(type(m) for m in modules[i:i + 3])
+            if kinds == (Conv2d, ReLU, MaxPool2d):
+                x, n = modules[i]._forward_fused(modules[i + 1], modules[i + 2], x), 3
+            elif kinds[:2] == (ReLU, MaxPool2d):
+                x, n = modules[i + 1]._forward_fused(modules[i], x), 2
             else:
-                x = modules[i](x)
-                i += 1
+                x, n = modules[i](x), 1
+            self._runs.append((i, n))
+            i += n
         return x
 
     def backward(self, grad_output, *, input_grad=False):
         modules = self._modules
         first = 0 if input_grad else next(
             (i for i, m in enumerate(modules) if m.parameters()), len(modules))
-        grad, i = grad_output, len(modules) - 1
-        while i >= first:
-            m = modules[i]
-            if type(m) is MaxPool2d and m._ran_fused():  # the pair (ReLU i-1, MaxPool2d i)
-                grad = m._backward_fused(grad, input_grad or i - 1 > first)
-                i -= 2
+        runs = self._runs or [(i, 1) for i in range(len(modules))]
+        grad = grad_output
+        for i, n in reversed(runs):
+            if i + n - 1 < first:
+                break
+            need = input_grad or i > first
+            if n == 3:
+                grad = modules[i]._backward_fused(grad, need)
+            elif n == 2:
+                grad = modules[i + 1]._backward_fused(grad, need)
             else:
-                grad = m.backward(grad, input_grad=input_grad or i > first)
-                i -= 1
+                grad = modules[i].backward(grad, input_grad=need)
         return grad if input_grad else None
 
     def __repr__(self):

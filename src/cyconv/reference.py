@@ -28,6 +28,8 @@ __all__ = [
     "max_pool2d_backward",
     "relu_max_pool2d",
     "relu_max_pool2d_backward",
+    "conv2d_relu_max_pool2d",
+    "conv2d_relu_max_pool2d_backward",
     "relu",
     "relu_backward",
     "linear",
@@ -252,6 +254,30 @@ def relu_max_pool2d_backward(grad_y, y, indices, input_shape):
     Shape: grad_y, y, indices (N, C, Ho, Wo), input_shape = (N, C, H, W) -> grad_x (N, C, H, W).
     """
     return max_pool2d_backward(relu_backward(grad_y, y), indices, input_shape)
+
+
+def conv2d_relu_max_pool2d(x, weight, bias=None, stride=1, padding=0, pool_size=2, pool_stride=None,
+                           pool_padding=0, return_indices=False):
+    """``relu_max_pool2d(conv2d(x, weight, bias, stride, padding), pool_size, pool_stride, pool_padding)``.
+
+    Shape: x (N, C, H, W), weight (O, C, kh, kw) -> y [, indices] (N, O, pooled H, pooled W).
+    """
+    return relu_max_pool2d(conv2d(x, weight, bias, stride, padding), pool_size, pool_stride, pool_padding,
+                           return_indices)
+
+
+def conv2d_relu_max_pool2d_backward(grad_y, y, indices, x, weight, stride=1, padding=0, *, grad_input=True):
+    """The pooling's backward, then the convolution's.
+
+    Shape: grad_y, y, indices (N, O, pooled H, pooled W), x (N, C, H, W), weight (O, C, kh, kw)
+    -> (grad_x or None, grad_weight, grad_bias).
+    """
+    n, _, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    conv_shape = (n, o, _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw))
+    grad_conv = relu_max_pool2d_backward(grad_y, y, indices, conv_shape)
+    return conv2d_backward(grad_conv, x, weight, stride, padding, grad_input=grad_input)
 
 
 # ----------------------------------------------------------------------------
