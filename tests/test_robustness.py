@@ -302,7 +302,9 @@ TEMP_FILE = re.compile(rf"^\.({re.escape(CHECKPOINT_NAME)}|{re.escape(METRICS_NA
 
 
 def train_argv(out, mnist_dir, epochs=EPOCHS):
-    return ["train", "--model", "mlp", "--hidden", "16", "--limit", "2000", "--epochs", str(epochs),
+    # 6,000 images: epochs of ~30 ms, long enough for the kill and Ctrl-C windows below to land inside
+    # a run (with 2,000 the faster kernels finished the last epochs within a window now and then).
+    return ["train", "--model", "mlp", "--hidden", "16", "--limit", "6000", "--epochs", str(epochs),
             "--seed", "3", "--out", str(out), "--no-progress", "--threads", "1", "--data", str(mnist_dir)]
 
 
@@ -399,7 +401,7 @@ def resume_after_kill(out, mnist_dir):
 
 
 # (stdout line to wait for, then a random delay of up to this many seconds): a kill anywhere in the
-# first epochs (all five take ~0.1 s), and two after the first checkpoint (epoch 2's line is printed
+# first epochs (all five take ~0.2 s), and two after the first checkpoint (epoch 2's line is printed
 # after epoch 1 was saved).
 KILL_TRIALS = [("training ", 0.1), ("epoch 2/", 0.03), ("epoch 4/", 0.03)]
 
