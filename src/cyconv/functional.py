@@ -222,16 +222,20 @@ def conv2d_relu_max_pool2d(x, weight, bias=None, stride=1, padding=0, pool_size=
     pool = _pool_geometry(fn, (Ho, Wo), pool_size, pool_stride, pool_padding,
                           ("pool_size", "pool_stride", "pool_padding"), "the convolution's output")
     nt = _conv_threads(geom)
-    if N < nt:  # fewer images than threads: the convolution splits each image's GEMM instead
-        return relu_max_pool2d(conv2d(x, weight, bias if bias.size else None, stride, padding),
-                               pool_size, pool_stride, pool_padding, return_indices)
     y = np.empty((N, O, pool[6], pool[7]), x.dtype)
     indices = np.empty(y.shape if return_indices else 0, np.int64)
-    if N:
-        direct = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
-        scratch = np.empty(nt * ((0 if direct else C * kh * kw * Ho * Wo) + O * Ho * Wo), x.dtype)
+    direct = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
+    cols = 0 if direct else C * kh * kw * Ho * Wo
+    if N and N >= nt:
+        scratch = np.empty(nt * (cols + O * Ho * Wo), x.dtype)
         _kernels.conv2d_forward(y.reshape(-1), indices.reshape(-1), x.reshape(-1), weight.reshape(-1), bias,
                                 scratch, np.array(pool, np.intp), *geom, nt)
+    elif N:  # fewer images than threads: the convolution splits each image's GEMM, then the pooling
+        conv = np.empty((N, O, Ho, Wo), x.dtype)
+        _kernels.conv2d_forward(conv.reshape(-1), _NO_INDICES, x.reshape(-1), weight.reshape(-1), bias,
+                                np.empty(cols, x.dtype), _NO_POOL, *geom, nt)
+        _kernels.maxpool2d_forward(y.reshape(-1), indices.reshape(-1), conv.reshape(-1), N * O, Ho, Wo,
+                                   *pool, True, _threads_for(N * O, Ho * Wo))
     return (y, indices) if return_indices else y
 
 
