@@ -17,7 +17,9 @@ What backward needs is kept from the last training-mode forward, by reference
 (do not modify a layer's input in place between forward and backward): Conv2d
 and Linear keep their input, ReLU its output, MaxPool2d the argmax indices and
 the input shape, Flatten the input shape. In eval mode forward keeps nothing,
-and a later backward raises RuntimeError.
+and a later backward raises RuntimeError. Inside a Sequential, Conv2d -> ReLU ->
+MaxPool2d and ReLU -> MaxPool2d run fused, each as one pass (same results; the
+Sequential's backward undoes them as one).
 
 Default initialisation is PyTorch's: weight and bias ~ U(-b, b) with
 b = 1/sqrt(fan_in) (what `kaiming_uniform_(a=sqrt(5))` gives), drawn in float64
@@ -487,6 +489,10 @@ class Linear(Module):
 
 class Sequential(Module):
     """Modules applied in order; children are named "0", "1", ... (parameters "0.weight", ...).
+
+    Runs of Conv2d -> ReLU -> MaxPool2d (functional.conv2d_relu_max_pool2d) and of ReLU ->
+    MaxPool2d (functional.relu_max_pool2d) execute as one pass each, with the results of the
+    layers one by one; backward follows the same runs.
 
     `backward(grad, input_grad=False)` (the default) is what training needs: nothing
     wants the gradient w.r.t. the network's input, so the first child with
