@@ -63,6 +63,14 @@ def _torch_step(torch, phase, forward, inputs, grad):
     return step
 
 
+def _torch_pool_step(torch, phase, x, relu):
+    """PyTorch's 2x2 max pooling of x (after a ReLU if relu), as a benchmark step."""
+    tx = torch.from_numpy(x).requires_grad_()
+    gy = torch.ones(x.shape[:2] + (x.shape[2] // 2, x.shape[3] // 2))
+    return _torch_step(torch, phase, lambda: torch.nn.functional.max_pool2d(torch.relu(tx) if relu else tx, 2),
+                       (tx,), gy)
+
+
 @pytest.mark.parametrize("phase", PHASES)
 @pytest.mark.parametrize("layer", CONV)
 @pytest.mark.parametrize("impl", ["cyconv", "cyconv-blas"] + IMPLS[1:])
@@ -94,9 +102,7 @@ def test_max_pool2d(benchmark, impl, layer, phase, threads):
     mod = _setup(benchmark, f"max_pool2d-pool{layer}", impl, phase, threads)
     x = np.random.default_rng(0).standard_normal(ACT[layer], dtype=np.float32)
     if impl == "torch":
-        tx = mod.from_numpy(x).requires_grad_()
-        gy = mod.ones(x.shape[:2] + (x.shape[2] // 2, x.shape[3] // 2))
-        step = _torch_step(mod, phase, lambda: mod.nn.functional.max_pool2d(tx, 2), (tx,), gy)
+        step = _torch_pool_step(mod, phase, x, relu=False)
     else:
         def step():
             y, ind = mod.max_pool2d(x, 2, return_indices=True)
@@ -129,9 +135,7 @@ def test_relu_max_pool2d(benchmark, impl, layer, phase, threads):
     mod = _setup(benchmark, f"relu+max_pool2d-{layer}", impl, phase, threads)
     x = np.random.default_rng(0).standard_normal(ACT[layer], dtype=np.float32)
     if impl == "torch":
-        tx = mod.from_numpy(x).requires_grad_()
-        gy = mod.ones(x.shape[:2] + (x.shape[2] // 2, x.shape[3] // 2))
-        step = _torch_step(mod, phase, lambda: mod.nn.functional.max_pool2d(mod.relu(tx), 2), (tx,), gy)
+        step = _torch_pool_step(mod, phase, x, relu=True)
     elif impl == "cyconv":
         def step():
             y, ind = F.relu_max_pool2d(x, 2, return_indices=True)

@@ -35,6 +35,18 @@ def test_parameter_holds_data_and_zero_grad_only():
         p.name = "weight"
 
 
+def test_assigned_grad_is_used_and_checked():
+    p = nn.Parameter(np.zeros((2, 3), np.float32))
+    g = np.ones((2, 3), np.float32)
+    p.zero_grad()
+    p.grad = g  # an assignment after zero_grad() is the gradient, not cleared
+    assert p.grad is g and g.all()
+    for bad in (np.ones((3, 2), np.float32), np.ones((2, 3)), np.ones((3, 2), np.float32).T, [[1.0] * 3] * 2):
+        with pytest.raises(ValueError, match="Parameter.grad must be"):
+            p.grad = bad
+    assert p.grad is g
+
+
 # ---------------------------------------------------------------------------
 # Each module against the reference
 

@@ -171,7 +171,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         >>> conv2d(x, w, padding=2).shape
         (1, 20, 28, 28)
     """
-    x, weight, bias, geom = _conv_arguments("conv2d", x, weight, bias, stride, padding)
+    return _conv2d(*_conv_arguments("conv2d", x, weight, bias, stride, padding))
+
+
+def _conv2d(x, weight, bias, geom):
+    """conv2d on checked arguments (see _conv_arguments)."""
     N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo = geom
     y = np.empty((N, O, Ho, Wo), x.dtype)
     if N == 0:
@@ -224,16 +228,13 @@ def conv2d_relu_max_pool2d(x, weight, bias=None, stride=1, padding=0, pool_size=
     nt = _conv_threads(geom)
     y = np.empty((N, O, pool[6], pool[7]), x.dtype)
     indices = np.empty(y.shape if return_indices else 0, np.int64)
-    direct = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
-    cols = 0 if direct else C * kh * kw * Ho * Wo
     if N and N >= nt:
-        scratch = np.empty(nt * (cols + O * Ho * Wo), x.dtype)
+        direct = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
+        scratch = np.empty(nt * ((0 if direct else C * kh * kw * Ho * Wo) + O * Ho * Wo), x.dtype)
         _kernels.conv2d_forward(y.reshape(-1), indices.reshape(-1), x.reshape(-1), weight.reshape(-1), bias,
                                 scratch, np.array(pool, np.intp), *geom, nt)
     elif N:  # fewer images than threads: the convolution splits each image's GEMM, then the pooling
-        conv = np.empty((N, O, Ho, Wo), x.dtype)
-        _kernels.conv2d_forward(conv.reshape(-1), _NO_INDICES, x.reshape(-1), weight.reshape(-1), bias,
-                                np.empty(cols, x.dtype), _NO_POOL, *geom, nt)
+        conv = _conv2d(x, weight, bias, geom)
         _kernels.maxpool2d_forward(y.reshape(-1), indices.reshape(-1), conv.reshape(-1), N * O, Ho, Wo,
                                    *pool, True, _threads_for(N * O, Ho * Wo))
     return (y, indices) if return_indices else y

@@ -64,6 +64,15 @@ class Parameter:
             self._grad_cleared = False
         return self._grad
 
+    @grad.setter
+    def grad(self, value):
+        if not (isinstance(value, np.ndarray) and value.shape == self.data.shape
+                and value.dtype == self.data.dtype and value.flags.c_contiguous and value.flags.writeable):
+            got = f"{value.shape} {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
+            raise ValueError(f"Parameter.grad must be a writeable C-contiguous array of shape "
+                             f"{self.data.shape} and dtype {self.data.dtype}, got {got}")
+        self._grad, self._grad_cleared = value, False
+
     def zero_grad(self):
         """Clear the gradient. The zeros are written only if someone reads .grad first: the
         next backward overwrites the old values instead of adding to them, which saves two
@@ -474,10 +483,7 @@ class Linear(Module):
         return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
 
     def backward(self, grad_output, *, input_grad=True):
-        saved = self._saved_for_backward()
-        if len(saved) != 1:
-            raise RuntimeError(_FUSED_MESSAGE.format(name="Conv2d"))
-        (x,) = saved
+        (x,) = self._saved_for_backward()
         out, accumulate = _gradients_for_backward(self.weight, self.bias)
         grad_x, _, _ = F.linear_backward(grad_output, x, self.weight.data, grad_input=input_grad,
                                          out=out, accumulate=accumulate)
