@@ -1,10 +1,14 @@
 """cyconv vs PyTorch eager, LeNet-5, float32, end to end, side by side on this machine.
 
-    python benchmarks/bench_e2e.py [--threads 1 2] [--repeats 5] [--quick] [--json out.json]
+    python benchmarks/bench_e2e.py [--isa avx2] [--threads 1 2] [--repeats 5] [--quick] [--json out.json]
 
-Prints markdown tables for benchmarks/RESULTS.md: training step, inference, 2-thread scaling, peak
-memory, the machine's SGEMM peak and a per-layer breakdown at batch 64. A default run takes a few
-minutes on 2 cores, --quick under one.
+Prints markdown tables for benchmarks/RESULTS.md: training step, inference, 2-thread scaling, training
+with the other core busy, peak memory, the machine's SGEMM and FMA peaks and a per-layer breakdown at
+batch 64. A default run takes a few minutes on 2 cores, --quick under one.
+
+--isa runs every library at one ISA tier (default: the best this CPU has): cyconv's kernels, PyTorch
+(its ATen kernels, oneDNN and MKL) and OpenBLAS, through the environment of benchmarks/machine.py, so
+an AVX-512 machine measures what an AVX2 or SSE-only one would see, side by side.
 
 How the comparison is kept fair:
 - Every measurement runs in a fresh worker process (this file with --worker, JSON on stdout), one
@@ -12,6 +16,7 @@ How the comparison is kept fair:
   imports cyconv and NumPy but never torch.
 - cyconv and torch workers alternate (c, t, c, t, ...) for --repeats rounds, so drift in the machine's
   speed hits both alike. Tables give the median (min-max) over all timed iterations of all rounds.
+- Both run at the same ISA tier (--isa; machine.tier_env gives each worker's environment).
 - Both start from the same weights (cyconv's lenet5(seed 0), copied into a torch.nn.Sequential built
   from the same layer list), see the same batches (N(0,1) images, random labels, fixed seeds) and run on
   the same number of threads (set through the API and OMP_NUM_THREADS / the BLAS variables).
@@ -27,9 +32,12 @@ What a worker measures:
   pass), forward and backward timed separately; torch's forward records autograd, its backward is
   y.backward(grad) with the .grad fields reset outside the timing (as in
   /work/shared/perf/pytorch-cpu-anchor.md); conv1 computes no input gradient, as in the network.
+- busy: the training step at batch 64 on 1 and 2 threads while another process spins on one core
+  (what a laptop with a browser open sees); mean time per step, since a descheduled thread makes
+  the step times bimodal.
 - memory: ru_maxrss after imports and model build, then after ~100 training steps at batch 64.
 - sgemm: 2048x2048 @ 2048x2048 float32 with numpy (threadpoolctl) and torch.mm, the ceiling that
-  every "eff. GFLOP/s" is read against.
+  every "eff. GFLOP/s" is read against; and the FMA peak measured by benchmarks/fma_peak.c at the tier.
 
 Left out on purpose: data loading (the batches are in memory), torch.compile, float64.
 """
@@ -50,6 +58,9 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402  (benchmarks/machine.py: tier environments, FMA peak)
 
 FRAMEWORKS = ("cyconv", "torch")
 TRAIN_BATCHES = (64, 256)
@@ -73,11 +84,12 @@ THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLI
 ITERS = {
     "default": {"train": {64: (10, 40), 256: (3, 12)},
                 "infer": {1: (20, 200), 64: (5, 30), 256: (2, 8), 1000: (1, 4)},
-                "layers": (5, 25), "memory": 100, "sgemm": (1, 5)},
+                "layers": (5, 25), "memory": 100, "sgemm": (1, 5), "busy": (10, 60)},
     "quick": {"train": {64: (3, 10), 256: (2, 3)},
               "infer": {1: (5, 30), 64: (2, 5), 256: (1, 3), 1000: (1, 2)},
-              "layers": (2, 5), "memory": 30, "sgemm": (1, 2)},
+              "layers": (2, 5), "memory": 30, "sgemm": (1, 2), "busy": (3, 20)},
 }
+SECTIONS = ("train", "infer", "layers", "memory", "sgemm", "busy")
 
 
 # =====================================================================================================
@@ -413,7 +425,7 @@ def worker_info(framework):
                     cpu_capability=torch.backends.cpu.get_cpu_capability())
     else:
         import cyconv
-        info.update(cyconv_threads=cyconv.get_num_threads(), openmp=cyconv.openmp_enabled())
+        info.update(cyconv_threads=cyconv.get_num_threads(), build=cyconv.build_info())
     return info
 
 
@@ -421,6 +433,9 @@ def run_worker_job(job):
     task = job["task"]
     if task == "sgemm":
         result = task_sgemm(job)
+    elif task == "busy":
+        side = (CyconvSide if job["framework"] == "cyconv" else TorchSide)(job)
+        result = {f"busy b{job['batch']}": task_train(side, job)[f"train b{job['batch']}"]}
     elif task == "memory":
         result = task_memory(job)
     else:
@@ -436,8 +451,9 @@ def run_worker_job(job):
 
 def launch(job, threads):
     """Run one job in a fresh `python bench_e2e.py --worker` process with every thread knob at
-    `threads`; return its JSON. A failing worker stops the whole run with its stderr."""
-    env = dict(os.environ, **{k: str(threads) for k in THREAD_ENV})
+    `threads` and every library at the job's ISA tier; return its JSON. A failing worker stops the
+    whole run with its stderr."""
+    env = dict(os.environ, **{k: str(threads) for k in THREAD_ENV}, **job["tier_env"])
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -506,6 +522,26 @@ def run_rounds(args, iters, common, results):
                     f"({time.perf_counter() - t0:4.1f} s)  {key}: median "
                     f"{statistics.median(times) * 1e3:.3f} ms")
                 results.add(framework, threads, job, result)
+
+
+def run_busy(args, iters, common, results):
+    """Training at batch 64 on every thread count while a spinning process holds one core."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        for r in range(args.repeats):
+            for threads in args.threads:
+                for framework in FRAMEWORKS:
+                    job = {**common, "task": "busy", "framework": framework, "threads": threads,
+                           "batch": 64, "iters": iters["busy"]}
+                    result = launch(job, threads)
+                    times = result["busy b64"]
+                    log(f"round {r + 1}/{args.repeats}  busy b64 {threads}T  {framework:<6} mean "
+                        f"{statistics.mean(times) * 1e3:.3f} ms")
+                    results.add(framework, threads, job, result)
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def run_memory(args, iters, common):
@@ -645,18 +681,37 @@ def memory_table(memory):
                   "peak − baseline MiB"], rows)
 
 
-def sgemm_table(results, threads_list, fma_peak):
+def sgemm_table(results, threads_list, fma_peaks):
     rows = []
     for threads in threads_list:
+        peak = fma_peaks.get(threads)
         for f, lib in zip(FRAMEWORKS, ("numpy (OpenBLAS)", "torch.mm (MKL)")):
             s = results.stats(f, SGEMM, f"sgemm {threads}T")
             if not s:
                 continue
             rate = [2 * GEMM_N ** 3 / v / 1e9 for v in s]  # min time gives the max rate
             rows.append([lib, threads, f"{sig(rate[0])} ({sig(rate[2])}–{sig(rate[1])})",
-                         fmt(s, 1e3), f"{100 * rate[0] / (fma_peak * threads):.0f}%"])
-    return table(["library", "threads", "GFLOP/s", "ms per GEMM",
-                  f"% of FMA peak ({fma_peak:g} GFLOP/s/core)"], rows)
+                         fmt(s, 1e3), f"{sig(peak)}" if peak else "–",
+                         f"{100 * rate[0] / peak:.0f}%" if peak else "–"])
+    return table(["library", "threads", "GFLOP/s", "ms per GEMM", "FMA peak GFLOP/s (measured)",
+                  "% of FMA peak"], rows)
+
+
+def busy_table(results, threads_list, batch=64):
+    """Mean time per step and images/s with the other core busy; each row against the same
+    framework's 1-thread run under the same load."""
+    rows = []
+    lo = min(threads_list)
+    for f in FRAMEWORKS:
+        base = results.times.get((f, lo, f"busy b{batch}"))
+        for threads in threads_list:
+            t = results.times.get((f, threads, f"busy b{batch}"))
+            if not t:
+                continue
+            mean = statistics.mean(t)
+            rows.append([f, threads, f"{sig(mean * 1e3)}", f"{batch / mean:.0f}",
+                         f"{statistics.mean(base) / mean:.2f}" if base else "–"])
+    return table(["framework", "threads", "mean ms/step", "img/s", f"× {lo} thread(s), same load"], rows)
 
 
 def layer_table(results, threads, names):
@@ -714,16 +769,21 @@ def header(args, results, started, flops, checks, wall):
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
         affinity = os.cpu_count()
+    build = results.info.get("cyconv", {}).get("build", {})
     return "\n".join([
-        "## cyconv vs PyTorch eager: LeNet-5 end to end (float32)",
+        f"## cyconv vs PyTorch eager: LeNet-5 end to end (float32), ISA tier {args.isa}",
         "",
         f"- date: {started:%Y-%m-%d %H:%M} UTC; wall time {wall:.0f} s",
         f"- command: `{' '.join(shlex.quote(a) for a in ['python'] + sys.argv)}`",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical CPUs ({affinity} usable); load average at "
         f"start {args.load_start}, at end {tuple(round(x, 2) for x in os.getloadavg())}",
+        f"- tier {args.isa}: every worker's environment has "
+        + (", ".join(f"{k}={v}" for k, v in args.tier_env.items()) or "nothing forced")
+        + f"; cyconv ran on {build.get('isa', '?')} (compiler {build.get('compiler', '?')}, BLAS "
+        f"{build.get('blas', '?')}), torch on CPU capability {tinfo.get('cpu_capability', '?')}",
         f"- Python {platform.python_version()}, cyconv {cyconv.__version__} (OpenMP "
-        f"{'on' if cyconv.openmp_enabled() else 'off'}), numpy {np.__version__} (BLAS: {blas}), "
-        f"torch {tinfo.get('torch', _version('torch'))} (CPU capability {tinfo.get('cpu_capability', '?')})",
+        f"{'on' if cyconv.openmp_enabled() else 'off'}), numpy {np.__version__} (BLAS in this parent "
+        f"process: {blas}), torch {tinfo.get('torch', _version('torch'))}",
         f"- threads: {', '.join(map(str, args.threads))} (torch.set_num_threads, cyconv.set_num_threads, "
         f"and {', '.join(THREAD_ENV[:3])}... in each worker's environment)",
         f"- method: {args.repeats} round(s), each worker a fresh process with one framework, cyconv and "
@@ -779,9 +839,16 @@ def report(args, results, memory, flops, checks, names, started, wall):
                 "", memory_table(mem), "",
                 "ru_maxrss of a worker that does only this; baseline = ru_maxrss after imports and "
                 "model build (torch's import alone is most of its baseline)."]
+    if "busy" in args.sections:
+        out += ["", "### Training step, batch 64, with the other core busy (a spinning process)", "",
+                busy_table(results, args.threads), "",
+                "Mean over all timed steps (a descheduled thread makes step times bimodal); each "
+                "framework against its own 1-thread run under the same load."]
     if "sgemm" in args.sections:
-        out += ["", f"### SGEMM peak ({GEMM_N}×{GEMM_N} @ {GEMM_N}×{GEMM_N}, float32)", "",
-                sgemm_table(results, args.threads, args.fma_peak)]
+        out += ["", f"### SGEMM peak ({GEMM_N}×{GEMM_N} @ {GEMM_N}×{GEMM_N}, float32) and FMA peak at tier "
+                    f"{args.isa}", "", sgemm_table(results, args.threads, args.fma_peaks), "",
+                "FMA peak: benchmarks/fma_peak.c, 12 independent multiply-add chains per thread on the "
+                "tier's vectors, best of 3."]
     if "layers" in args.sections:
         for threads in args.threads:
             out += ["", f"### Per layer, batch {LAYER_BATCH}, {threads} thread(s), µs per call", "",
@@ -804,21 +871,30 @@ def parse_args(argv=None):
                    help="rounds of alternating cyconv/torch workers (default: 5, 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="few iterations: a smoke test, < 1 minute")
     p.add_argument("--json", metavar="FILE", help="also write every measurement and the header as JSON")
-    p.add_argument("--sections", default="train,infer,layers,memory,sgemm",
-                   help="comma-separated subset of train,infer,layers,memory,sgemm (default: all); "
+    p.add_argument("--sections", default="train,infer,layers,memory,sgemm,busy",
+                   help=f"comma-separated subset of {','.join(SECTIONS)} (default: all); "
                         "the correctness check always runs")
-    p.add_argument("--fma-peak", type=float, default=116.0, metavar="GFLOPS",
-                   help="nominal float32 FMA peak per core, for the SGEMM table (default: 116, "
-                        "AMD Zen 4: 2 x 256-bit FMA x 3.6 GHz)")
+    p.add_argument("--isa", choices=machine.TIERS, default=None,
+                   help="run every library at this ISA tier (default: the best this CPU has)")
+    p.add_argument("--torch-knobs", choices=("all", "aten"), default="all",
+                   help="with --isa below the CPU's best: force PyTorch down through ATen, oneDNN and MKL "
+                        "(all, the default: what a CPU of that tier runs) or ATEN_CPU_CAPABILITY alone")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker is None:
+        import cyconv
+
         args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 5)
         args.sections = {s.strip() for s in args.sections.split(",") if s.strip()}
-        unknown = args.sections - {"train", "infer", "layers", "memory", "sgemm"}
+        unknown = args.sections - set(SECTIONS)
         if unknown or args.repeats < 1 or min(args.threads) < 1:
             p.error(f"bad --sections {sorted(unknown)}, --repeats or --threads")
         args.threads = sorted(set(args.threads))
+        supported = cyconv.supported_isas()
+        args.isa = args.isa or supported[0]
+        if args.isa not in supported:
+            p.error(f"--isa {args.isa}: this CPU cannot run it (supported: {', '.join(supported)})")
+        args.tier_env = machine.tier_env(args.isa, args.torch_knobs)
     return args
 
 
@@ -843,15 +919,19 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench_e2e-") as tmp:
         weights = str(Path(tmp) / "lenet5-seed0.npz")
         np.savez(weights, **model.state_dict())
-        common = {"weights": weights, "spec": spec}
+        common = {"weights": weights, "spec": spec, "tier_env": args.tier_env}
         checks = [run_check(common, threads, tmp) for threads in args.threads]
         memory = run_memory(args, iters, common) if "memory" in args.sections else None
         run_rounds(args, iters, common, results)
+        if "busy" in args.sections:
+            run_busy(args, iters, common, results)
+    args.fma_peaks = {n: machine.fma_peak(args.isa, n) for n in args.threads} if "sgemm" in args.sections else {}
     wall = time.perf_counter() - t_start
     text = report(args, results, memory, flops, checks, [d["name"] for d in spec], started, wall)
     print(text)
     if args.json:
         dump = {"markdown": text, "started_utc": started.isoformat(), "argv": sys.argv,
+                "isa": args.isa, "tier_env": args.tier_env, "fma_peaks": args.fma_peaks,
                 "threads": args.threads, "repeats": args.repeats, "quick": args.quick,
                 "flops_per_image": {"forward": fwd, "train_step": flops[1]}, "checks": checks,
                 "memory": memory[0] if memory else None, "runs": results.raw}

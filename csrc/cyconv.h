@@ -9,7 +9,8 @@
  * return a status code instead.
  *
  * Each kernel exists for float (_f32) and double (_f64); the bodies are
- * written once and instantiated for both types (see im2col.c).
+ * written once and instantiated for both types and for each ISA tier (see
+ * instantiate.h and isa.h); the functions below run the current tier's copy.
  * Sizes and indices are ptrdiff_t: a batch of large images overflows int.
  */
 #ifndef CYCONV_H
@@ -18,17 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Hot loops are compiled for AVX-512, AVX2 and baseline x86-64, and the best
- * one the CPU supports is picked at load time (GCC function multiversioning),
- * so one build is both portable and fast. Other compilers/platforms get the
- * baseline version only. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define CYCONV_X86_DISPATCH 1
-#define CYCONV_VECTORIZE __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CYCONV_X86_DISPATCH 0
-#define CYCONV_VECTORIZE
-#endif
+#include "isa.h"
 
 /* im2col / col2im: one image (C,H,W) <-> its columns (C*kh*kw, Ho*Wo),
  * rows ordered (channel, kernel row, kernel column), row stride col_ld.
@@ -84,19 +75,25 @@ void accumulate_row_sums_f32(float *acc, const float *dy, ptrdiff_t O, ptrdiff_t
 void accumulate_row_sums_f64(double *acc, const double *dy, ptrdiff_t O, ptrdiff_t L);
 
 /* cyconv's own float GEMM (gemm.c): C (M,N) = A @ B [+ C] [+ bias per row],
- * A packed by gemm_pack_a_f32 into gemm_packed_size(M, K) floats, B row-major
- * with leading dimension ldb. Fast only where gemm_own_supported() (AVX-512). */
-#define GEMM_MR 10
-int gemm_own_supported(void);
-ptrdiff_t gemm_packed_size(ptrdiff_t M, ptrdiff_t K);
-void gemm_pack_a_f32(float *packed, const float *a, ptrdiff_t M, ptrdiff_t K,
+ * A packed by gemm_pack_a_f32 into gemm_packed_size(g, M, K) floats, B row-major
+ * with leading dimension ldb. g is a tier's micro-kernel (gemm_kernel(): the
+ * running tier's); take it once per operation, as packing depends on its mr. */
+typedef struct cyconv_gemm {
+    ptrdiff_t mr; /* rows of A per packed panel */
+    ptrdiff_t nr; /* columns of B per block */
+    ptrdiff_t kc; /* depth per pass: a kc x nr sliver of B fits L1 */
+    void (*block)(ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
+                  ptrdiff_t mr, ptrdiff_t nr, const float *bias, int accumulate);
+} cyconv_gemm;
+const cyconv_gemm *gemm_kernel(void);
+ptrdiff_t gemm_packed_size(const cyconv_gemm *g, ptrdiff_t M, ptrdiff_t K);
+void gemm_pack_a_f32(const cyconv_gemm *g, float *packed, const float *a, ptrdiff_t M, ptrdiff_t K,
                      ptrdiff_t row_stride, ptrdiff_t col_stride);
-void gemm_packed_f32(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *packed_a,
-                     const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
-                     const float *bias, int accumulate);
+void gemm_packed_f32(const cyconv_gemm *g, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *packed_a,
+                     const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc, const float *bias, int accumulate);
 /* Weight gradient of a stride-1 convolution on one image without im2row (gemm.c):
  * dw (O,C,kh,kw) += dy (O,Ho,Wo) correlated with xp, the image padded to (C,Hp,Wp).
- * Only where conv_weight_grad_direct_fits() (kw <= 6, large planes, AVX-512). */
+ * Used where conv_weight_grad_direct_fits() (kw <= 6, large planes, x86 tiers). */
 int conv_weight_grad_direct_fits(ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t kw, ptrdiff_t Ho, ptrdiff_t Wo);
 void conv_weight_grad_direct_f32(float *dw, const float *dy, const float *xp, ptrdiff_t O,
                                  ptrdiff_t C, ptrdiff_t Hp, ptrdiff_t Wp, ptrdiff_t kh,

@@ -1,68 +1,203 @@
 /*
- * cyconv's own single-precision GEMM for the convolution.
+ * cyconv's own single-precision GEMM for the convolution, one micro-kernel per
+ * ISA tier and one blocking loop for all of them.
  *
  *     C (M,N) = A (M,K) @ B (K,N)   [+ C if accumulate]   [+ bias[m] on row m]
  *
- * A is packed once into panels of GEMM_MR rows (gemm_pack_a_f32); B is read
- * where it lies, row-major with leading dimension ldb (the im2col columns, the
- * output gradient or the im2row rows of im2col.c), so nothing large is copied per call.
- * Why our own: at LeNet's per-image shapes (50x196x500, 500x196x50, 50x500x196)
- * OpenBLAS packs both operands on every call; with the weights packed once per
- * layer call and nothing else copied, LeNet's conv2 forward + backward runs
- * 1.15-1.35x faster than on OpenBLAS (benchmarks/RESULTS.md, "cyconv-blas").
+ * A is packed once into panels of mr rows (gemm_pack_a_f32, mr from the tier's
+ * kernel); B is read where it lies, row-major with leading dimension ldb (the
+ * im2col columns, the output gradient or the im2row rows of im2col.c), so
+ * nothing large is copied per call. Why our own: at LeNet's per-image shapes
+ * (50x196x500, 500x196x50, 50x500x196) OpenBLAS packs both operands on every
+ * call; with the weights packed once per layer call and nothing else copied,
+ * LeNet's conv2 forward + backward runs faster than on OpenBLAS
+ * (benchmarks/RESULTS.md, the "cyconv-blas" rows).
  *
- * The micro-kernel keeps a GEMM_MR x 32 block of C in 20 zmm registers and
- * streams one row of B (two vectors, the second masked at the right edge) and
- * GEMM_MR broadcasts of A per step of k. Without AVX-512 the same functions
- * run a plain loop (correct, slow): the Cython layer calls BLAS instead there
- * (gemm_own_supported() is 0).
+ * A micro-kernel keeps an mr x nr block of C in registers and, per step of k,
+ * loads one row of B (nr floats) and broadcasts mr elements of A's panel:
+ *
+ *     generic  6 x 8:  12 accumulators of 4 floats (GCC/clang vector
+ *              extensions: SSE2's 16 or NEON's 32 registers)
+ *     avx2     6 x 16: 12 ymm accumulators + 2 for B + 1 broadcast = 15 of
+ *              16 registers (the block BLIS and OpenBLAS use on Haswell)
+ *     avx512   10 x 32: 20 zmm accumulators of 32 registers
+ *
+ * gemm_block_ref is the statement of what each computes (and the generic
+ * kernel's edge). Also here: the direct weight gradient of stride-1
+ * convolutions over large planes, per tier.
  */
 #include <string.h>
 
 #include "cyconv.h"
 
-#if CYCONV_X86_DISPATCH
+#if CYCONV_X86
 #include <immintrin.h>
 #endif
 
-ptrdiff_t gemm_packed_size(ptrdiff_t M, ptrdiff_t K)
+/* One mr x nr block of C from a packed panel ap (K, MR) and B: what every
+ * micro-kernel computes. */
+static void gemm_block_ref(ptrdiff_t MR, ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb,
+                           float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, const float *bias,
+                           int accumulate)
 {
-    return (M + GEMM_MR - 1) / GEMM_MR * GEMM_MR * K;
-}
-
-void gemm_pack_a_f32(float *packed, const float *a, ptrdiff_t M, ptrdiff_t K,
-                     ptrdiff_t row_stride, ptrdiff_t col_stride)
-{
-    // element (m, k) of A is a[m*row_stride + k*col_stride]; packed is
-    // (ceil(M/MR), K, MR), rows past M zero so the kernel never branches on them
-    for (ptrdiff_t m0 = 0; m0 < M; m0 += GEMM_MR) {
-        float *panel = packed + m0 * K;
-        ptrdiff_t mr = M - m0 < GEMM_MR ? M - m0 : GEMM_MR;
-        for (ptrdiff_t k = 0; k < K; k++) {
-            for (ptrdiff_t i = 0; i < mr; i++) panel[k * GEMM_MR + i] = a[(m0 + i) * row_stride + k * col_stride];
-            for (ptrdiff_t i = mr; i < GEMM_MR; i++) panel[k * GEMM_MR + i] = 0.0f;
+    for (ptrdiff_t i = 0; i < mr; i++) {
+        for (ptrdiff_t j = 0; j < nr; j++) {
+            float s = 0.0f;
+            for (ptrdiff_t k = 0; k < K; k++) s += ap[k * MR + i] * b[k * ldb + j];
+            if (bias) s += bias[i];
+            c[i * ldc + j] = accumulate ? c[i * ldc + j] + s : s;
         }
     }
 }
 
-#if CYCONV_X86_DISPATCH
+/* ---- generic: 6 x 8 with vector extensions ---- */
 
-int gemm_own_supported(void)
+#define GEMM_GENERIC_MR 6
+
+/* Contract a*b + c into one fused multiply-add where the target has it (NEON):
+ * twice the throughput. The rest of cyconv builds with -ffp-contract=off. */
+#if defined(__clang__)
+#define GEMM_CONTRACT_ATTR
+#define GEMM_CONTRACT_BODY _Pragma("clang fp contract(fast)")
+#else
+#define GEMM_CONTRACT_ATTR __attribute__((optimize("fp-contract=fast")))
+#define GEMM_CONTRACT_BODY
+#endif
+
+typedef float v4f __attribute__((vector_size(16)));
+
+static inline v4f load4(const float *p)
 {
-    return __builtin_cpu_supports("avx512f");
+    v4f v;
+    memcpy(&v, p, sizeof v); /* an unaligned vector load */
+    return v;
 }
 
-/* The accumulators are named variables, not an array: GCC spills an array of
- * vectors to the stack on every step of k (measured: 2.5x slower). */
-#define GEMM_REP(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9)
-#define GEMM_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
-#define GEMM_FMA(i)                                                 \
+#define GEN_REP(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#define GEN_DECL(i) v4f c##i##0 = {0, 0, 0, 0}, c##i##1 = {0, 0, 0, 0};
+#define GEN_FMA(i)                   \
+    {                                \
+        float a = ap[i];             \
+        c##i##0 += a * b0;           \
+        c##i##1 += a * b1;           \
+    }
+#define GEN_STORE(i)                                                          \
+    if (i < mr) {                                                             \
+        float *row = c + i * ldc;                                             \
+        v4f v0 = c##i##0, v1 = c##i##1;                                       \
+        if (bias) v0 += bias[i], v1 += bias[i];                               \
+        if (accumulate) v0 += load4(row), v1 += load4(row + 4);               \
+        memcpy(row, &v0, sizeof v0);                                          \
+        memcpy(row + 4, &v1, sizeof v1);                                      \
+    }
+
+GEMM_CONTRACT_ATTR static void gemm_block_generic(ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb,
+                                                  float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr,
+                                                  const float *bias, int accumulate)
+{
+    GEMM_CONTRACT_BODY
+    if (nr < 8) { /* the right edge: at most 7 columns of N */
+        gemm_block_ref(GEMM_GENERIC_MR, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+        return;
+    }
+    GEN_REP(GEN_DECL)
+    for (ptrdiff_t k = 0; k < K; k++, ap += GEMM_GENERIC_MR, b += ldb) {
+        v4f b0 = load4(b), b1 = load4(b + 4);
+        GEN_REP(GEN_FMA)
+    }
+    GEN_REP(GEN_STORE)
+}
+
+#if CYCONV_X86
+
+/* ---- avx2: 6 x 16 ----
+ * The accumulators are named variables, not an array: GCC spills an array of
+ * vectors to the stack on every step of k (measured: 2.5x slower). A block at
+ * the right edge (nr < 16) loads B and stores C through masks; `masked` and
+ * `wide` (nr > 8) are compile-time constants in each inlined copy. */
+
+#define GEMM_AVX2_MR 6
+#define AVX2_REP(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#define AVX2_DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps();
+#define AVX2_FMA(i)                                            \
+    {                                                          \
+        __m256 a = _mm256_broadcast_ss(ap + i);                \
+        c##i##0 = _mm256_fmadd_ps(a, b0, c##i##0);             \
+        if (wide) c##i##1 = _mm256_fmadd_ps(a, b1, c##i##1);   \
+    }
+#define AVX2_STORE(i)                                                                         \
+    if (i < mr) {                                                                             \
+        float *row = c + i * ldc;                                                             \
+        __m256 v0 = c##i##0, v1 = c##i##1;                                                    \
+        if (bias) {                                                                           \
+            v0 = _mm256_add_ps(v0, _mm256_set1_ps(bias[i]));                                  \
+            v1 = _mm256_add_ps(v1, _mm256_set1_ps(bias[i]));                                  \
+        }                                                                                     \
+        if (masked) {                                                                         \
+            if (accumulate) {                                                                 \
+                v0 = _mm256_add_ps(v0, _mm256_maskload_ps(row, m0));                          \
+                if (wide) v1 = _mm256_add_ps(v1, _mm256_maskload_ps(row + 8, m1));            \
+            }                                                                                 \
+            _mm256_maskstore_ps(row, m0, v0);                                                 \
+            if (wide) _mm256_maskstore_ps(row + 8, m1, v1);                                   \
+        } else {                                                                              \
+            if (accumulate) {                                                                 \
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(row));                                 \
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(row + 8));                             \
+            }                                                                                 \
+            _mm256_storeu_ps(row, v0);                                                        \
+            _mm256_storeu_ps(row + 8, v1);                                                    \
+        }                                                                                     \
+    }
+
+CYCONV_TARGET_AVX2 static inline __attribute__((always_inline)) void
+gemm_block_avx2_body(int masked, int wide, ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb,
+                     float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, const float *bias, int accumulate)
+{
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr), lane);
+    __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr - 8), lane);
+    AVX2_REP(AVX2_DECL)
+    for (ptrdiff_t k = 0; k < K; k++, ap += GEMM_AVX2_MR, b += ldb) {
+        __m256 b0, b1 = _mm256_setzero_ps();
+        if (masked) {
+            b0 = _mm256_maskload_ps(b, m0);
+            if (wide) b1 = _mm256_maskload_ps(b + 8, m1);
+        } else {
+            b0 = _mm256_loadu_ps(b);
+            b1 = _mm256_loadu_ps(b + 8);
+        }
+        AVX2_REP(AVX2_FMA)
+    }
+    AVX2_REP(AVX2_STORE)
+}
+
+CYCONV_TARGET_AVX2 static void gemm_block_avx2(ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb,
+                                               float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr,
+                                               const float *bias, int accumulate)
+{
+    if (nr == 16)
+        gemm_block_avx2_body(0, 1, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+    else if (nr > 8)
+        gemm_block_avx2_body(1, 1, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+    else
+        gemm_block_avx2_body(1, 0, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+}
+
+/* ---- avx512: 10 x 32 ----
+ * Masked loads and stores are as cheap as plain ones here, so every block uses
+ * them; `wide` (nr > 16) is a compile-time constant in each inlined copy. */
+
+#define GEMM_AVX512_MR 10
+#define AVX512_REP(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9)
+#define AVX512_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
+#define AVX512_FMA(i)                                               \
     {                                                               \
         __m512 a = _mm512_set1_ps(ap[i]);                           \
         c##i##0 = _mm512_fmadd_ps(a, b0, c##i##0);                  \
         if (wide) c##i##1 = _mm512_fmadd_ps(a, b1, c##i##1);        \
     }
-#define GEMM_STORE(i)                                                               \
+#define AVX512_STORE(i)                                                             \
     if (i < mr) {                                                                   \
         float *row = c + i * ldc;                                                   \
         __m512 v0 = c##i##0, v1 = c##i##1;                                          \
@@ -78,137 +213,102 @@ int gemm_own_supported(void)
         if (wide) _mm512_mask_storeu_ps(row + 16, m1, v1);                          \
     }
 
-/* One MR x nr block of C, nr <= 32; `wide` (nr > 16) is a compile-time
- * constant in each of the two inlined copies below. */
-__attribute__((target("avx512f"), always_inline))
-static inline void gemm_block(int wide, ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb,
-                              float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr,
-                              const float *bias, int accumulate)
+CYCONV_TARGET_AVX512 static inline __attribute__((always_inline)) void
+gemm_block_avx512_body(int wide, ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb, float *c,
+                       ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, const float *bias, int accumulate)
 {
     __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
     __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
-    GEMM_REP(GEMM_DECL)
-    for (ptrdiff_t k = 0; k < K; k++, ap += GEMM_MR, b += ldb) {
+    AVX512_REP(AVX512_DECL)
+    for (ptrdiff_t k = 0; k < K; k++, ap += GEMM_AVX512_MR, b += ldb) {
         __m512 b0 = _mm512_maskz_loadu_ps(m0, b), b1 = _mm512_setzero_ps();
         if (wide) b1 = _mm512_maskz_loadu_ps(m1, b + 16);
-        GEMM_REP(GEMM_FMA)
+        AVX512_REP(AVX512_FMA)
     }
-    GEMM_REP(GEMM_STORE)
+    AVX512_REP(AVX512_STORE)
 }
 
-__attribute__((target("avx512f")))
-static void gemm_block_32(ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb, float *c,
-                          ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, const float *bias, int accumulate)
+CYCONV_TARGET_AVX512 static void gemm_block_avx512(ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb,
+                                                   float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr,
+                                                   const float *bias, int accumulate)
 {
-    gemm_block(1, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+    if (nr > 16)
+        gemm_block_avx512_body(1, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+    else
+        gemm_block_avx512_body(0, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
 }
 
-__attribute__((target("avx512f")))
-static void gemm_block_16(ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb, float *c,
-                          ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, const float *bias, int accumulate)
+#endif /* CYCONV_X86 */
+
+/* ---- the shared part: kernel choice, packing, blocking ---- */
+
+static const cyconv_gemm gemm_kernels[CYCONV_ISA_COUNT] = {
+    [CYCONV_ISA_GENERIC] = {GEMM_GENERIC_MR, 8, 512, gemm_block_generic},
+#if CYCONV_X86
+    [CYCONV_ISA_AVX2] = {GEMM_AVX2_MR, 16, 256, gemm_block_avx2},
+    [CYCONV_ISA_AVX512] = {GEMM_AVX512_MR, 32, 128, gemm_block_avx512},
+#endif
+};
+
+const cyconv_gemm *gemm_kernel(void)
 {
-    gemm_block(0, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+    return &gemm_kernels[cyconv_isa];
 }
 
-void gemm_packed_f32(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *packed_a,
-                     const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
-                     const float *bias, int accumulate)
+ptrdiff_t gemm_packed_size(const cyconv_gemm *g, ptrdiff_t M, ptrdiff_t K)
 {
-    // Column blocks outside, row panels inside: the 32 columns of B being read
-    // (K x 128 bytes) stay in L1/L2 while every panel of A passes over them.
-    for (ptrdiff_t n0 = 0; n0 < N; n0 += 32) {
-        ptrdiff_t nr = N - n0 < 32 ? N - n0 : 32;
-        for (ptrdiff_t m0 = 0; m0 < M; m0 += GEMM_MR) {
-            ptrdiff_t mr = M - m0 < GEMM_MR ? M - m0 : GEMM_MR;
-            const float *bias_block = bias ? bias + m0 : NULL;
-            if (nr > 16)
-                gemm_block_32(K, packed_a + m0 * K, b + n0, ldb, c + m0 * ldc + n0, ldc, mr, nr,
-                              bias_block, accumulate);
-            else
-                gemm_block_16(K, packed_a + m0 * K, b + n0, ldb, c + m0 * ldc + n0, ldc, mr, nr,
-                              bias_block, accumulate);
+    return (M + g->mr - 1) / g->mr * g->mr * K;
+}
+
+void gemm_pack_a_f32(const cyconv_gemm *g, float *packed, const float *a, ptrdiff_t M, ptrdiff_t K,
+                     ptrdiff_t row_stride, ptrdiff_t col_stride)
+{
+    // element (m, k) of A is a[m*row_stride + k*col_stride]; packed is
+    // (ceil(M/mr), K, mr), rows past M zero so the kernel never branches on them
+    ptrdiff_t MR = g->mr;
+    for (ptrdiff_t m0 = 0; m0 < M; m0 += MR) {
+        float *panel = packed + m0 * K;
+        ptrdiff_t mr = M - m0 < MR ? M - m0 : MR;
+        for (ptrdiff_t k = 0; k < K; k++) {
+            for (ptrdiff_t i = 0; i < mr; i++) panel[k * MR + i] = a[(m0 + i) * row_stride + k * col_stride];
+            for (ptrdiff_t i = mr; i < MR; i++) panel[k * MR + i] = 0.0f;
         }
     }
 }
 
-/* The weight gradient of a stride-1 convolution on one image, computed directly:
- *     dw[o, c, ki, kj] += sum_{oh, ow} dy[o, oh, ow] * xp[c, oh + ki, ow + kj]
- * with xp the image zero-padded to (C, Hp, Wp). No im2row and no packing: for
- * 4 output channels and one (c, ki) it keeps 4 x kw (<= 6) accumulators over the
- * whole plane, vectorised along ow, and reduces them once. Worth it where the
- * plane is large and the channels few (LeNet's conv1: 3x faster than im2row +
- * packing + GEMM, which spend most of their time moving 25 x 784 values around);
- * conv_weight_grad_direct_fits() says where. */
-#define DW_REP4(X, j) X(0, j) X(1, j) X(2, j) X(3, j)
-#define DW_DECL(i, j) __m512 a##i##j = _mm512_setzero_ps();
-#define DW_FMA(i, j) a##i##j = _mm512_fmadd_ps(d##i, xv, a##i##j);
-#define DW_TAP(j)                                                   \
-    if (j < kw) {                                                   \
-        __m512 xv = _mm512_maskz_loadu_ps(m, xrow + ow + j);        \
-        DW_REP4(DW_FMA, j)                                          \
-    }
-#define DW_STORE(i, j) \
-    if (i < ob && j < kw) dw[((o0 + i) * C + c) * kh * kw + ki * kw + j] += _mm512_reduce_add_ps(a##i##j);
-
-__attribute__((target("avx512f")))
-void conv_weight_grad_direct_f32(float *dw, const float *dy, const float *xp, ptrdiff_t O,
-                                 ptrdiff_t C, ptrdiff_t Hp, ptrdiff_t Wp, ptrdiff_t kh,
-                                 ptrdiff_t kw, ptrdiff_t Ho, ptrdiff_t Wo)
+void gemm_packed_f32(const cyconv_gemm *g, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *packed_a,
+                     const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc, const float *bias, int accumulate)
 {
-    ptrdiff_t plane = Ho * Wo;
-    for (ptrdiff_t o0 = 0; o0 < O; o0 += 4) {
-        ptrdiff_t ob = O - o0 < 4 ? O - o0 : 4;
-        /* rows past O read nothing (mask 0) from a valid address */
-        const float *dy0 = dy + o0 * plane;
-        const float *dy1 = ob > 1 ? dy0 + plane : dy0, *dy2 = ob > 2 ? dy0 + 2 * plane : dy0;
-        const float *dy3 = ob > 3 ? dy0 + 3 * plane : dy0;
-        for (ptrdiff_t c = 0; c < C; c++) {
-            for (ptrdiff_t ki = 0; ki < kh; ki++) {
-                DW_REP4(DW_DECL, 0) DW_REP4(DW_DECL, 1) DW_REP4(DW_DECL, 2)
-                DW_REP4(DW_DECL, 3) DW_REP4(DW_DECL, 4) DW_REP4(DW_DECL, 5)
-                for (ptrdiff_t oh = 0; oh < Ho; oh++) {
-                    const float *xrow = xp + (c * Hp + oh + ki) * Wp;
-                    ptrdiff_t r = oh * Wo;
-                    for (ptrdiff_t ow = 0; ow < Wo; ow += 16) {
-                        __mmask16 m = (__mmask16)(Wo - ow >= 16 ? 0xFFFF : (1u << (Wo - ow)) - 1);
-                        __m512 d0 = _mm512_maskz_loadu_ps(m, dy0 + r + ow);
-                        __m512 d1 = _mm512_maskz_loadu_ps(ob > 1 ? m : 0, dy1 + r + ow);
-                        __m512 d2 = _mm512_maskz_loadu_ps(ob > 2 ? m : 0, dy2 + r + ow);
-                        __m512 d3 = _mm512_maskz_loadu_ps(ob > 3 ? m : 0, dy3 + r + ow);
-                        DW_TAP(0) DW_TAP(1) DW_TAP(2) DW_TAP(3) DW_TAP(4) DW_TAP(5)
-                    }
-                }
-                DW_REP4(DW_STORE, 0) DW_REP4(DW_STORE, 1) DW_REP4(DW_STORE, 2)
-                DW_REP4(DW_STORE, 3) DW_REP4(DW_STORE, 4) DW_REP4(DW_STORE, 5)
+    // Depth chunks of kc outside, then column blocks, then row panels: the
+    // kc x nr sliver of B being read stays in L1 while every panel of A passes
+    // over it. Later chunks add into what the first one stored (bias included).
+    ptrdiff_t chunks = (K + g->kc - 1) / g->kc, kc = chunks ? (K + chunks - 1) / chunks : 0;
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += kc) {
+        ptrdiff_t kb = K - k0 < kc ? K - k0 : kc;
+        for (ptrdiff_t n0 = 0; n0 < N; n0 += g->nr) {
+            ptrdiff_t nr = N - n0 < g->nr ? N - n0 : g->nr;
+            for (ptrdiff_t m0 = 0; m0 < M; m0 += g->mr) {
+                ptrdiff_t mr = M - m0 < g->mr ? M - m0 : g->mr;
+                g->block(kb, packed_a + m0 * K + k0 * g->mr, b + k0 * ldb + n0, ldb, c + m0 * ldc + n0, ldc,
+                         mr, nr, bias && k0 == 0 ? bias + m0 : NULL, accumulate || k0 > 0);
             }
         }
     }
 }
 
-int conv_weight_grad_direct_fits(ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t kw, ptrdiff_t Ho, ptrdiff_t Wo)
-{
-    // stride 1, at most 6 taps per row (24 accumulators), at least 32 vectors per
-    // plane (the reduction at the end stays small) and at least 3/4 of the lanes used
-    ptrdiff_t vectors = Ho * ((Wo + 15) / 16);
-    return gemm_own_supported() && sh == 1 && sw == 1 && kw <= 6 && vectors >= 32 && 4 * Ho * Wo >= 3 * 16 * vectors;
-}
+/* ---- the direct weight gradient ----
+ * The weight gradient of a stride-1 convolution on one image, computed directly:
+ *     dw[o, c, ki, kj] += sum_{oh, ow} dy[o, oh, ow] * xp[c, oh + ki, ow + kj]
+ * with xp the image zero-padded to (C, Hp, Wp). No im2row and no packing: for a
+ * few output channels and one (c, ki) it keeps (channels x kw) accumulators
+ * over the whole plane, vectorised along ow, and reduces them once. Worth it
+ * where the plane is large and the channels few (LeNet's conv1: 3x faster than
+ * im2row + packing + GEMM, which spend most of their time moving 25 x 784 values
+ * around); conv_weight_grad_direct_fits() says where, per tier. */
 
-#else /* no AVX-512 dispatch on this compiler/platform: BLAS is used instead */
-
-int gemm_own_supported(void)
-{
-    return 0;
-}
-
-int conv_weight_grad_direct_fits(ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t kw, ptrdiff_t Ho, ptrdiff_t Wo)
-{
-    (void)sh, (void)sw, (void)kw, (void)Ho, (void)Wo;
-    return 0;
-}
-
-void conv_weight_grad_direct_f32(float *dw, const float *dy, const float *xp, ptrdiff_t O,
-                                 ptrdiff_t C, ptrdiff_t Hp, ptrdiff_t Wp, ptrdiff_t kh,
-                                 ptrdiff_t kw, ptrdiff_t Ho, ptrdiff_t Wo)
+static void conv_weight_grad_direct_generic(float *dw, const float *dy, const float *xp, ptrdiff_t O,
+                                            ptrdiff_t C, ptrdiff_t Hp, ptrdiff_t Wp, ptrdiff_t kh,
+                                            ptrdiff_t kw, ptrdiff_t Ho, ptrdiff_t Wo)
 {
     for (ptrdiff_t o = 0; o < O; o++)
         for (ptrdiff_t c = 0; c < C; c++)
@@ -222,19 +322,123 @@ void conv_weight_grad_direct_f32(float *dw, const float *dy, const float *xp, pt
                 }
 }
 
-void gemm_packed_f32(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *packed_a,
-                     const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
-                     const float *bias, int accumulate)
+#if CYCONV_X86
+
+/* AVX2: 2 output channels x kw (<= 6) taps = 12 accumulators of 16 registers. */
+#define DW8_REP2(X, j) X(0, j) X(1, j)
+#define DW8_DECL(i, j) __m256 a##i##j = _mm256_setzero_ps();
+#define DW8_FMA(i, j) a##i##j = _mm256_fmadd_ps(d##i, xv, a##i##j);
+#define DW8_TAP(j)                                                  \
+    if (j < kw) {                                                   \
+        __m256 xv = _mm256_maskload_ps(xrow + ow + j, m);           \
+        DW8_REP2(DW8_FMA, j)                                        \
+    }
+#define DW8_STORE(i, j) \
+    if (i < ob && j < kw) dw[((o0 + i) * C + c) * kh * kw + ki * kw + j] += hsum8(a##i##j);
+
+CYCONV_TARGET_AVX2 static inline float hsum8(__m256 v)
 {
-    for (ptrdiff_t m = 0; m < M; m++) {
-        const float *panel = packed_a + m / GEMM_MR * GEMM_MR * K;
-        for (ptrdiff_t n = 0; n < N; n++) {
-            float s = 0.0f;
-            for (ptrdiff_t k = 0; k < K; k++) s += panel[k * GEMM_MR + m % GEMM_MR] * b[k * ldb + n];
-            if (bias) s += bias[m];
-            c[m * ldc + n] = accumulate ? c[m * ldc + n] + s : s;
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+CYCONV_TARGET_AVX2 static void conv_weight_grad_direct_avx2(float *dw, const float *dy, const float *xp,
+                                                            ptrdiff_t O, ptrdiff_t C, ptrdiff_t Hp,
+                                                            ptrdiff_t Wp, ptrdiff_t kh, ptrdiff_t kw,
+                                                            ptrdiff_t Ho, ptrdiff_t Wo)
+{
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    ptrdiff_t plane = Ho * Wo;
+    (void)Hp;
+    for (ptrdiff_t o0 = 0; o0 < O; o0 += 2) {
+        ptrdiff_t ob = O - o0 < 2 ? O - o0 : 2;
+        const float *dy0 = dy + o0 * plane, *dy1 = ob > 1 ? dy0 + plane : dy0;
+        for (ptrdiff_t c = 0; c < C; c++) {
+            for (ptrdiff_t ki = 0; ki < kh; ki++) {
+                DW8_REP2(DW8_DECL, 0) DW8_REP2(DW8_DECL, 1) DW8_REP2(DW8_DECL, 2)
+                DW8_REP2(DW8_DECL, 3) DW8_REP2(DW8_DECL, 4) DW8_REP2(DW8_DECL, 5)
+                for (ptrdiff_t oh = 0; oh < Ho; oh++) {
+                    const float *xrow = xp + (c * Hp + oh + ki) * Wp;
+                    ptrdiff_t r = oh * Wo;
+                    for (ptrdiff_t ow = 0; ow < Wo; ow += 8) {
+                        /* the lanes past the row read 0 from both operands */
+                        __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(Wo - ow < 8 ? Wo - ow : 8)), lane);
+                        __m256 d0 = _mm256_maskload_ps(dy0 + r + ow, m);
+                        __m256 d1 = ob > 1 ? _mm256_maskload_ps(dy1 + r + ow, m) : _mm256_setzero_ps();
+                        DW8_TAP(0) DW8_TAP(1) DW8_TAP(2) DW8_TAP(3) DW8_TAP(4) DW8_TAP(5)
+                    }
+                }
+                DW8_REP2(DW8_STORE, 0) DW8_REP2(DW8_STORE, 1) DW8_REP2(DW8_STORE, 2)
+                DW8_REP2(DW8_STORE, 3) DW8_REP2(DW8_STORE, 4) DW8_REP2(DW8_STORE, 5)
+            }
         }
     }
 }
 
-#endif
+/* AVX-512: 4 output channels x kw (<= 6) taps = 24 accumulators of 32 registers. */
+#define DW16_REP4(X, j) X(0, j) X(1, j) X(2, j) X(3, j)
+#define DW16_DECL(i, j) __m512 a##i##j = _mm512_setzero_ps();
+#define DW16_FMA(i, j) a##i##j = _mm512_fmadd_ps(d##i, xv, a##i##j);
+#define DW16_TAP(j)                                                 \
+    if (j < kw) {                                                   \
+        __m512 xv = _mm512_maskz_loadu_ps(m, xrow + ow + j);        \
+        DW16_REP4(DW16_FMA, j)                                      \
+    }
+#define DW16_STORE(i, j) \
+    if (i < ob && j < kw) dw[((o0 + i) * C + c) * kh * kw + ki * kw + j] += _mm512_reduce_add_ps(a##i##j);
+
+CYCONV_TARGET_AVX512 static void conv_weight_grad_direct_avx512(float *dw, const float *dy, const float *xp,
+                                                                ptrdiff_t O, ptrdiff_t C, ptrdiff_t Hp,
+                                                                ptrdiff_t Wp, ptrdiff_t kh, ptrdiff_t kw,
+                                                                ptrdiff_t Ho, ptrdiff_t Wo)
+{
+    ptrdiff_t plane = Ho * Wo;
+    for (ptrdiff_t o0 = 0; o0 < O; o0 += 4) {
+        ptrdiff_t ob = O - o0 < 4 ? O - o0 : 4;
+        /* rows past O read nothing (mask 0) from a valid address */
+        const float *dy0 = dy + o0 * plane;
+        const float *dy1 = ob > 1 ? dy0 + plane : dy0, *dy2 = ob > 2 ? dy0 + 2 * plane : dy0;
+        const float *dy3 = ob > 3 ? dy0 + 3 * plane : dy0;
+        for (ptrdiff_t c = 0; c < C; c++) {
+            for (ptrdiff_t ki = 0; ki < kh; ki++) {
+                DW16_REP4(DW16_DECL, 0) DW16_REP4(DW16_DECL, 1) DW16_REP4(DW16_DECL, 2)
+                DW16_REP4(DW16_DECL, 3) DW16_REP4(DW16_DECL, 4) DW16_REP4(DW16_DECL, 5)
+                for (ptrdiff_t oh = 0; oh < Ho; oh++) {
+                    const float *xrow = xp + (c * Hp + oh + ki) * Wp;
+                    ptrdiff_t r = oh * Wo;
+                    for (ptrdiff_t ow = 0; ow < Wo; ow += 16) {
+                        __mmask16 m = (__mmask16)(Wo - ow >= 16 ? 0xFFFF : (1u << (Wo - ow)) - 1);
+                        __m512 d0 = _mm512_maskz_loadu_ps(m, dy0 + r + ow);
+                        __m512 d1 = _mm512_maskz_loadu_ps(ob > 1 ? m : 0, dy1 + r + ow);
+                        __m512 d2 = _mm512_maskz_loadu_ps(ob > 2 ? m : 0, dy2 + r + ow);
+                        __m512 d3 = _mm512_maskz_loadu_ps(ob > 3 ? m : 0, dy3 + r + ow);
+                        DW16_TAP(0) DW16_TAP(1) DW16_TAP(2) DW16_TAP(3) DW16_TAP(4) DW16_TAP(5)
+                    }
+                }
+                DW16_REP4(DW16_STORE, 0) DW16_REP4(DW16_STORE, 1) DW16_REP4(DW16_STORE, 2)
+                DW16_REP4(DW16_STORE, 3) DW16_REP4(DW16_STORE, 4) DW16_REP4(DW16_STORE, 5)
+            }
+        }
+    }
+}
+
+#endif /* CYCONV_X86 */
+
+int conv_weight_grad_direct_fits(ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t kw, ptrdiff_t Ho, ptrdiff_t Wo)
+{
+    // stride 1, at most 6 taps per row (the accumulators above), at least 32
+    // vectors per plane (the reduction at the end stays small) and at least 3/4
+    // of the lanes used. The generic tier keeps im2row + GEMM.
+    ptrdiff_t lanes = cyconv_isa == CYCONV_ISA_AVX512 ? 16 : cyconv_isa == CYCONV_ISA_AVX2 ? 8 : 0;
+    if (lanes == 0) return 0;
+    ptrdiff_t vectors = Ho * ((Wo + lanes - 1) / lanes);
+    return sh == 1 && sw == 1 && kw <= 6 && vectors >= 32 && 4 * Ho * Wo >= 3 * lanes * vectors;
+}
+
+void conv_weight_grad_direct_f32(float *dw, const float *dy, const float *xp, ptrdiff_t O, ptrdiff_t C,
+                                 ptrdiff_t Hp, ptrdiff_t Wp, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t Ho,
+                                 ptrdiff_t Wo)
+{
+    DISPATCH(conv_weight_grad_direct)(dw, dy, xp, O, C, Hp, Wp, kh, kw, Ho, Wo);
+}

@@ -24,7 +24,7 @@
  * visualisation.
  *
  * Prior validation assumed: at least one block fits in the image.
- * Instantiated for float and double by instantiate.h.
+ * Instantiated for float and double, and per ISA tier, by instantiate.h.
  */
 #ifndef real
 
@@ -35,7 +35,15 @@
 #define CYCONV_TEMPLATE "hog.c"
 #include "instantiate.h"
 
-#else /* template body */
+#elif defined(CYCONV_DISPATCH_PASS)
+
+void FN(hog)(real *out, float *hist, const real *img, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,
+             ptrdiff_t n_orient, ptrdiff_t cr, ptrdiff_t cc, ptrdiff_t br, ptrdiff_t bc)
+{
+    TIERED(hog)(out, hist, img, H, W, C, n_orient, cr, cc, br, bc);
+}
+
+#else /* template body, per tier */
 
 #ifdef REAL_IS_FLOAT
 #define HYPOT_REAL hypotf
@@ -45,7 +53,7 @@
 
 /* The gradient of the pixel (r, c) along rows and columns, from the channel
  * with the largest magnitude. img is (H,W,C). */
-static inline void FN(hog_gradient)(double *g_row, double *g_col, const real *img,
+TIER_FN inline void FN(hog_gradient)(double *g_row, double *g_col, const real *img,
                                     ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t r, ptrdiff_t c)
 {
     int row_inside = r > 0 && r < H - 1, col_inside = c > 0 && c < W - 1;
@@ -68,7 +76,7 @@ static inline void FN(hog_gradient)(double *g_row, double *g_col, const real *im
 
 /* hist (n_orient) = the cell's orientation histogram; the cell's top-left
  * pixel is (r0, c0) and it is cr x cc pixels. */
-static void FN(hog_cell)(float *hist, const real *img, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,
+TIER_FN void FN(hog_cell)(float *hist, const real *img, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,
                          ptrdiff_t r0, ptrdiff_t c0, ptrdiff_t cr, ptrdiff_t cc, ptrdiff_t n_orient)
 {
     const double per_bin = 180.0 / (double)n_orient;
@@ -100,7 +108,7 @@ static void FN(hog_cell)(float *hist, const real *img, ptrdiff_t H, ptrdiff_t W,
 
 /* out (nbr, nbc, br, bc, n_orient) = the L2-Hys normalised blocks of
  * hist (ncr, ncc, n_orient). */
-static void FN(hog_blocks)(real *out, const float *hist, ptrdiff_t ncc, ptrdiff_t n_orient,
+TIER_FN void FN(hog_blocks)(real *out, const float *hist, ptrdiff_t ncc, ptrdiff_t n_orient,
                            ptrdiff_t nbr, ptrdiff_t nbc, ptrdiff_t br, ptrdiff_t bc)
 {
     const double eps2 = 1e-5 * 1e-5;
@@ -137,7 +145,7 @@ static void FN(hog_blocks)(real *out, const float *hist, ptrdiff_t ncc, ptrdiff_
     }
 }
 
-void FN(hog)(real *out, float *hist, const real *img, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,
+TIER_FN void FN(hog)(real *out, float *hist, const real *img, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,
              ptrdiff_t n_orient, ptrdiff_t cr, ptrdiff_t cc, ptrdiff_t br, ptrdiff_t bc)
 {
     // out is (nbr*nbc*br*bc*n_orient), hist is scratch (ncr, ncc, n_orient), img is (H,W,C)

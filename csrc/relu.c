@@ -5,7 +5,8 @@
  * NaN input stays NaN, as in PyTorch. Backward passes the gradient where x > 0
  * and gives 0 at the kink x == 0 (the subgradient PyTorch uses).
  *
- * Instantiated for float and double by instantiate.h.
+ * Instantiated for float and double, and per ISA tier, by instantiate.h: the
+ * compiler vectorises these loops for each tier.
  */
 #ifndef real
 
@@ -14,15 +15,20 @@
 #define CYCONV_TEMPLATE "relu.c"
 #include "instantiate.h"
 
-#else /* template body */
+#elif defined(CYCONV_DISPATCH_PASS)
 
-CYCONV_VECTORIZE void FN(relu_forward)(real *restrict y, const real *restrict x, ptrdiff_t n)
+void FN(relu_forward)(real *y, const real *x, ptrdiff_t n) { TIERED(relu_forward)(y, x, n); }
+void FN(relu_backward)(real *dx, const real *dy, const real *x, ptrdiff_t n) { TIERED(relu_backward)(dx, dy, x, n); }
+
+#else /* template body, per tier */
+
+TIER_FN void FN(relu_forward)(real *restrict y, const real *restrict x, ptrdiff_t n)
 {
     for (ptrdiff_t i = 0; i < n; i++) y[i] = x[i] <= 0 ? 0 : x[i];
 }
 
-CYCONV_VECTORIZE void FN(relu_backward)(real *restrict dx, const real *restrict dy, const real *restrict x,
-                       ptrdiff_t n)
+TIER_FN void FN(relu_backward)(real *restrict dx, const real *restrict dy, const real *restrict x,
+                               ptrdiff_t n)
 {
     /* dy is loaded unconditionally so the compiler can turn the select into a
      * vector blend (a conditional load would stop it vectorising: 30x slower). */

@@ -7,8 +7,9 @@
  *     p  -= lr * (buf or g)
  *
  * The same operations in the same order as cyconv.reference.sgd_update, so the
- * results are equal to the last bit (ISO C mode: no fused multiply-adds).
- * Instantiated for float and double by instantiate.h.
+ * results are equal to the last bit (setup.py builds with -ffp-contract=off:
+ * a fused multiply-add would round once where NumPy rounds twice).
+ * Instantiated for float and double, and per ISA tier, by instantiate.h.
  */
 #ifndef real
 
@@ -17,9 +18,17 @@
 #define CYCONV_TEMPLATE "sgd.c"
 #include "instantiate.h"
 
-#else /* template body */
+#elif defined(CYCONV_DISPATCH_PASS)
 
-CYCONV_VECTORIZE void FN(sgd_update)(real *restrict p, real *restrict buf, const real *restrict grad,
+void FN(sgd_update)(real *p, real *buf, const real *grad, ptrdiff_t n, real lr, real momentum,
+                    real weight_decay, int first_step)
+{
+    TIERED(sgd_update)(p, buf, grad, n, lr, momentum, weight_decay, first_step);
+}
+
+#else /* template body, per tier */
+
+TIER_FN void FN(sgd_update)(real *restrict p, real *restrict buf, const real *restrict grad,
                                      ptrdiff_t n, real lr, real momentum, real weight_decay,
                                      int first_step)
 {

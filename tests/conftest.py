@@ -1,5 +1,5 @@
-"""Shared pieces of the kernel tests: the `kernels` marker, one tolerance table,
-random data, memory layouts and the geometry grids.
+"""Shared pieces of the kernel tests: the `kernels` marker and the ISA tiers they
+run on, one tolerance table, random data, memory layouts and the geometry grids.
 
 Test modules import the helpers with ``from conftest import ...`` (pytest's default
 "prepend" import mode puts this directory on sys.path).
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cyconv
 import cyconv._kernels as _kernels
 import cyconv.functional as F
 import cyconv.reference as R
@@ -55,9 +56,31 @@ def mnist_dir():
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "kernels: tests of the compiled kernels against cyconv.reference "
+        "kernels: tests of the compiled kernels against cyconv.reference, run once per ISA tier "
         "(CI also runs them against the serial, no-OpenMP build)",
     )
+
+
+# Every kernel test runs once per ISA tier the CPU supports (the `isa` fixture, which
+# the kernel test modules use through KERNEL_TESTS), or only on CYCONV_ISA's tier when
+# that is set. The pytest header says which tiers ran.
+ISAS = [os.environ["CYCONV_ISA"].strip()] if os.environ.get("CYCONV_ISA", "").strip() else cyconv.supported_isas()
+KERNEL_TESTS = [pytest.mark.kernels, pytest.mark.usefixtures("isa")]
+
+
+def pytest_report_header(config):
+    unsupported = [t for t in ("avx512", "avx2", "generic") if t not in cyconv.supported_isas()]
+    chosen = " (CYCONV_ISA)" if os.environ.get("CYCONV_ISA", "").strip() else ""
+    return (f"cyconv {cyconv.__version__}: kernel tests on ISA tiers {', '.join(ISAS)}{chosen}; "
+            f"tiers this CPU cannot run: {', '.join(unsupported) or 'none'}; "
+            f"OpenMP {cyconv.openmp_enabled()}, compiler {_kernels.compiler()}")
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Run the test with the kernels on one ISA tier, then restore the default."""
+    with cyconv.set_isa(request.param):
+        yield request.param
 
 
 def assert_close(actual, expected, dtype, err_msg=""):
@@ -173,10 +196,8 @@ WIDE_GEOMETRIES = [
 ]
 
 
-# The float convolutions' two GEMM paths: BLAS, and cyconv's own (AVX-512 CPUs only).
-GEMM_PATHS = [pytest.param(False, id="blas-gemm")] + (
-    [pytest.param(True, id="own-gemm")] if _kernels.own_gemm_supported() else []
-)
+# The float convolutions' two GEMM paths: BLAS, and cyconv's own (one micro-kernel per tier).
+GEMM_PATHS = [pytest.param(False, id="blas-gemm"), pytest.param(True, id="own-gemm")]
 
 
 @pytest.fixture(params=GEMM_PATHS)

@@ -11,6 +11,7 @@ import cyconv
 import cyconv.functional as F
 import cyconv.reference as R
 from conftest import (
+    KERNEL_TESTS,
     DTYPES,
     LAYOUTS,
     WIDE_GEOMETRIES,
@@ -24,7 +25,7 @@ from conftest import (
 )
 from gradcheck import assert_grad, projection
 
-pytestmark = pytest.mark.kernels
+pytestmark = KERNEL_TESTS
 
 # (N, C, H, W); the last one is too small for some kernels, which conv_grid drops.
 IMAGE_SHAPES = [(1, 1, 5, 7), (3, 2, 6, 5), (2, 3, 4, 3)]

@@ -8,9 +8,9 @@ import pytest
 import cyconv
 import cyconv.functional as F
 import cyconv.reference as R
-from conftest import DTYPES, assert_close, random_array
+from conftest import KERNEL_TESTS, DTYPES, assert_close, random_array
 
-pytestmark = pytest.mark.kernels
+pytestmark = KERNEL_TESTS
 
 # (x shape, weight shape, conv stride, conv padding, pool size, pool stride, pool padding)
 GEOMETRIES = [

@@ -11,9 +11,10 @@ from skimage.feature import hog as skimage_hog
 
 import cyconv
 from cyconv import features
+from conftest import KERNEL_TESTS
 
 # HOG is a compiled kernel: CI runs these on the serial and sanitizer builds too.
-pytestmark = pytest.mark.kernels
+pytestmark = KERNEL_TESTS
 
 # hog reproduces skimage's arithmetic step by step (including its float cell
 # accumulator), so the agreement is far tighter than the general kernel table.

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import cyconv.functional as F
-from conftest import DTYPES, assert_close, random_array
+from conftest import KERNEL_TESTS, DTYPES, assert_close, random_array
 
-pytestmark = pytest.mark.kernels
+pytestmark = KERNEL_TESTS
 
 
 def conv_case(rng, dtype, n=3):

@@ -10,6 +10,7 @@ import pytest
 import cyconv.functional as F
 import cyconv.reference as R
 from conftest import (
+    KERNEL_TESTS,
     DTYPES,
     LAYOUTS,
     MODULES,
@@ -23,7 +24,7 @@ from conftest import (
 )
 from gradcheck import assert_grad, projection
 
-pytestmark = pytest.mark.kernels
+pytestmark = KERNEL_TESTS
 
 IMAGE_SHAPES = [(1, 1, 5, 7), (3, 2, 6, 5), (2, 3, 4, 3)]
 

@@ -6,10 +6,10 @@ import pytest
 
 import cyconv.functional as F
 import cyconv.reference as R
-from conftest import DTYPES, LAYOUTS, MODULES, assert_close, ident, random_array, relayout
+from conftest import KERNEL_TESTS, DTYPES, LAYOUTS, MODULES, assert_close, ident, random_array, relayout
 from gradcheck import assert_grad, projection
 
-pytestmark = pytest.mark.kernels
+pytestmark = KERNEL_TESTS
 
 # (N, in_features, out_features): degenerate, wider-than-tall, taller-than-wide.
 # (N, in, out): one-row and few-row batches take the matrix-vector path, and the

@@ -11,6 +11,7 @@ import pytest
 import cyconv.functional as F
 import cyconv.reference as R
 from conftest import (
+    KERNEL_TESTS,
     DTYPES,
     LAYOUTS,
     MODULES,
@@ -25,7 +26,7 @@ from conftest import (
 )
 from gradcheck import assert_grad, projection
 
-pytestmark = pytest.mark.kernels
+pytestmark = KERNEL_TESTS
 
 IMAGE_SHAPES = [(1, 1, 5, 7), (3, 2, 6, 5), (2, 3, 4, 3)]
 KERNELS = [1, 2, 3, (2, 3)]

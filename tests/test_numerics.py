@@ -42,9 +42,9 @@ import pytest
 
 import cyconv.functional as F
 import cyconv.reference as R
-from conftest import DTYPES, assert_close, random_array
+from conftest import KERNEL_TESTS, DTYPES, assert_close, random_array
 
-pytestmark = pytest.mark.kernels
+pytestmark = KERNEL_TESTS
 
 nan, inf = np.nan, np.inf
 

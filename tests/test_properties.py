@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 import cyconv.functional as F
 import cyconv.reference as R
-from conftest import DTYPES, TOL, assert_close, distinct_array, random_array
+from conftest import KERNEL_TESTS, DTYPES, TOL, assert_close, distinct_array, random_array
 
-pytestmark = pytest.mark.kernels
+pytestmark = KERNEL_TESTS
 
 # Not loaded globally (that would change other modules' hypothesis tests); each
 # test below takes it as the parent of its own settings.
@@ -434,7 +434,8 @@ def test_conv2d_invalid(geometry, mutation, backward, data):
     else:
         if mutation == "grad_y_shape":  # no grad_y in forward: pass a bad bias instead
             bias_shape = (o, o)
-        bias = np.ones(bias_shape, b_dtype) if draw(st.booleans()) or "bias" in mutation else None
+        bias_mutated = "bias" in mutation or mutation == "grad_y_shape"
+        bias = np.ones(bias_shape, b_dtype) if bias_mutated or draw(st.booleans()) else None
         raises_invalid(lambda: F.conv2d(x, weight, bias, stride, padding))
 
 

@@ -7,10 +7,10 @@ import pytest
 
 import cyconv.functional as F
 import cyconv.reference as R
-from conftest import DTYPES, LAYOUTS, MODULES, distinct_array, ident, random_array, relayout
+from conftest import KERNEL_TESTS, DTYPES, LAYOUTS, MODULES, distinct_array, ident, random_array, relayout
 from gradcheck import assert_grad, projection
 
-pytestmark = pytest.mark.kernels
+pytestmark = KERNEL_TESTS
 
 # ReLU is elementwise on any shape; the network uses it after conv2d and linear.
 SHAPES = [(7,), (3, 5), (2, 3, 4, 5), (1, 1, 1, 1)]

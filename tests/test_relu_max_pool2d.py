@@ -7,10 +7,10 @@ import pytest
 
 import cyconv.functional as F
 import cyconv.reference as R
-from conftest import DTYPES, MODULES, assert_close, random_array
+from conftest import KERNEL_TESTS, DTYPES, MODULES, assert_close, random_array
 from cyconv import nn
 
-pytestmark = pytest.mark.kernels
+pytestmark = KERNEL_TESTS
 
 GEOMETRIES = [  # (shape, kernel, stride, padding): LeNet's 2x2/2 (the AVX-512 path), overlaps, padding
     ((2, 3, 8, 34), 2, 2, 0),

@@ -7,9 +7,9 @@ import pytest
 import cyconv
 import cyconv.functional as F
 import cyconv.reference as R
-from conftest import DTYPES, random_array
+from conftest import KERNEL_TESTS, DTYPES, random_array
 
-pytestmark = pytest.mark.kernels
+pytestmark = KERNEL_TESTS
 
 # (momentum, weight_decay): plain SGD, momentum only, weight decay only, both.
 HYPER = [(0.0, 0.0), (0.9, 0.0), (0.0, 5e-4), (0.9, 5e-4)]

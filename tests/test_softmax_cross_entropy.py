@@ -9,10 +9,10 @@ import pytest
 
 import cyconv.functional as F
 import cyconv.reference as R
-from conftest import DTYPES, LAYOUTS, MODULES, TOL, assert_close, ident, random_array, relayout
+from conftest import KERNEL_TESTS, DTYPES, LAYOUTS, MODULES, TOL, assert_close, ident, random_array, relayout
 from gradcheck import assert_grad
 
-pytestmark = pytest.mark.kernels
+pytestmark = KERNEL_TESTS
 
 # (N, K): a single class, a single sample, and ordinary batches.
 SHAPES = [(1, 1), (1, 3), (4, 7), (16, 10)]

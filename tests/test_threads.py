@@ -12,9 +12,9 @@ import pytest
 import cyconv
 import cyconv.functional as F
 import cyconv.reference as R
-from conftest import DTYPES, assert_close, distinct_array, random_array
+from conftest import KERNEL_TESTS, DTYPES, assert_close, distinct_array, random_array
 
-pytestmark = pytest.mark.kernels
+pytestmark = KERNEL_TESTS
 
 
 def test_openmp_enabled_is_bool():

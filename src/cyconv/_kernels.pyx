@@ -72,13 +72,14 @@ cdef extern from "cyconv.h" nogil:
     void add_bias_f64(double *y, Py_ssize_t ldy, const double *bias, Py_ssize_t O, Py_ssize_t L) noexcept
     void accumulate_row_sums_f32(float *acc, const float *dy, Py_ssize_t O, Py_ssize_t L) noexcept
     void accumulate_row_sums_f64(double *acc, const double *dy, Py_ssize_t O, Py_ssize_t L) noexcept
-    enum: GEMM_MR
-    int gemm_own_supported() noexcept
-    Py_ssize_t gemm_packed_size(Py_ssize_t M, Py_ssize_t K) noexcept
-    void gemm_pack_a_f32(float *packed, const float *a, Py_ssize_t M, Py_ssize_t K,
+    ctypedef struct cyconv_gemm:
+        Py_ssize_t mr
+    const cyconv_gemm *gemm_kernel() noexcept
+    Py_ssize_t gemm_packed_size(const cyconv_gemm *g, Py_ssize_t M, Py_ssize_t K) noexcept
+    void gemm_pack_a_f32(const cyconv_gemm *g, float *packed, const float *a, Py_ssize_t M, Py_ssize_t K,
                          Py_ssize_t row_stride, Py_ssize_t col_stride) noexcept
-    void gemm_packed_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *packed_a,
-                         const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc,
+    void gemm_packed_f32(const cyconv_gemm *g, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                         const float *packed_a, const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc,
                          const float *bias, int accumulate) noexcept
     int conv_weight_grad_direct_fits(Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t kw, Py_ssize_t Ho,
                                      Py_ssize_t Wo) noexcept
@@ -92,6 +93,33 @@ cdef extern from "cyconv.h" nogil:
                     Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo) noexcept
 
 
+cdef extern from "isa.h" nogil:
+    int cyconv_isa
+    int cyconv_isa_supported(int isa) noexcept
+    int cyconv_set_isa(int isa) noexcept
+    const char *cyconv_compiler() noexcept
+
+
+def isa_supported(int isa):
+    """True if this build has ISA tier `isa` (0 generic, 1 avx2, 2 avx512) and the CPU runs it."""
+    return bool(cyconv_isa_supported(isa))
+
+
+def get_isa():
+    """The ISA tier the kernels run with (0 generic, 1 avx2, 2 avx512)."""
+    return cyconv_isa
+
+
+def set_isa(int isa):
+    """Run the kernels with tier `isa`; returns False (nothing changed) if it is not supported."""
+    return cyconv_set_isa(isa) == 0
+
+
+def compiler():
+    """The C compiler that built the kernels, e.g. 'gcc 12.2.0'."""
+    return cyconv_compiler().decode()
+
+
 def openmp_enabled():
     """True if this build runs its kernels with OpenMP."""
     return bool(cyconv_openmp_enabled())
@@ -103,17 +131,12 @@ def omp_max_threads():
 
 
 # ---------------------------------------------------------------------------
-# Float convolutions run their GEMMs on cyconv's own AVX-512 kernel
-# (csrc/gemm.c: 1.1-1.35x OpenBLAS at LeNet's shapes) where the CPU has it;
+# Float convolutions run their GEMMs on cyconv's own kernel (csrc/gemm.c, one
+# micro-kernel per ISA tier: faster than OpenBLAS at LeNet's shapes);
 # CYCONV_GEMM=blas, or set_own_gemm(False), keeps them on BLAS. The tests hold
-# both paths to the reference.
+# both paths to the reference. float64 always runs on BLAS.
 
-cdef bint _own_gemm = gemm_own_supported() and os.environ.get("CYCONV_GEMM", "") != "blas"
-
-
-def own_gemm_supported():
-    """True if this CPU can run cyconv's own float GEMM (AVX-512)."""
-    return bool(gemm_own_supported())
+cdef bint _own_gemm = os.environ.get("CYCONV_GEMM", "") != "blas"
 
 
 def own_gemm_enabled():
@@ -122,10 +145,10 @@ def own_gemm_enabled():
 
 
 def set_own_gemm(bint enabled):
-    """Use cyconv's own GEMM for float convolutions (where supported); returns the previous setting."""
+    """Use cyconv's own GEMM for float convolutions; returns the previous setting."""
     global _own_gemm
     previous = _own_gemm
-    _own_gemm = enabled and gemm_own_supported()
+    _own_gemm = enabled
     return previous
 
 
@@ -136,17 +159,17 @@ cdef float *packed_buffer(Py_ssize_t n) except NULL:
     return p
 
 
-cdef float *packed_operand(const float *a, Py_ssize_t M, Py_ssize_t K, Py_ssize_t row_stride,
-                           Py_ssize_t col_stride, int num_threads) except NULL:
+cdef float *packed_operand(const cyconv_gemm *g, const float *a, Py_ssize_t M, Py_ssize_t K,
+                           Py_ssize_t row_stride, Py_ssize_t col_stride, int num_threads) except NULL:
     # A (M,K), element (m,k) at a[m*row_stride + k*col_stride], packed for the
-    # own GEMM (free() it), row panels split across the threads: on one image
+    # own GEMM g (free() it), row panels split across the threads: on one image
     # the packing is as long as the GEMM's share of a thread.
-    cdef float *packed = packed_buffer(gemm_packed_size(M, K))
-    cdef Py_ssize_t panels = (M + GEMM_MR - 1) // GEMM_MR, p
+    cdef float *packed = packed_buffer(gemm_packed_size(g, M, K))
+    cdef Py_ssize_t MR = g.mr, panels = (M + MR - 1) // MR, p
     with nogil:
         for p in prange(panels, schedule='static', num_threads=num_threads):
-            gemm_pack_a_f32(packed + p * GEMM_MR * K, a + p * GEMM_MR * row_stride,
-                            min(<Py_ssize_t>GEMM_MR, M - p * GEMM_MR), K, row_stride, col_stride)
+            gemm_pack_a_f32(g, packed + p * MR * K, a + p * MR * row_stride,
+                            min(MR, M - p * MR), K, row_stride, col_stride)
     return packed
 
 
@@ -280,10 +303,11 @@ def conv2d_forward(floating[::1] y, int64_t[::1] pool_indices, const floating[::
     if pooled:
         PL = pool[6] * pool[7]
     per_thread = (0 if direct else K * L) + (O * L if pooled else 0)
+    cdef const cyconv_gemm *g = gemm_kernel()  # once per call: the packing depends on its tier
     cdef float *packed_w = NULL  # own GEMM: the weights packed once for every image
     if floating is float:
         if _own_gemm and N > 0:
-            packed_w = packed_operand(&weight[0], O, K, K, 1, num_threads)
+            packed_w = packed_operand(g, &weight[0], O, K, K, 1, num_threads)
     try:
         with nogil:
             blas_single_threaded()
@@ -305,7 +329,7 @@ def conv2d_forward(floating[::1] y, int64_t[::1] pool_indices, const floating[::
                         l1 = block_start(L, num_threads, t + 1)
                         if l0 < l1:
                             # y[n][:, l0:l1] = weight @ cols[:, l0:l1] (+ bias)
-                            conv_output_gemm(packed_w, O, l1 - l0, K, &weight[0], cols + l0, L,
+                            conv_output_gemm(g, packed_w, O, l1 - l0, K, &weight[0], cols + l0, L,
                                              &y[n * O * L + l0], L, &bias[0] if has_bias else NULL)
             else:
                 for n in prange(N, schedule='static', num_threads=num_threads):
@@ -316,11 +340,11 @@ def conv2d_forward(floating[::1] y, int64_t[::1] pool_indices, const floating[::
                         im2col_image(buf, L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
                         cols = buf
                     if not pooled:
-                        conv_output_gemm(packed_w, O, L, K, &weight[0], cols, L, &y[n * O * L], L,
+                        conv_output_gemm(g, packed_w, O, L, K, &weight[0], cols, L, &y[n * O * L], L,
                                          &bias[0] if has_bias else NULL)
                     else:
                         conv_out = &scratch[threadid() * per_thread + (0 if direct else K * L)]
-                        conv_output_gemm(packed_w, O, L, K, &weight[0], cols, L, conv_out, L,
+                        conv_output_gemm(g, packed_w, O, L, K, &weight[0], cols, L, conv_out, L,
                                          &bias[0] if has_bias else NULL)
                         pool_planes(&y[n * O * PL], &pool_indices[n * O * PL] if want_indices else NULL,
                                     conv_out, O, Ho, Wo, &pool[0])
@@ -343,14 +367,14 @@ cdef inline void pool_planes(floating *y, int64_t *indices, const floating *conv
                                   pool[7], 1)
 
 
-cdef inline void conv_output_gemm(const float *packed_w, Py_ssize_t O, Py_ssize_t L, Py_ssize_t K,
+cdef inline void conv_output_gemm(const cyconv_gemm *g, const float *packed_w, Py_ssize_t O, Py_ssize_t L, Py_ssize_t K,
                                   const floating *weight, const floating *cols, Py_ssize_t ldb,
                                   floating *y, Py_ssize_t ldy, const floating *bias) noexcept nogil:
     # y (O, L) = weight (O, K) @ cols (K, L) + bias: our GEMM (bias fused into
     # its store) when the weights were packed for it, else BLAS and a bias pass.
     if floating is float:
         if packed_w != NULL:
-            gemm_packed_f32(O, L, K, packed_w, cols, ldb, y, ldy, bias, 0)
+            gemm_packed_f32(g, O, L, K, packed_w, cols, ldb, y, ldy, bias, 0)
             return
     gemm(False, False, <int>O, <int>L, <int>K, 1, weight, <int>K, cols, <int>ldb, 0, y, <int>ldy)
     if bias != NULL:
@@ -394,9 +418,10 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
     # gradient's B operand is read in place.
     # A stride-1 kernel over large planes with few taps per row (LeNet's conv1)
     # skips even that: its weight gradient is computed directly from the padded image.
+    cdef const cyconv_gemm *g = gemm_kernel()  # once per call: the packing depends on its tier
     cdef float *packed_wt = NULL
     cdef float *packed_dy = NULL
-    cdef Py_ssize_t dy_size = gemm_packed_size(O, L)
+    cdef Py_ssize_t dy_size = gemm_packed_size(g, O, L)
     cdef bint direct_dw = False
     if floating is float:
         direct_dw = _own_gemm and conv_weight_grad_direct_fits(sh, sw, kw, Ho, Wo)
@@ -405,7 +430,7 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
                 packed_dy = packed_buffer(num_threads * dy_size)
             if need_grad_x:
                 try:
-                    packed_wt = packed_operand(&weight[0], K, O, 1, K, num_threads)
+                    packed_wt = packed_operand(g, &weight[0], K, O, 1, K, num_threads)
                 except MemoryError:
                     free(packed_dy)
                     raise
@@ -437,8 +462,8 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
                     elif packed_dy != NULL:
                         # dW (O,K) += dy (O,L) @ rows (L,K)
                         im2row_f32(buf, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
-                        gemm_pack_a_f32(packed_dy + t * dy_size, dy, O, L, L, 1)
-                        gemm_packed_f32(O, K, L, packed_dy + t * dy_size, buf, K, dw, K, NULL, 1)
+                        gemm_pack_a_f32(g, packed_dy + t * dy_size, dy, O, L, L, 1)
+                        gemm_packed_f32(g, O, K, L, packed_dy + t * dy_size, buf, K, dw, K, NULL, 1)
                 if packed_dy == NULL and not direct_dw:
                     if direct:
                         cols = &x[n * C * H * W]
@@ -456,9 +481,9 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
                     # input gradient: dcols (K,L) = weight^T (K,O) @ dy (O,L), then col2im
                     # (a direct 1x1 kernel's dcols are the input gradient itself)
                     if direct:
-                        input_grad_gemm(packed_wt, K, L, O, &weight[0], dy, &grad_x[n * C * H * W])
+                        input_grad_gemm(g, packed_wt, K, L, O, &weight[0], dy, &grad_x[n * C * H * W])
                     else:
-                        input_grad_gemm(packed_wt, K, L, O, &weight[0], dy, buf + K * L)
+                        input_grad_gemm(g, packed_wt, K, L, O, &weight[0], dy, buf + K * L)
                         col2im_image(&grad_x[n * C * H * W], buf + K * L, L, C, H, W,
                                      kh, kw, sh, sw, ph, pw, Ho, Wo)
             # Sum the per-thread accumulators in thread order (deterministic for a
@@ -477,13 +502,13 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
     return bad
 
 
-cdef inline void input_grad_gemm(const float *packed_wt, Py_ssize_t K, Py_ssize_t L, Py_ssize_t O,
+cdef inline void input_grad_gemm(const cyconv_gemm *g, const float *packed_wt, Py_ssize_t K, Py_ssize_t L, Py_ssize_t O,
                                  const floating *weight, const floating *dy,
                                  floating *dcols) noexcept nogil:
     # dcols (K, L) = weight^T (K, O) @ dy (O, L): our GEMM when weight^T was packed for it, else BLAS.
     if floating is float:
         if packed_wt != NULL:
-            gemm_packed_f32(K, L, O, packed_wt, dy, L, dcols, L, NULL, 0)
+            gemm_packed_f32(g, K, L, O, packed_wt, dy, L, dcols, L, NULL, 0)
             return
     gemm(True, False, <int>K, <int>L, <int>O, 1, weight, <int>K, dy, <int>L, 0, dcols, <int>L)
 

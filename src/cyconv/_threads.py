@@ -58,6 +58,16 @@ def _scipy_openblas_libs():
     return scipy_own or openblas
 
 
+def blas_description():
+    """The BLAS that scipy.linalg.cython_blas calls, e.g. 'openblas 0.3.30 (Haswell)'."""
+    libs = _scipy_openblas_libs() or ThreadpoolController().select(user_api="blas").lib_controllers
+    if not libs:
+        return "unknown"
+    info = libs[0].info()
+    arch = f" ({info['architecture']})" if info.get("architecture") else ""
+    return f"{info['internal_api']} {info.get('version') or ''}".strip() + arch
+
+
 def _install_blas_hooks():
     """Give the kernels C pointers to get/set_num_threads of SciPy's OpenBLAS."""
     hooks = []
