@@ -76,6 +76,16 @@ def pytest_report_header(config):
             f"OpenMP {cyconv.openmp_enabled()}, compiler {_kernels.compiler()}")
 
 
+@pytest.fixture(autouse=True)
+def fresh_thread_governor():
+    """Every test starts with all of cyconv's threads: a test that oversubscribes the cores
+    (two Python threads calling kernels at once) must not leave the next on one thread."""
+    from cyconv import _threads
+
+    _threads._busy.reset()
+    yield
+
+
 @pytest.fixture(params=ISAS)
 def isa(request):
     """Run the test with the kernels on one ISA tier, then restore the default."""

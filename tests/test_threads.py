@@ -63,14 +63,15 @@ def test_set_num_threads_rejects(n, error):
 
 
 # ---------------------------------------------------------------------------
-# Results do not depend on the thread count. The kernels parallelise over the axis
-# that owns the writes (images for forward and grad_x, planes for pooling), so those
-# are bit-for-bit equal; grad_weight and grad_bias sum over the batch, and a
-# per-thread partial sum may legitimately add in another order.
+# Results do not depend on the thread count, bit for bit: the kernels parallelise
+# over the axis that owns the writes (images for forward and grad_x, planes for
+# pooling, fixed column blocks for the linear layers), and the convolutions sum
+# grad_weight and grad_bias over chunks of images fixed by the batch size alone.
+# (So cyconv may change its thread count at run time without changing a result.)
 
 BATCH = 8  # enough images that two threads both get work
 # Pooling, ReLU, im2col and linear start a second thread only for enough work
-# (functional._threads_for): inputs of this size give each thread plenty.
+# (cyconv._threads.threads_for): inputs of this size give each thread plenty.
 BIG = (BATCH, 4, 48, 40)
 
 
@@ -96,8 +97,27 @@ def test_conv2d_independent_of_thread_count(dtype):
 
     (gx1, gw1, gb1), (gx2, gw2, gb2) = one_and_two_threads(lambda: F.conv2d_backward(grad_y, x, weight, 2, 1))
     np.testing.assert_array_equal(gx1, gx2)
-    assert_close(gw2, gw1, dtype)
-    assert_close(gb2, gb1, dtype)
+    np.testing.assert_array_equal(gw1, gw2)
+    np.testing.assert_array_equal(gb1, gb2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [3, 17, 64], ids=lambda n: f"{n}-images")
+def test_fused_conv_gradients_independent_of_thread_count(dtype, batch):
+    # LeNet's conv2 -> ReLU -> pool, and its backward: batches smaller than, equal
+    # to and larger than the number of gradient chunks.
+    rng = np.random.default_rng(6)
+    x = random_array(rng, (batch, 6, 14, 14), dtype)
+    weight = random_array(rng, (8, 6, 5, 5), dtype)
+    bias = random_array(rng, (8,), dtype)
+    (y1, i1), (y2, i2) = one_and_two_threads(
+        lambda: F.conv2d_relu_max_pool2d(x, weight, bias, 1, 2, return_indices=True))
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(i1, i2)
+    grad_y = random_array(rng, y1.shape, dtype)
+    g1, g2 = one_and_two_threads(lambda: F.conv2d_relu_max_pool2d_backward(grad_y, y1, i1, x, weight, 1, 2))
+    for a, b in zip(g1, g2):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -144,17 +164,15 @@ def test_max_pool2d_independent_of_thread_count(dtype):
 @pytest.mark.parametrize("batch", [2, 9], ids=["gemv", "gemm"])
 def test_linear_independent_of_thread_count(dtype, batch):
     rng = np.random.default_rng(4)
-    x = random_array(rng, (batch, 300), dtype)
-    weight = random_array(rng, (70, 300), dtype)  # 70 outputs: blocks of 48 and 22
-    bias = random_array(rng, (70,), dtype)
-    # Each output element is one BLAS dot product either way, but BLAS may block
-    # a narrower column slice differently: equal up to rounding.
+    x = random_array(rng, (batch, 600), dtype)  # grad_x: 3 column blocks
+    weight = random_array(rng, (300, 600), dtype)  # 300 outputs: column blocks of 256 and 44
+    bias = random_array(rng, (300,), dtype)
     y1, y2 = one_and_two_threads(lambda: F.linear(x, weight, bias))
-    assert_close(y2, y1, dtype)
+    np.testing.assert_array_equal(y1, y2)
     grad_y = random_array(rng, y1.shape, dtype)
     (gx1, gw1, gb1), (gx2, gw2, gb2) = one_and_two_threads(lambda: F.linear_backward(grad_y, x, weight))
     for a, b in ((gx1, gx2), (gw1, gw2), (gb1, gb2)):
-        assert_close(b, a, dtype)
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -196,3 +214,100 @@ def test_concurrent_calls_from_python_threads():
     for thread in threads:
         thread.join()
     assert not failures, failures
+
+
+# ---------------------------------------------------------------------------
+# Busy cores: the convolutions hand images to threads as they come free and report
+# the split; cyconv._threads drops to one thread for a while when a thread keeps
+# getting far less than its share (its core is busy with another process).
+
+from cyconv import _kernels, _threads  # noqa: E402
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def busy(monkeypatch):
+    """A fresh governor on a fake clock, installed as cyconv's."""
+    clock = FakeClock()
+    monkeypatch.setattr(_threads.time, "monotonic", clock)
+    governor = _threads._BusyCores()
+    monkeypatch.setattr(_threads, "_busy", governor)
+    governor.clock = clock
+    return governor
+
+
+def test_even_splits_keep_every_thread(busy):
+    for _ in range(100):
+        busy.record([32, 32])
+        busy.record([30, 34])
+    assert busy.threads(2) == 2
+
+
+def test_one_uneven_call_is_not_enough(busy):
+    busy.record([54, 10])  # the OS took the core away once
+    assert busy.threads(2) == 2
+
+
+def test_a_thread_that_keeps_falling_behind_means_one_thread_for_a_while(busy):
+    for _ in range(10):
+        busy.record([43, 21])  # a worker at half speed: its core is shared with another process
+    assert busy.threads(2) == 1
+    assert busy.threads(1) == 1
+    busy.clock.now += busy.BACKOFF + 0.01
+    assert busy.threads(2) == 2  # then all threads again: maybe the other process has ended
+
+
+def test_backoff_doubles_while_the_cores_stay_busy_and_resets_after(busy):
+    def slow_calls():
+        for _ in range(10):
+            busy.record([43, 21])
+
+    slow_calls()
+    first = busy.until - busy.clock.now
+    busy.clock.now = busy.until + 0.01
+    slow_calls()
+    assert busy.until - busy.clock.now == pytest.approx(2 * first)
+    busy.clock.now = busy.until + 0.01
+    for _ in range(busy.RECOVERED):
+        busy.record([32, 32])
+    slow_calls()
+    assert busy.until - busy.clock.now == pytest.approx(first)
+
+
+def test_a_slow_main_thread_counts_too(busy):
+    for _ in range(10):
+        busy.record([5, 11])
+    assert busy.threads(2) == 1
+
+
+def test_small_splits_say_nothing(busy):
+    for _ in range(20):
+        busy.record([3, 0])  # 3 images: too few to tell a slow thread from a coarse split
+        busy.record([1])
+    assert busy.threads(2) == 2
+
+
+def test_kernels_use_one_thread_while_backing_off(busy):
+    assert _threads.threads_for(1000) == min(1000, cyconv.get_num_threads())
+    busy.until = busy.clock.now + 1
+    assert _threads.threads_for(1000) == 1
+
+
+@pytest.mark.skipif(not cyconv.openmp_enabled(), reason="the serial build runs one thread")
+def test_convolutions_report_how_they_split_the_images():
+    rng = np.random.default_rng(7)
+    x = random_array(rng, (BATCH, 3, 12, 12), np.float32)
+    weight = random_array(rng, (4, 3, 3, 3), np.float32)
+    with cyconv.set_num_threads(2):
+        y = F.conv2d(x, weight, None, 1, 1)
+        split = _kernels.last_work_split(2)
+        assert len(split) == 2 and sum(split) == BATCH  # every image, once
+        F.conv2d_backward(random_array(rng, y.shape, np.float32), x, weight, 1, 1)
+        assert sum(_kernels.last_work_split(2)) == _kernels.weight_grad_chunks(BATCH)

@@ -18,7 +18,9 @@ ever runs on the cores.
 
 import os
 
-from cython.parallel cimport prange, threadid
+import numpy as np
+
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
@@ -159,18 +161,16 @@ cdef float *packed_buffer(Py_ssize_t n) except NULL:
     return p
 
 
-cdef float *packed_operand(const cyconv_gemm *g, const float *a, Py_ssize_t M, Py_ssize_t K,
-                           Py_ssize_t row_stride, Py_ssize_t col_stride, int num_threads) except NULL:
-    # A (M,K), element (m,k) at a[m*row_stride + k*col_stride], packed for the
-    # own GEMM g (free() it), row panels split across the threads: on one image
-    # the packing is as long as the GEMM's share of a thread.
-    cdef float *packed = packed_buffer(gemm_packed_size(g, M, K))
-    cdef Py_ssize_t MR = g.mr, panels = (M + MR - 1) // MR, p
-    with nogil:
-        for p in prange(panels, schedule='static', num_threads=num_threads):
-            gemm_pack_a_f32(g, packed + p * MR * K, a + p * MR * row_stride,
-                            min(MR, M - p * MR), K, row_stride, col_stride)
-    return packed
+cdef inline Py_ssize_t pack_panels(const cyconv_gemm *g, float *packed, const float *a, Py_ssize_t M,
+                                   Py_ssize_t K, Py_ssize_t row_stride, Py_ssize_t col_stride,
+                                   Py_ssize_t p) noexcept nogil:
+    # Panel p of A (M,K), element (m,k) at a[m*row_stride + k*col_stride], packed
+    # for the own GEMM g: the body of a prange over the panels, which the kernels
+    # run inside their main parallel region (one wake-up of the threads, not two).
+    cdef Py_ssize_t MR = g.mr
+    gemm_pack_a_f32(g, packed + p * MR * K, a + p * MR * row_stride, min(MR, M - p * MR), K,
+                    row_stride, col_stride)
+    return 0
 
 
 # ---------------------------------------------------------------------------
@@ -263,6 +263,31 @@ cdef inline void col2im_image(floating *img, const floating *cols, Py_ssize_t co
         col2im_f64(img, cols, col_ld, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
 
 
+# How many items each thread took in the last dynamically scheduled loop of a
+# convolution (images forward, chunks of images backward): cyconv._threads reads
+# it to notice threads that do not get their cores. Each thread writes its own
+# entry; concurrent calls from several Python threads only blur the estimate.
+cdef enum:
+    MAX_TRACKED_THREADS = 256
+cdef Py_ssize_t _work_split[MAX_TRACKED_THREADS]
+
+
+cdef inline void reset_work_split(int num_threads) noexcept nogil:
+    cdef int t
+    for t in range(min(num_threads, <int>MAX_TRACKED_THREADS)):
+        _work_split[t] = 0
+
+
+cdef inline void count_work(int t) noexcept nogil:
+    if t < MAX_TRACKED_THREADS:
+        _work_split[t] += 1
+
+
+def last_work_split(int num_threads):
+    """Items per thread in the last dynamically scheduled loop of a convolution."""
+    return [_work_split[t] for t in range(min(num_threads, <int>MAX_TRACKED_THREADS))]
+
+
 cdef inline Py_ssize_t block_start(Py_ssize_t n, int parts, int t) noexcept nogil:
     """Start of block t when n columns are split into `parts` blocks of a
     multiple of 16 (whole cache lines for float, and SIMD-sized)."""
@@ -305,13 +330,17 @@ def conv2d_forward(floating[::1] y, int64_t[::1] pool_indices, const floating[::
     per_thread = (0 if direct else K * L) + (O * L if pooled else 0)
     cdef const cyconv_gemm *g = gemm_kernel()  # once per call: the packing depends on its tier
     cdef float *packed_w = NULL  # own GEMM: the weights packed once for every image
+    cdef Py_ssize_t panels = 0, p
     if floating is float:
         if _own_gemm and N > 0:
-            packed_w = packed_operand(g, &weight[0], O, K, K, 1, num_threads)
+            packed_w = packed_buffer(gemm_packed_size(g, O, K))
+            panels = (O + g.mr - 1) // g.mr
     try:
         with nogil:
             blas_single_threaded()
             if N < num_threads:
+                for p in prange(panels, schedule='static', num_threads=num_threads):
+                    pack_panels(g, packed_w, <const float *>&weight[0], O, K, K, 1, p)
                 for n in range(N):
                     if direct:
                         cols = &x[n * C * H * W]
@@ -332,22 +361,29 @@ def conv2d_forward(floating[::1] y, int64_t[::1] pool_indices, const floating[::
                             conv_output_gemm(g, packed_w, O, l1 - l0, K, &weight[0], cols + l0, L,
                                              &y[n * O * L + l0], L, &bias[0] if has_bias else NULL)
             else:
-                for n in prange(N, schedule='static', num_threads=num_threads):
-                    if direct:
-                        cols = &x[n * C * H * W]
-                    else:
-                        buf = &scratch[threadid() * per_thread]
-                        im2col_image(buf, L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
-                        cols = buf
-                    if not pooled:
-                        conv_output_gemm(g, packed_w, O, L, K, &weight[0], cols, L, &y[n * O * L], L,
-                                         &bias[0] if has_bias else NULL)
-                    else:
-                        conv_out = &scratch[threadid() * per_thread + (0 if direct else K * L)]
-                        conv_output_gemm(g, packed_w, O, L, K, &weight[0], cols, L, conv_out, L,
-                                         &bias[0] if has_bias else NULL)
-                        pool_planes(&y[n * O * PL], &pool_indices[n * O * PL] if want_indices else NULL,
-                                    conv_out, O, Ho, Wo, &pool[0])
+                # One parallel region: pack the weights, then the images one at a time
+                # to whichever thread is free (each image's output is its own).
+                reset_work_split(num_threads)
+                with parallel(num_threads=num_threads):
+                    for p in prange(panels, schedule='static'):
+                        pack_panels(g, packed_w, <const float *>&weight[0], O, K, K, 1, p)
+                    for n in prange(N, schedule='dynamic'):
+                        count_work(threadid())
+                        if direct:
+                            cols = &x[n * C * H * W]
+                        else:
+                            buf = &scratch[threadid() * per_thread]
+                            im2col_image(buf, L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+                            cols = buf
+                        if not pooled:
+                            conv_output_gemm(g, packed_w, O, L, K, &weight[0], cols, L, &y[n * O * L], L,
+                                             &bias[0] if has_bias else NULL)
+                        else:
+                            conv_out = &scratch[threadid() * per_thread + (0 if direct else K * L)]
+                            conv_output_gemm(g, packed_w, O, L, K, &weight[0], cols, L, conv_out, L,
+                                             &bias[0] if has_bias else NULL)
+                            pool_planes(&y[n * O * PL], &pool_indices[n * O * PL] if want_indices else NULL,
+                                        conv_out, O, Ho, Wo, &pool[0])
     finally:
         free(packed_w)
 
@@ -384,6 +420,21 @@ cdef inline void conv_output_gemm(const cyconv_gemm *g, const float *packed_w, P
             add_bias_f64(y, ldy, bias, O, L)
 
 
+# The batch's weight and bias gradients are summed per chunk of images, then the
+# chunks in order: the chunks are fixed by the batch size alone, so the gradients
+# are the same bits whatever the thread count, and the threads can take chunks as
+# they come free (a thread that the OS deschedules, as on a laptop with a busy
+# core, no longer holds up the others). More chunks balance better; each costs an
+# accumulator of the gradient's size.
+cdef enum:
+    MAX_GRAD_CHUNKS = 16
+
+
+def weight_grad_chunks(Py_ssize_t N):
+    """How many accumulators conv2d_backward sums a batch of N images in."""
+    return max(1, min(N, <Py_ssize_t>MAX_GRAD_CHUNKS))
+
+
 def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::1] grad_bias,
                     const floating[::1] grad_y, const floating[::1] pooled_y,
                     const int64_t[::1] pool_indices, const floating[::1] x,
@@ -398,14 +449,17 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
     # overwritten, or added into if accumulate
     # IN grad_y (N,O,Ho,Wo), x (N,C,H,W), weight (O,C*kh*kw)
     # SCRATCH (num_threads, 2*C*kh*kw*Ho*Wo): columns (or rows) of x and of the input gradient
-    # acc (num_threads, O*C*kh*kw + O), zeroed: per-thread weight and bias gradients
+    # acc (weight_grad_chunks(N), O*C*kh*kw + O), zeroed: per-chunk weight and bias gradients
     # PL > 0: the fused conv -> ReLU -> max pooling (conv2d_forward with `pool`): grad_y is the
     # gradient of its output pooled_y (N,O,PL) and pool_indices those of the forward; each image's
     # conv output gradient is scattered into this thread's scratch (SCRATCH grows by O*Ho*Wo).
-    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, i, t, o, bad = 0
-    cdef Py_ssize_t per_acc = O * K + O
+    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, i, j, t, o, ch, bad = 0
+    cdef Py_ssize_t per_acc = O * K + O, chunks = weight_grad_chunks(N)
     cdef bint pooled = PL > 0
     cdef Py_ssize_t per_thread = 2 * K * L + (O * L if pooled else 0)
+    if scratch.shape[0] < num_threads * per_thread or acc.shape[0] < chunks * per_acc:
+        raise ValueError(f"conv2d_backward: scratch ({scratch.shape[0]}) or acc ({acc.shape[0]}) smaller than "
+                         f"{num_threads * per_thread} and {chunks * per_acc} elements")
     cdef floating *dy_buf
     cdef bint direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
     cdef const floating *cols
@@ -421,8 +475,9 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
     cdef const cyconv_gemm *g = gemm_kernel()  # once per call: the packing depends on its tier
     cdef float *packed_wt = NULL
     cdef float *packed_dy = NULL
-    cdef Py_ssize_t dy_size = gemm_packed_size(g, O, L)
+    cdef Py_ssize_t dy_size = gemm_packed_size(g, O, L), panels = 0, p
     cdef bint direct_dw = False
+    cdef Py_ssize_t[::1] bad_per_thread = np.zeros(num_threads, np.intp)
     if floating is float:
         direct_dw = _own_gemm and conv_weight_grad_direct_fits(sh, sw, kw, Ho, Wo)
         if _own_gemm and N > 0:
@@ -430,68 +485,80 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
                 packed_dy = packed_buffer(num_threads * dy_size)
             if need_grad_x:
                 try:
-                    packed_wt = packed_operand(g, &weight[0], K, O, 1, K, num_threads)
+                    packed_wt = packed_buffer(gemm_packed_size(g, K, O))
                 except MemoryError:
                     free(packed_dy)
                     raise
+                panels = (K + g.mr - 1) // g.mr
     try:
-        with nogil:
+        reset_work_split(num_threads)
+        with nogil, parallel(num_threads=num_threads):
+            # One parallel region: pack weight^T, the chunks of images to whichever
+            # thread is free, then the sum of the chunks (after the loops' barriers).
             blas_single_threaded()
-            for n in prange(N, schedule='static', num_threads=num_threads):
+            for p in prange(panels, schedule='static'):
+                pack_panels(g, packed_wt, <const float *>&weight[0], K, O, 1, K, p)
+            for ch in prange(chunks, schedule='dynamic'):
                 t = threadid()
+                count_work(t)
                 buf = &scratch[t * per_thread]
-                dw = &acc[t * per_acc]
-                if pooled:
-                    dy_buf = buf + 2 * K * L
-                    for o in range(O):
-                        if floating is float:
-                            bad += maxpool2d_backward_f32(dy_buf + o * L, &grad_y[(n * O + o) * PL],
-                                                          &pool_indices[(n * O + o) * PL],
-                                                          &pooled_y[(n * O + o) * PL], L, PL)
+                dw = &acc[ch * per_acc]
+                for n in range(ch * N // chunks, (ch + 1) * N // chunks):
+                    if pooled:
+                        dy_buf = buf + 2 * K * L
+                        for o in range(O):
+                            if floating is float:
+                                bad_per_thread[t] += maxpool2d_backward_f32(
+                                    dy_buf + o * L, &grad_y[(n * O + o) * PL], &pool_indices[(n * O + o) * PL],
+                                    &pooled_y[(n * O + o) * PL], L, PL)
+                            else:
+                                bad_per_thread[t] += maxpool2d_backward_f64(
+                                    dy_buf + o * L, &grad_y[(n * O + o) * PL], &pool_indices[(n * O + o) * PL],
+                                    &pooled_y[(n * O + o) * PL], L, PL)
+                        dy = dy_buf
+                    else:
+                        dy = &grad_y[n * O * L]
+                    if floating is float:
+                        if direct_dw:
+                            pad_image_f32(buf, &x[n * C * H * W], C, H, W, ph, pw)
+                            conv_weight_grad_direct_f32(dw, dy, buf, O, C, H + 2 * ph, W + 2 * pw, kh, kw,
+                                                        Ho, Wo)
+                        elif packed_dy != NULL:
+                            # dW (O,K) += dy (O,L) @ rows (L,K)
+                            im2row_f32(buf, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+                            gemm_pack_a_f32(g, packed_dy + t * dy_size, dy, O, L, L, 1)
+                            gemm_packed_f32(g, O, K, L, packed_dy + t * dy_size, buf, K, dw, K, NULL, 1)
+                    if packed_dy == NULL and not direct_dw:
+                        if direct:
+                            cols = &x[n * C * H * W]
                         else:
-                            bad += maxpool2d_backward_f64(dy_buf + o * L, &grad_y[(n * O + o) * PL],
-                                                          &pool_indices[(n * O + o) * PL],
-                                                          &pooled_y[(n * O + o) * PL], L, PL)
-                    dy = dy_buf
-                else:
-                    dy = &grad_y[n * O * L]
-                if floating is float:
-                    if direct_dw:
-                        pad_image_f32(buf, &x[n * C * H * W], C, H, W, ph, pw)
-                        conv_weight_grad_direct_f32(dw, dy, buf, O, C, H + 2 * ph, W + 2 * pw, kh, kw, Ho, Wo)
-                    elif packed_dy != NULL:
-                        # dW (O,K) += dy (O,L) @ rows (L,K)
-                        im2row_f32(buf, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
-                        gemm_pack_a_f32(g, packed_dy + t * dy_size, dy, O, L, L, 1)
-                        gemm_packed_f32(g, O, K, L, packed_dy + t * dy_size, buf, K, dw, K, NULL, 1)
-                if packed_dy == NULL and not direct_dw:
-                    if direct:
-                        cols = &x[n * C * H * W]
+                            im2col_image(buf, L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+                            cols = buf
+                        # dW (O,K) += dy (O,L) @ cols^T (L,K)
+                        gemm(False, True, <int>O, <int>K, <int>L, 1, dy, <int>L, cols, <int>L,
+                             1, dw, <int>K)
+                    if floating is float:
+                        accumulate_row_sums_f32(dw + O * K, dy, O, L)
                     else:
-                        im2col_image(buf, L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
-                        cols = buf
-                    # dW (O,K) += dy (O,L) @ cols^T (L,K)
-                    gemm(False, True, <int>O, <int>K, <int>L, 1, dy, <int>L, cols, <int>L,
-                         1, dw, <int>K)
-                if floating is float:
-                    accumulate_row_sums_f32(dw + O * K, dy, O, L)
-                else:
-                    accumulate_row_sums_f64(dw + O * K, dy, O, L)
-                if need_grad_x:
-                    # input gradient: dcols (K,L) = weight^T (K,O) @ dy (O,L), then col2im
-                    # (a direct 1x1 kernel's dcols are the input gradient itself)
-                    if direct:
-                        input_grad_gemm(g, packed_wt, K, L, O, &weight[0], dy, &grad_x[n * C * H * W])
-                    else:
-                        input_grad_gemm(g, packed_wt, K, L, O, &weight[0], dy, buf + K * L)
-                        col2im_image(&grad_x[n * C * H * W], buf + K * L, L, C, H, W,
-                                     kh, kw, sh, sw, ph, pw, Ho, Wo)
-            # Sum the per-thread accumulators in thread order (deterministic for a
-            # given thread count); on bad pooling indices leave the outputs alone.
-            for i in prange(O * K + O if bad == 0 else 0, schedule='static', num_threads=num_threads):
+                        accumulate_row_sums_f64(dw + O * K, dy, O, L)
+                    if need_grad_x:
+                        # input gradient: dcols (K,L) = weight^T (K,O) @ dy (O,L), then col2im
+                        # (a direct 1x1 kernel's dcols are the input gradient itself)
+                        if direct:
+                            input_grad_gemm(g, packed_wt, K, L, O, &weight[0], dy, &grad_x[n * C * H * W])
+                        else:
+                            input_grad_gemm(g, packed_wt, K, L, O, &weight[0], dy, buf + K * L)
+                            col2im_image(&grad_x[n * C * H * W], buf + K * L, L, C, H, W,
+                                         kh, kw, sh, sw, ph, pw, Ho, Wo)
+            # Sum the chunks' accumulators in chunk order; on bad pooling indices
+            # leave the outputs alone.
+            bad = 0
+            for j in range(num_threads):
+                bad = bad + bad_per_thread[j]
+            for i in prange(O * K + O if bad == 0 else 0, schedule='static'):
                 s = 0
-                for t in range(num_threads):
-                    s = s + acc[t * per_acc + i]
+                for ch in range(chunks):
+                    s = s + acc[ch * per_acc + i]
                 if i < O * K:
                     grad_weight[i] = grad_weight[i] + s if accumulate else s
                 else:
@@ -499,7 +566,7 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
     finally:
         free(packed_dy)
         free(packed_wt)
-    return bad
+    return sum(bad_per_thread)
 
 
 cdef inline void input_grad_gemm(const cyconv_gemm *g, const float *packed_wt, Py_ssize_t K, Py_ssize_t L, Py_ssize_t O,
@@ -514,14 +581,17 @@ cdef inline void input_grad_gemm(const cyconv_gemm *g, const float *packed_wt, P
 
 
 # ---------------------------------------------------------------------------
-# Linear layer: each GEMM split into column blocks, one per thread, each a
-# single-threaded BLAS call. Running these through our own team (rather than
+# Linear layer: each GEMM split into fixed blocks of LINEAR_BLOCK output columns
+# (input columns for grad_x), each a single-threaded BLAS call, handed to the
+# threads as they come free. The blocks do not depend on the thread count, so
+# neither do the results. Running these through our own team (rather than
 # NumPy's multi-threaded BLAS) keeps one thread pool on the cores: OpenBLAS's
 # idle workers spin for milliseconds after each call and would steal the core
 # from the next OpenMP kernel.
 
 cdef enum:
     LINEAR_GEMV_MAX_ROWS = 4
+    LINEAR_BLOCK = 256  # columns per BLAS call: big enough that packing x per call costs ~nothing
 
 
 def linear_forward(floating[::1] y, const floating[::1] x, const floating[::1] weight,
@@ -529,28 +599,26 @@ def linear_forward(floating[::1] y, const floating[::1] x, const floating[::1] w
                    int num_threads):
     # OUT y (N,OUT); IN x (N,IN), weight (OUT,IN), bias (OUT,) or empty
     cdef bint has_bias = bias.shape[0] > 0
-    cdef Py_ssize_t n, o0, o1
-    cdef int t
+    cdef Py_ssize_t n, o0, o1, b, blocks = (OUT + LINEAR_BLOCK - 1) // LINEAR_BLOCK
     with nogil:
         blas_single_threaded()
-        for t in prange(num_threads, schedule='static', num_threads=num_threads):
-            o0 = block_start(OUT, num_threads, t)
-            o1 = block_start(OUT, num_threads, t + 1)
-            if o0 < o1:
-                if N <= LINEAR_GEMV_MAX_ROWS:
-                    # A few rows (inference on a few images): one matrix-vector
-                    # product per row. GEMM would first pack (copy) the whole
-                    # weight, which costs more than the product (10x at N=1).
-                    for n in range(N):
-                        gemv_t(<int>IN, <int>(o1 - o0), &weight[o0 * IN], <int>IN,
-                               &x[n * IN], &y[n * OUT + o0])
-                else:
-                    # y[:, o0:o1] = x @ weight[o0:o1].T
-                    gemm(False, True, <int>N, <int>(o1 - o0), <int>IN, 1, &x[0], <int>IN,
-                         &weight[o0 * IN], <int>IN, 0, &y[o0], <int>OUT)
-                if has_bias:
-                    for n in range(N):
-                        add_bias_row(&y[n * OUT + o0], &bias[o0], o1 - o0)
+        for b in prange(blocks, schedule='dynamic', num_threads=min(num_threads, blocks)):
+            o0 = b * LINEAR_BLOCK
+            o1 = min(OUT, o0 + LINEAR_BLOCK)
+            if N <= LINEAR_GEMV_MAX_ROWS:
+                # A few rows (inference on a few images): one matrix-vector
+                # product per row. GEMM would first pack (copy) the whole
+                # weight, which costs more than the product (10x at N=1).
+                for n in range(N):
+                    gemv_t(<int>IN, <int>(o1 - o0), &weight[o0 * IN], <int>IN,
+                           &x[n * IN], &y[n * OUT + o0])
+            else:
+                # y[:, o0:o1] = x @ weight[o0:o1].T
+                gemm(False, True, <int>N, <int>(o1 - o0), <int>IN, 1, &x[0], <int>IN,
+                     &weight[o0 * IN], <int>IN, 0, &y[o0], <int>OUT)
+            if has_bias:
+                for n in range(N):
+                    add_bias_row(&y[n * OUT + o0], &bias[o0], o1 - o0)
 
 
 cdef inline void add_bias_row(floating *y, const floating *bias, Py_ssize_t n) noexcept nogil:
@@ -566,16 +634,18 @@ def linear_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
     # OUT grad_x (N,IN) (empty if not need_grad_x), grad_weight (OUT,IN), grad_bias (OUT,):
     # overwritten, or added into if accumulate
     # IN grad_y (N,OUT), x (N,IN), weight (OUT,IN)
-    cdef Py_ssize_t n, o, o0, o1, i0, i1
+    cdef Py_ssize_t n, o, o0, o1, i0, i1, b
+    cdef Py_ssize_t out_blocks = (OUT + LINEAR_BLOCK - 1) // LINEAR_BLOCK
+    cdef Py_ssize_t in_blocks = (IN + LINEAR_BLOCK - 1) // LINEAR_BLOCK if need_grad_x else 0
     cdef floating s
-    cdef int t
     with nogil:
         blas_single_threaded()
-        for t in prange(num_threads, schedule='static', num_threads=num_threads):
-            o0 = block_start(OUT, num_threads, t)
-            o1 = block_start(OUT, num_threads, t + 1)
-            if o0 < o1:
+        for b in prange(out_blocks + in_blocks, schedule='dynamic',
+                        num_threads=min(num_threads, out_blocks + in_blocks)):
+            if b < out_blocks:
                 # weight-gradient GEMM: grad_weight[o0:o1] = grad_y[:, o0:o1].T @ x
+                o0 = b * LINEAR_BLOCK
+                o1 = min(OUT, o0 + LINEAR_BLOCK)
                 gemm(True, False, <int>(o1 - o0), <int>IN, <int>N, 1, &grad_y[o0], <int>OUT,
                      &x[0], <int>IN, 1 if accumulate else 0, &grad_weight[o0 * IN], <int>IN)
                 for o in range(o0, o1):
@@ -583,10 +653,10 @@ def linear_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
                     for n in range(N):
                         s = s + grad_y[n * OUT + o]
                     grad_bias[o] = s
-            i0 = block_start(IN, num_threads, t)
-            i1 = block_start(IN, num_threads, t + 1)
-            if need_grad_x and i0 < i1:
+            else:
                 # input-gradient GEMM: grad_x[:, i0:i1] = grad_y @ weight[:, i0:i1]
+                i0 = (b - out_blocks) * LINEAR_BLOCK
+                i1 = min(IN, i0 + LINEAR_BLOCK)
                 gemm(False, False, <int>N, <int>(i1 - i0), <int>OUT, 1, &grad_y[0], <int>OUT,
                      &weight[i0], <int>IN, 0, &grad_x[i0], <int>IN)
 

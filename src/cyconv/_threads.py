@@ -2,7 +2,11 @@
 
 One number, `get_num_threads()`, is the OpenMP team size of every compiled
 kernel. Default: `OMP_NUM_THREADS` when set, else the number of cores this
-process may run on.
+process may run on. Each kernel call then takes as many of them as its work
+justifies (`threads_for`), and fewer while the cores are busy with other
+processes (`record_work_split`, below). Results do not depend on the thread
+count: every kernel splits its work so that each output is computed the same
+way whatever the number of threads.
 
 Every GEMM of cyconv (convolution and linear layers) is a single-threaded call
 to SciPy's BLAS from inside one of our OpenMP threads, so there is only one
@@ -13,14 +17,12 @@ own BLAS, when it is a separate library as in the PyPI wheels, is not touched.
 
 import ctypes
 import os
+import time
 from pathlib import Path
 
 from threadpoolctl import ThreadpoolController
 
-from . import _kernels
-
 _num_threads = None
-
 
 def _default_num_threads():
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
@@ -70,12 +72,82 @@ def blas_description():
 
 def _install_blas_hooks():
     """Give the kernels C pointers to get/set_num_threads of SciPy's OpenBLAS."""
+    from . import _kernels
+
     hooks = []
     for lib in _scipy_openblas_libs():
         functions = _openblas_thread_functions(lib)
         if functions is not None:
             hooks.append(tuple(ctypes.cast(f, ctypes.c_void_p).value for f in functions))
     _kernels.set_blas_thread_hooks(hooks)
+
+
+# Waking a thread costs a few microseconds, and far more when the core is busy
+# with another process (the whole parallel region waits for it), so a thread
+# is only started for at least this many element operations (~10-20 us of work).
+MIN_WORK_PER_THREAD = 1 << 15
+
+
+def threads_for(work_items, work_per_item=MIN_WORK_PER_THREAD):
+    """Threads for work_items independent items of work_per_item element operations
+    each: at most one per item, only as many as the work justifies, and one while
+    the other cores are found busy (record_work_split)."""
+    worth = (work_items * work_per_item) // MIN_WORK_PER_THREAD
+    return max(1, min(_busy.threads(get_num_threads()), work_items, worth))
+
+
+class _BusyCores:
+    """Runs cyconv on one thread for a while when its other threads do not get their cores.
+
+    When another process keeps a core busy (a laptop with a browser open), the OS
+    shares that core between it and one of cyconv's threads, and every parallel
+    region waits for the descheduled thread: 2 threads ran slower than 1. The
+    convolutions hand out images to whichever thread is free, so the split of the
+    images between threads says how much CPU each one really got: on a quiet
+    machine every thread takes its share; a thread on a busy core takes far less.
+    When, over a few calls, some thread took under SLOW of its share, cyconv uses
+    one thread for a while (BACKOFF seconds, doubling while the cores stay busy,
+    up to MAX_BACKOFF), then tries all of them again. Results are the same bits
+    either way (see the module docstring).
+    """
+
+    SLOW = 0.75        # a thread's share of the images, relative to an even split, that counts as slow
+    SMOOTHING = 0.25   # weight of the newest call in the running estimate
+    MIN_ITEMS = 4      # per thread: fewer items split too coarsely to tell anything
+    BACKOFF = 2.0      # seconds on one thread before trying again ...
+    MAX_BACKOFF = 32.0  # ... doubling up to this while the cores stay busy
+    RECOVERED = 16     # calls in a row with every thread at its share: back to BACKOFF
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.estimate, self.until, self.backoff, self.good_calls = 1.0, 0.0, self.BACKOFF, 0
+
+    def threads(self, n):
+        return 1 if n > 1 and time.monotonic() < self.until else n
+
+    def record(self, split):
+        nt, total = len(split), sum(split)
+        if nt < 2 or total < self.MIN_ITEMS * nt or time.monotonic() < self.until:
+            return
+        share = min(split) * nt / total
+        self.estimate = (1 - self.SMOOTHING) * self.estimate + self.SMOOTHING * share
+        self.good_calls = self.good_calls + 1 if share >= self.SLOW else 0
+        if self.good_calls >= self.RECOVERED:
+            self.backoff = self.BACKOFF
+        if self.estimate < self.SLOW:
+            self.until = time.monotonic() + self.backoff
+            self.backoff = min(2 * self.backoff, self.MAX_BACKOFF)
+            self.estimate = 1.0
+
+
+_busy = _BusyCores()
+
+
+def record_work_split(split):
+    """After a parallel kernel that handed out its items dynamically: how many each thread took."""
+    _busy.record(split)
 
 
 def get_num_threads():
@@ -90,7 +162,9 @@ class set_num_threads:
     """Set the number of threads cyconv's kernels use.
 
     Takes effect at once and stays in effect; used as a context manager it
-    restores the previous setting on exit::
+    restores the previous setting on exit. Kernels use fewer threads when their
+    work is small, and one for a while when the other cores are found busy
+    (see _BusyCores); a new setting starts again with all of them::
 
         cyconv.set_num_threads(2)
         with cyconv.set_num_threads(1):
@@ -107,6 +181,7 @@ class set_num_threads:
         global _num_threads
         self._previous = get_num_threads()
         _num_threads = n
+        _busy.reset()  # a new setting starts with every thread
 
     def __enter__(self):
         return self

@@ -21,7 +21,7 @@ import numbers
 import numpy as np
 
 from . import _kernels
-from .functional import _threads_for
+from ._threads import threads_for
 
 __all__ = ["pixels", "color_histogram", "hog", "hog_reference"]
 
@@ -250,7 +250,7 @@ def hog(images, orientations=9, pixels_per_cell=(7, 7), cells_per_block=(2, 2)):
     out = np.empty((N, D), x.dtype)
     if N == 0:
         return out
-    nt = _threads_for(N, H * W * C * 16)
+    nt = threads_for(N, H * W * C * 16)
     scratch = np.empty(nt * (H // cell[0]) * (W // cell[1]) * orientations, np.float32)
     _kernels.hog(out.reshape(-1), x.reshape(-1), scratch, N, H, W, C, orientations,
                  cell[0], cell[1], block[0], block[1], nt)

@@ -17,7 +17,7 @@ Every function has a NumPy twin of the same name and signature in
 import numpy as np
 
 from . import _kernels
-from ._threads import get_num_threads
+from ._threads import record_work_split, threads_for
 
 __all__ = [
     "conv2d", "conv2d_backward", "im2col", "col2im", "max_pool2d", "max_pool2d_backward",
@@ -125,19 +125,6 @@ def _check_blas_size(fn, *sizes):
         raise ValueError(f"{fn}(): a per-image matrix has {max(sizes)} elements, more than BLAS's 2**31 - 1")
 
 
-# Waking a thread costs a few microseconds, and far more when the core is busy
-# with another process (the whole parallel region waits for it), so a thread
-# is only started for at least this many element operations (~10-20 us of work).
-_MIN_WORK_PER_THREAD = 1 << 15
-
-
-def _threads_for(work_items, work_per_item=_MIN_WORK_PER_THREAD):
-    """Threads for work_items independent items of work_per_item element operations
-    each: at most one per item, and only as many as the work justifies."""
-    worth = (work_items * work_per_item) // _MIN_WORK_PER_THREAD
-    return max(1, min(get_num_threads(), work_items, worth))
-
-
 def _conv_geometry(fn, x, weight, stride, padding):
     N, C, H, W = x.shape
     O, Cw, kh, kw = weight.shape
@@ -185,7 +172,15 @@ def _conv2d(x, weight, bias, geom):
     scratch = np.empty(0 if direct else min(nt, N) * C * kh * kw * Ho * Wo, x.dtype)
     _kernels.conv2d_forward(y.reshape(-1), _NO_INDICES, x.reshape(-1), weight.reshape(-1), bias, scratch,
                             _NO_POOL, *geom, nt)
+    if N >= nt:
+        _record_work_split(nt)
     return y
+
+
+def _record_work_split(nt):
+    """After a convolution that handed its images to threads as they came free."""
+    if nt > 1:
+        record_work_split(_kernels.last_work_split(nt))
 
 
 def _conv_arguments(fn, x, weight, bias, stride, padding):
@@ -207,7 +202,7 @@ def _conv_threads(geom):
     """One image per thread; with fewer images than threads, the kernel splits
     each image's GEMM (O*Ho*Wo outputs of C*kh*kw multiply-adds) instead."""
     N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo = geom
-    return max(_threads_for(N), _threads_for(O * Ho * Wo, C * kh * kw))
+    return max(threads_for(N), threads_for(O * Ho * Wo, C * kh * kw))
 
 
 def conv2d_relu_max_pool2d(x, weight, bias=None, stride=1, padding=0, pool_size=2, pool_stride=None,
@@ -233,10 +228,11 @@ def conv2d_relu_max_pool2d(x, weight, bias=None, stride=1, padding=0, pool_size=
         scratch = np.empty(nt * ((0 if direct else C * kh * kw * Ho * Wo) + O * Ho * Wo), x.dtype)
         _kernels.conv2d_forward(y.reshape(-1), indices.reshape(-1), x.reshape(-1), weight.reshape(-1), bias,
                                 scratch, np.array(pool, np.intp), *geom, nt)
+        _record_work_split(nt)
     elif N:  # fewer images than threads: the convolution splits each image's GEMM, then the pooling
         conv = _conv2d(x, weight, bias, geom)
         _kernels.maxpool2d_forward(y.reshape(-1), indices.reshape(-1), conv.reshape(-1), N * O, Ho, Wo,
-                                   *pool, True, _threads_for(N * O, Ho * Wo))
+                                   *pool, True, threads_for(N * O, Ho * Wo))
     return (y, indices) if return_indices else y
 
 
@@ -266,13 +262,14 @@ def conv2d_relu_max_pool2d_backward(grad_y, y, indices, x, weight, stride=1, pad
         if grad_input:
             grad_x.fill(0)
         return grad_x, grad_weight, grad_bias
-    nt = _threads_for(N)
+    nt = threads_for(N)
     scratch = np.empty(nt * (2 * C * kh * kw + O) * Ho * Wo, x.dtype)
-    acc = np.zeros(nt * (O * C * kh * kw + O), x.dtype)
+    acc = np.zeros(_kernels.weight_grad_chunks(N) * (O * C * kh * kw + O), x.dtype)
     bad = _kernels.conv2d_backward(
         grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype), grad_weight.reshape(-1), grad_bias,
         grad_y.reshape(-1), y.reshape(-1), indices.reshape(-1), x.reshape(-1), weight.reshape(-1),
         scratch, acc, PL, *geom, grad_input, accumulate, nt)
+    _record_work_split(nt)
     if bad:
         raise ValueError(f"{fn}(): indices has {bad} entries outside [0, H*W) = [0, {Ho * Wo}) of the "
                          "convolution's output planes")
@@ -311,14 +308,15 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True, 
             grad_weight.fill(0)
             grad_bias.fill(0)
         return grad_x, grad_weight, grad_bias
-    nt = _threads_for(N)
+    nt = threads_for(N)
     scratch = np.empty(nt * 2 * C * kh * kw * Ho * Wo, x.dtype)
-    acc = np.zeros(nt * (O * C * kh * kw + O), x.dtype)
+    acc = np.zeros(_kernels.weight_grad_chunks(N) * (O * C * kh * kw + O), x.dtype)
     _kernels.conv2d_backward(
         grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype),
         grad_weight.reshape(-1), grad_bias, grad_y.reshape(-1), np.empty(0, x.dtype), _NO_INDICES,
         x.reshape(-1), weight.reshape(-1), scratch, acc, 0, *geom, grad_input, accumulate, nt,
     )
+    _record_work_split(nt)
     return grad_x, grad_weight, grad_bias
 
 
@@ -341,7 +339,7 @@ def im2col(x, kernel_size, stride=1, padding=0):
     cols = np.empty((N, C * kh * kw, Ho * Wo), x.dtype)
     if cols.size:
         _kernels.im2col(cols.reshape(-1), x.reshape(-1), N, C, H, W, kh, kw, sh, sw, ph, pw,
-                        Ho, Wo, _threads_for(N * C, kh * kw * Ho * Wo))
+                        Ho, Wo, threads_for(N * C, kh * kw * Ho * Wo))
     return cols
 
 
@@ -371,7 +369,7 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
     x = np.zeros((N, C, H, W), cols.dtype)  # stays zero if N*C == 0; col2im overwrites the rest
     if x.size:
         _kernels.col2im(x.reshape(-1), cols.reshape(-1), N, C, H, W, kh, kw, sh, sw, ph, pw,
-                        Ho, Wo, _threads_for(N * C, kh * kw * Ho * Wo))
+                        Ho, Wo, threads_for(N * C, kh * kw * Ho * Wo))
     return x
 
 
@@ -427,7 +425,7 @@ def _max_pool2d(fn, x, kernel_size, stride, padding, return_indices, relu):
     indices = np.empty((N, C, Ho, Wo) if return_indices else 0, np.int64)
     if y.size:
         _kernels.maxpool2d_forward(y.reshape(-1), indices.reshape(-1), x.reshape(-1), N * C, H, W,
-                                   kh, kw, sh, sw, ph, pw, Ho, Wo, relu, _threads_for(N * C, H * W))
+                                   kh, kw, sh, sw, ph, pw, Ho, Wo, relu, threads_for(N * C, H * W))
     return (y, indices) if return_indices else y
 
 
@@ -480,7 +478,7 @@ def _max_pool2d_backward(fn, grad_y, y, indices, input_shape):
     L = grad_y.shape[2] * grad_y.shape[3]
     relu_output = np.empty(0, grad_y.dtype) if y is None else y.reshape(-1)
     bad = _kernels.maxpool2d_backward(grad_x.reshape(-1), grad_y.reshape(-1), indices.reshape(-1),
-                                      relu_output, N * C, H * W, L, _threads_for(N * C, H * W))
+                                      relu_output, N * C, H * W, L, threads_for(N * C, H * W))
     if bad:
         raise ValueError(f"{fn}(): indices has {bad} entries outside [0, H*W) = [0, {H * W})")
     return grad_x
@@ -493,7 +491,7 @@ def relu(x):
     """y = max(x, 0), elementwise; NaN stays NaN. Any shape."""
     x = _float_array(x, "x", "relu")
     y = np.empty_like(x)
-    _kernels.relu_forward(y.reshape(-1), x.reshape(-1), _threads_for(x.size, 1))
+    _kernels.relu_forward(y.reshape(-1), x.reshape(-1), threads_for(x.size, 1))
     return y
 
 
@@ -506,7 +504,7 @@ def relu_backward(grad_y, x):
         raise ValueError(f"{fn}(): grad_y must have x's shape {x.shape}, got {grad_y.shape}")
     grad_x = np.empty_like(x)
     _kernels.relu_backward(grad_x.reshape(-1), grad_y.reshape(-1), x.reshape(-1),
-                          _threads_for(x.size, 1))
+                          threads_for(x.size, 1))
     return grad_x
 
 
@@ -542,7 +540,7 @@ def linear(x, weight, bias=None):
         y[...] = bias if bias.size else 0
     elif y.size:
         _kernels.linear_forward(y.reshape(-1), x.reshape(-1), weight.reshape(-1), bias,
-                                N, IN, OUT, _threads_for(N * OUT, IN))
+                                N, IN, OUT, threads_for(N * OUT, IN))
     return y
 
 
@@ -575,7 +573,7 @@ def linear_backward(grad_y, x, weight, *, grad_input=True, out=None, accumulate=
     _kernels.linear_backward(grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype),
                              grad_weight.reshape(-1), grad_bias, grad_y.reshape(-1),
                              x.reshape(-1), weight.reshape(-1), N, IN, OUT, grad_input, accumulate,
-                             _threads_for(N * OUT, IN))
+                             threads_for(N * OUT, IN))
     return grad_x, grad_weight, grad_bias
 
 
@@ -642,4 +640,4 @@ def sgd_update(param, grad, momentum_buffer, lr, momentum=0.0, weight_decay=0.0,
         if buf.shape != param.shape:
             raise ValueError(f"{fn}(): momentum_buffer must have param's shape {param.shape}, got {buf.shape}")
     _kernels.sgd_update(param.reshape(-1), buf.reshape(-1), grad.reshape(-1), float(lr), float(momentum),
-                        float(weight_decay), bool(first_step), _threads_for(param.size, 4))
+                        float(weight_decay), bool(first_step), threads_for(param.size, 4))
