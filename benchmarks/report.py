@@ -23,9 +23,11 @@ def main(path):
     for b in data["benchmarks"]:
         info = b["extra_info"]
         rows[(b["group"], info["phase"], info["threads"])][info["impl"]] = b["stats"]
-    openmp = data["machine_info"].get("cyconv_openmp")
-    print(f"cpu: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}; "
-          f"cyconv OpenMP: {openmp}; times in ms, median (min-max)\n")
+    mi = data["machine_info"]
+    torch_env = ", ".join(f"{k}={v}" for k, v in (mi.get("torch_isa_env") or {}).items() if v) or "none"
+    print(f"cpu: {mi.get('cpu', {}).get('brand_raw', '?')}; cyconv ISA tier {mi.get('cyconv_isa', '?')}, "
+          f"OpenMP {mi.get('cyconv_openmp')}, BLAS {mi.get('cyconv_blas', '?')}; torch ISA settings: "
+          f"{torch_env}; times in ms, median (min-max)\n")
     print("| layer | phase | threads | cyconv | cyconv variant | reference | torch "
           "| x variant | x reference | x torch |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -1,8 +1,9 @@
 """Kernel benchmarks at the course's LeNet-5 layer shapes (batch 64, float32):
 cyconv vs its NumPy reference vs PyTorch (rows skipped when torch is absent).
 Convolutions also run as "cyconv-blas" (cyconv with its GEMMs on OpenBLAS instead
-of its own AVX-512 kernel), and ReLU + max pooling as "cyconv-unfused" (the two
-ops one after the other instead of relu_max_pool2d).
+of its own kernel for the tier), and ReLU + max pooling as "cyconv-unfused" (the
+two ops one after the other instead of relu_max_pool2d). --isa picks the tier
+(conftest.py).
 
 Each layer is timed forward alone ("fwd", PyTorch under no_grad) and forward +
 backward as a training step runs it ("fwd+bwd"; conv1 computes no input
@@ -42,8 +43,6 @@ def gemm_path(request):
     from cyconv import _kernels
 
     impl = request.node.callspec.params["impl"]
-    if impl == "cyconv" and not _kernels.own_gemm_supported():
-        pytest.skip("no AVX-512: cyconv's own GEMM is not used on this CPU (cyconv-blas is the cyconv row)")
     previous = _kernels.set_own_gemm(impl == "cyconv")
     yield
     _kernels.set_own_gemm(previous)

@@ -14,8 +14,9 @@
  *   - then once per type with CYCONV_DISPATCH_PASS defined: FN(relu_forward) is
  *     the public relu_forward_f32 and TIERED(relu_forward) the running tier's copy.
  *
- * REAL_IS_FLOAT lets a body add float-only fast paths; `#if TIER == ...` picks a
- * tier's hand-written ones at compile time, so no kernel tests the CPU itself.
+ * (instantiate_tiers.h does one type's passes.) REAL_IS_FLOAT lets a body add
+ * float-only fast paths; `#if TIER == ...` picks a tier's hand-written ones at
+ * compile time, so no kernel tests the CPU itself.
  */
 #include "isa.h"
 
@@ -29,37 +30,7 @@
 #define real float
 #define REAL_SUFFIX _f32
 #define REAL_IS_FLOAT 1
-
-#define TIER CYCONV_ISA_GENERIC
-#define TIER_SUFFIX _generic
-#define TIER_FN static
-#include CYCONV_TEMPLATE
-#undef TIER
-#undef TIER_SUFFIX
-#undef TIER_FN
-#if CYCONV_X86
-#define TIER CYCONV_ISA_AVX2
-#define TIER_SUFFIX _avx2
-#define TIER_FN static CYCONV_TARGET_AVX2
-#include CYCONV_TEMPLATE
-#undef TIER
-#undef TIER_SUFFIX
-#undef TIER_FN
-#define TIER CYCONV_ISA_AVX512
-#define TIER_SUFFIX _avx512
-#define TIER_FN static CYCONV_TARGET_AVX512
-#include CYCONV_TEMPLATE
-#undef TIER
-#undef TIER_SUFFIX
-#undef TIER_FN
-#endif
-
-#define CYCONV_DISPATCH_PASS
-#define TIER_SUFFIX
-#include CYCONV_TEMPLATE
-#undef TIER_SUFFIX
-#undef CYCONV_DISPATCH_PASS
-
+#include "instantiate_tiers.h"
 #undef REAL_IS_FLOAT
 #undef REAL_SUFFIX
 #undef real
@@ -67,36 +38,6 @@
 /* ---- double ---- */
 #define real double
 #define REAL_SUFFIX _f64
-
-#define TIER CYCONV_ISA_GENERIC
-#define TIER_SUFFIX _generic
-#define TIER_FN static
-#include CYCONV_TEMPLATE
-#undef TIER
-#undef TIER_SUFFIX
-#undef TIER_FN
-#if CYCONV_X86
-#define TIER CYCONV_ISA_AVX2
-#define TIER_SUFFIX _avx2
-#define TIER_FN static CYCONV_TARGET_AVX2
-#include CYCONV_TEMPLATE
-#undef TIER
-#undef TIER_SUFFIX
-#undef TIER_FN
-#define TIER CYCONV_ISA_AVX512
-#define TIER_SUFFIX _avx512
-#define TIER_FN static CYCONV_TARGET_AVX512
-#include CYCONV_TEMPLATE
-#undef TIER
-#undef TIER_SUFFIX
-#undef TIER_FN
-#endif
-
-#define CYCONV_DISPATCH_PASS
-#define TIER_SUFFIX
-#include CYCONV_TEMPLATE
-#undef TIER_SUFFIX
-#undef CYCONV_DISPATCH_PASS
-
+#include "instantiate_tiers.h"
 #undef REAL_SUFFIX
 #undef real
