@@ -36,21 +36,49 @@ TOL = {
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
+def mnist_candidates():
+    """Where the tests look for MNIST, in order, as (directory or None, how it was chosen): where
+    cyconv itself looks ($CYCONV_DATA, then its default data directory), with the verified copy
+    beside the checkout second."""
+    from cyconv import data
+
+    env = os.environ.get(data.ENV_VAR)
+    return [(Path(env).expanduser() if env else None, f"${data.ENV_VAR}"),
+            (SHARED_MNIST, "../shared/data/mnist beside the checkout"),
+            (data.default_data_dir(), "cyconv's default data directory")]
+
+
+def locate_mnist(candidates):
+    """The first candidate directory holding the four MNIST files with their official MD5s.
+    Raises LookupError with one line: every place tried, why it did not do, and the fix."""
+    from cyconv import data
+
+    tried = []
+    for path, why in candidates:
+        if path is None:
+            tried.append(f"{why} (unset)")
+            continue
+        try:
+            data.load_mnist(path)
+        except data.MNISTNotFoundError:
+            tried.append(f"{path} ({why}: files missing)")
+        except (data.MNISTFormatError, OSError) as e:
+            tried.append(f"{path} ({why}: {type(e).__name__})")
+        else:
+            return path
+    raise LookupError(
+        f"MNIST for the tests not found; tried {'; '.join(tried)}. Fix: run `cyconv download` (it puts the "
+        f"verified files in {data.default_data_dir()}), or set {data.ENV_VAR} to a directory with the four files")
+
+
 @pytest.fixture(scope="session")
 def mnist_dir():
-    """The directory holding the four MNIST files: $CYCONV_DATA, else ../shared/data/mnist.
+    """The directory holding the four MNIST files, looked for where cyconv looks (mnist_candidates).
     A missing copy fails the tests that need it, loudly: they are real tests, not optional ones."""
-    path = Path(os.environ.get("CYCONV_DATA") or SHARED_MNIST)
-    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-             "t10k-labels-idx1-ubyte")
-    missing = [n for n in names if not (path / n).is_file() and not (path / f"{n}.gz").is_file()]
-    if missing:
-        pytest.fail(
-            f"MNIST test data missing from {path}: {', '.join(missing)}. The tests need the verified copy "
-            "in ../shared/data/mnist beside the repo, or CYCONV_DATA pointing at a directory with the four "
-            "files (`cyconv download` fetches them)."
-        )
-    return path
+    try:
+        return locate_mnist(mnist_candidates())
+    except LookupError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 def pytest_configure(config):
@@ -59,6 +87,13 @@ def pytest_configure(config):
         "kernels: tests of the compiled kernels against cyconv.reference, run once per ISA tier "
         "(CI also runs them against the serial, no-OpenMP build)",
     )
+    config.addinivalue_line("markers", "mnist: tests that read MNIST (given to every test using mnist_dir)")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "mnist_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.mnist)
 
 
 # Every kernel test runs once per ISA tier the CPU supports (the `isa` fixture, which

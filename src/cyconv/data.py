@@ -120,12 +120,17 @@ class MNISTNotFoundError(FileNotFoundError):
 
 
 def resolve_data_dir(data: str | os.PathLike | None = None) -> Path:
-    """The MNIST directory: `data` if given, else $CYCONV_DATA, else $XDG_CACHE_HOME/cyconv/mnist
-    (~/.cache/cyconv/mnist when XDG_CACHE_HOME is unset)."""
+    """The MNIST directory: `data` if given, else $CYCONV_DATA, else default_data_dir()."""
     if data is not None:
         return Path(data).expanduser()
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR]).expanduser()
+    return default_data_dir()
+
+
+def default_data_dir() -> Path:
+    """Where cyconv keeps MNIST when nothing says otherwise (and where `cyconv download` puts it):
+    $XDG_CACHE_HOME/cyconv/mnist, ~/.cache/cyconv/mnist when XDG_CACHE_HOME is unset."""
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache).expanduser() / "cyconv" / "mnist"
 
