@@ -31,7 +31,8 @@ What a worker measures:
 - layers: each layer of the network on its in-network input (the activations of a real forward
   pass), forward and backward timed separately; torch's forward records autograd, its backward is
   y.backward(grad) with the .grad fields reset outside the timing (as in
-  /work/shared/perf/pytorch-cpu-anchor.md); conv1 computes no input gradient, as in the network.
+  ../shared/perf/pytorch-cpu-anchor.md beside the checkout); conv1 computes no input gradient, as in the
+  network.
 - busy: the training step at batch 64 on 1 and 2 threads while another process spins on one core
   (what a laptop with a browser open sees); mean time per step, since a descheduled thread makes
   the step times bimodal.

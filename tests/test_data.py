@@ -17,7 +17,6 @@ import pickletools
 import struct
 import subprocess
 import sys
-import time
 import tracemalloc
 import urllib.error
 import zipfile
@@ -200,21 +199,20 @@ def test_corrupt_file_names_file_and_problem(tmp_path, case, gz):
 @pytest.mark.parametrize(
     "name, shape", [(FILES.train_images, (0xFFFFFFFF, 28, 28)), (FILES.test_labels, (0xFFFFFFFF,))]
 )
-def test_lying_header_fails_fast_in_bounded_memory(tmp_path, gz, name, shape):
+def test_lying_header_fails_in_bounded_memory(tmp_path, gz, name, shape):
+    # A reader that trusted the header would try to allocate ~3 TB (a MemoryError, or worse, the
+    # OOM killer); this one reads in bounded chunks what the file really holds, then says so.
     make_dataset(tmp_path, gz=gz)
     content = idx(shape, payload=b"")
     path = write(tmp_path / name, content + bytes(100 - len(content)), gz)  # a 100-byte file claiming ~3 TB
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         with pytest.raises(MNISTFormatError, match="truncated payload") as err:
             load_mnist(tmp_path, verify_md5=False)
-        elapsed = time.perf_counter() - start
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert str(path) in str(err.value)
-    assert elapsed < 2.0
     assert peak < 8 << 20
 
 

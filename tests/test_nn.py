@@ -441,3 +441,40 @@ def test_repr_reads_like_pytorch():
         "  )\n"
         ")"
     )
+
+
+# ---------------------------------------------------------------------------
+# A backward that raises (bad arguments) leaves the parameter gradients as they were:
+# after zero_grad() they still read as zeros, and the next good backward writes fresh
+# values instead of adding into stale ones.
+
+def _fused_net(rng):
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, dtype=np.float64, rng=rng), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(2 * 2 * 2, 3, dtype=np.float64, rng=rng))
+
+
+@pytest.mark.parametrize("make, x_shape, bad_grad_shape", [
+    (lambda rng: nn.Conv2d(2, 3, 3, dtype=np.float64, rng=rng), (2, 2, 5, 5), (2, 3, 2, 2)),
+    (lambda rng: nn.Linear(4, 3, dtype=np.float64, rng=rng), (2, 4), (2, 4)),
+    (_fused_net, (2, 1, 4, 4), (2, 4)),
+], ids=["Conv2d", "Linear", "fused-Sequential"])
+def test_failed_backward_leaves_cleared_gradients_cleared(make, x_shape, bad_grad_shape):
+    rng = np.random.default_rng(0)
+    layer = make(rng)
+    x = rng.standard_normal(x_shape)
+    y = layer(x)
+    grad = rng.standard_normal(y.shape)
+    layer.backward(grad)
+    fresh = [p.grad.copy() for p in layer.parameters()]  # one backward's gradients
+    layer.backward(grad)  # now .grad holds twice that
+    layer.zero_grad()
+    with pytest.raises(ValueError):
+        layer.backward(rng.standard_normal(bad_grad_shape))
+    layer.backward(grad)
+    for p, want in zip(layer.parameters(), fresh):
+        np.testing.assert_allclose(p.grad, want, rtol=1e-12)  # not 3x: the stale values are gone
+    layer.zero_grad()
+    with pytest.raises(ValueError):
+        layer.backward(rng.standard_normal(bad_grad_shape))
+    for p in layer.parameters():
+        assert not p.grad.any()  # read after the failure: zeros, as zero_grad() promised

@@ -76,3 +76,19 @@ def test_sgd_update_bad_input():
         F.sgd_update(p, g, np.zeros(3, np.float32), 0.1, 0.9)
     with pytest.raises(TypeError, match=r"sgd_update\(\): param"):
         F.sgd_update(p.astype(np.int32), g, None, 0.1)
+
+
+@pytest.mark.parametrize("which", ["param-grad", "param-buffer", "grad-buffer", "overlapping-views"])
+def test_rejects_overlapping_arguments(which):
+    # The kernel updates param and momentum_buffer in one pass reading grad: the C code marks
+    # them restrict, so the same memory twice would be undefined behaviour. The Python layer refuses.
+    rng = np.random.default_rng(0)
+    p, g, b = (random_array(rng, (8,), np.float32) for _ in range(3))
+    big = random_array(rng, (12,), np.float32)
+    args = {"param-grad": (p, p, b), "param-buffer": (p, g, p), "grad-buffer": (p, g, g),
+            "overlapping-views": (big[:8], big[4:], b)}[which]
+    before = [a.copy() for a in args]
+    with pytest.raises(ValueError, match=r"sgd_update\(\): .* overlap in memory"):
+        F.sgd_update(args[0], args[1], args[2], 0.1, momentum=0.9)
+    for a, was in zip(args, before):
+        np.testing.assert_array_equal(a, was)  # nothing updated

@@ -1,9 +1,12 @@
 """Thread control and thread safety: the get/set API, results that do not depend
 on the OpenMP thread count, and concurrent calls from Python threads.
 
-Also run against the serial (no-OpenMP) build: the setting is still kept (it
-also sets BLAS's thread count), and the determinism checks hold trivially."""
+Also run against the serial (no-OpenMP) build: the setting is still kept, and the
+determinism checks hold trivially."""
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -12,18 +15,31 @@ import pytest
 import cyconv
 import cyconv.functional as F
 import cyconv.reference as R
+from cyconv import _kernels, _threads, functional
 from conftest import KERNEL_TESTS, DTYPES, assert_close, distinct_array, random_array
 
 pytestmark = KERNEL_TESTS
 
 
-def test_openmp_enabled_is_bool():
-    assert isinstance(cyconv.openmp_enabled(), bool)
+def test_openmp_enabled_says_whether_parallel_regions_run_on_several_threads():
+    # The team a kernel's parallel region really gets: 3 threads in an OpenMP build, 1 in a serial one.
+    assert _kernels.team_size(3) == (3 if cyconv.openmp_enabled() else 1)
+    assert cyconv.build_info()["openmp"] is cyconv.openmp_enabled()
 
 
-def test_get_num_threads_is_positive_int():
-    n = cyconv.get_num_threads()
-    assert isinstance(n, int) and n >= 1
+@pytest.mark.parametrize("value, expected", [
+    ("3", 3), ("3,2", 3), (" 2 ", 2), ("0", None), ("-1", None), ("abc", None), ("", None), (None, None),
+], ids=repr)
+def test_default_thread_count_reads_omp_num_threads(value, expected):
+    # The first value of OMP_NUM_THREADS (its nested-levels syntax) when it is a positive int,
+    # else the CPUs this process may run on.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if value is not None:
+        env["OMP_NUM_THREADS"] = value
+    code = "import os, cyconv; print(cyconv.get_num_threads(), len(os.sched_getaffinity(0)))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    got, cpus = map(int, out.stdout.split())
+    assert got == (expected if expected is not None else cpus)
 
 
 def test_set_num_threads_applies_at_once_and_restores_on_exit():
@@ -47,9 +63,12 @@ def test_set_num_threads_restores_after_exception():
     assert cyconv.get_num_threads() == before
 
 
-def test_set_num_threads_two():
-    with cyconv.set_num_threads(2):
-        assert cyconv.get_num_threads() == 2
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_set_num_threads_sizes_the_kernels_teams(n):
+    # Enough work for every thread: the kernels take exactly the setting.
+    with cyconv.set_num_threads(n):
+        assert _threads.threads_for(1000) == n
+        assert _threads.threads_for(1) == 1  # one item of work never wakes a second thread
 
 
 @pytest.mark.parametrize(
@@ -126,14 +145,17 @@ def test_fused_conv_gradients_independent_of_thread_count(dtype, batch):
 def test_conv2d_fewer_images_than_threads(dtype, kernel, padding, batch):
     # With fewer images than threads, conv2d splits each image's GEMM into column
     # blocks across the threads (inference latency); check that path against the
-    # reference and against one thread.
+    # reference and against one thread. batch + 1 threads: always more threads than images.
     rng = np.random.default_rng(5)
     x = random_array(rng, (batch, 20, 14, 13), dtype)
     weight = random_array(rng, (50, 20, kernel, kernel), dtype)
     bias = random_array(rng, (50,), dtype)
-    y1, y2 = one_and_two_threads(lambda: F.conv2d(x, weight, bias, 1, padding))
-    assert_close(y2, R.conv2d(x, weight, bias, 1, padding), dtype)
-    assert_close(y2, y1, dtype)
+    y1 = with_threads(1, lambda: F.conv2d(x, weight, bias, 1, padding))
+    with cyconv.set_num_threads(batch + 1):
+        assert batch < functional._conv_threads(functional._conv_geometry("t", x, weight, 1, padding))
+        y_many = F.conv2d(x, weight, bias, 1, padding)
+    assert_close(y_many, R.conv2d(x, weight, bias, 1, padding), dtype)
+    np.testing.assert_array_equal(y_many, y1)  # column blocks compute each element the same way
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -220,9 +242,6 @@ def test_concurrent_calls_from_python_threads():
 # Busy cores: the convolutions hand images to threads as they come free and report
 # the split; cyconv._threads drops to one thread for a while when a thread keeps
 # getting far less than its share (its core is busy with another process).
-
-from cyconv import _kernels, _threads  # noqa: E402
-
 
 class FakeClock:
     def __init__(self):
@@ -311,3 +330,29 @@ def test_convolutions_report_how_they_split_the_images():
         assert len(split) == 2 and sum(split) == BATCH  # every image, once
         F.conv2d_backward(random_array(rng, y.shape, np.float32), x, weight, 1, 1)
         assert sum(_kernels.last_work_split(2)) == _kernels.weight_grad_chunks(BATCH)
+
+
+# ---------------------------------------------------------------------------
+# BLAS threads: every GEMM is a single-threaded call from inside one of cyconv's own threads,
+# so the OpenBLAS behind scipy.linalg.cython_blas must stay at one thread even if someone
+# (threadpoolctl, a user, another library) sets it higher.
+
+def _scipy_openblas():
+    return _threads._scipy_openblas_libs()
+
+
+@pytest.mark.skipif(not _scipy_openblas(), reason="SciPy is not built on OpenBLAS here (MKL needs no pinning)")
+def test_kernels_put_scipys_openblas_back_to_one_thread():
+    lib = _scipy_openblas()[0]
+    lib.set_num_threads(2)
+    assert lib.num_threads == 2
+    x = np.ones((8, 300), np.float32)
+    F.linear(x, np.ones((70, 300), np.float32))  # a BLAS GEMM from inside cyconv's threads
+    assert lib.num_threads == 1
+
+
+def test_blas_hooks_found_scipys_openblas():
+    # The C pointers the kernels call: found for every OpenBLAS SciPy may be calling.
+    hooks = [_threads._openblas_thread_functions(lib) for lib in _threads._scipy_openblas_libs()]
+    assert all(h is not None for h in hooks)
+    assert "openblas" in _threads.blas_description() or not hooks

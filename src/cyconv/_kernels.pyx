@@ -127,6 +127,14 @@ def openmp_enabled():
     return bool(cyconv_openmp_enabled())
 
 
+def team_size(int num_threads):
+    """How many threads a parallel region asking for num_threads (>= 1) really runs on."""
+    cdef int[::1] ran = np.zeros(max(num_threads, 1), np.intc)
+    with nogil, parallel(num_threads=num_threads):
+        ran[threadid()] = 1
+    return int(np.sum(ran))
+
+
 def omp_max_threads():
     """The OpenMP runtime's default team size (1 in a serial build)."""
     return cyconv_omp_max_threads()
@@ -298,43 +306,74 @@ cdef inline Py_ssize_t block_start(Py_ssize_t n, int parts, int t) noexcept nogi
 # ---------------------------------------------------------------------------
 # Convolution: per image, im2col into this thread's scratch (it stays in
 # cache), then the GEMM. A 1x1 kernel with stride 1 and no padding is already
-# its own im2col, so the image is used directly.
+# its own im2col, so the image is used directly. conv2d_forward and
+# conv2d_relu_max_pool2d_forward (the fused op) share the per-image body,
+# conv_image; their backward passes share conv_image_backward and one driver.
+# Each checks the sizes of the scratch it is handed: a caller that sized it
+# wrong gets an exception, not a heap overwrite.
 
-def conv2d_forward(floating[::1] y, int64_t[::1] pool_indices, const floating[::1] x,
-                   const floating[::1] weight, const floating[::1] bias, floating[::1] scratch,
-                   const Py_ssize_t[::1] pool,
+cdef const int64_t[::1] _NO_INDICES = np.empty(0, np.int64)  # conv2d_backward has no pooling
+
+
+cdef inline bint direct_conv(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                             Py_ssize_t pw) noexcept nogil:
+    return kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
+
+
+cdef int check_scratch(str kernel, str name, Py_ssize_t given, Py_ssize_t needed) except -1:
+    if given < needed:
+        raise ValueError(f"{kernel}: {name} has {given} elements, needs {needed} (a sizing bug in the caller)")
+    return 0
+
+
+cdef inline void conv_image(const cyconv_gemm *g, const float *packed_w, floating *out, floating *cols_buf,
+                            const floating *img, const floating *weight, const floating *bias,
+                            Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O,
+                            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                            Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+    # out (O, Ho*Wo) = the convolution of one image img (C,H,W) (+ bias, or NULL);
+    # cols_buf: this thread's im2col scratch (C*kh*kw, Ho*Wo), unused by a direct 1x1 kernel
+    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo
+    cdef const floating *cols = img
+    if not direct_conv(kh, kw, sh, sw, ph, pw):
+        im2col_image(cols_buf, L, img, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+        cols = cols_buf
+    conv_output_gemm(g, packed_w, O, L, K, weight, cols, L, out, L, bias)
+
+
+cdef float *packed_weights(const cyconv_gemm *g, Py_ssize_t M, Py_ssize_t K, Py_ssize_t *panels) except? NULL:
+    # A buffer for the float weights packed for the own GEMM (free() it), or NULL on the
+    # BLAS path; *panels: how many panels a prange must pack into it.
+    panels[0] = 0
+    if not _own_gemm:
+        return NULL
+    panels[0] = (M + g.mr - 1) // g.mr
+    return packed_buffer(gemm_packed_size(g, M, K))
+
+
+def conv2d_forward(floating[::1] y, const floating[::1] x, const floating[::1] weight,
+                   const floating[::1] bias, floating[::1] scratch,
                    Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O,
                    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo,
                    int num_threads):
     # OUT y (N,O,Ho,Wo); IN x (N,C,H,W), weight (O,C*kh*kw), bias (O,) or empty;
-    # SCRATCH (num_threads, C*kh*kw*Ho*Wo), empty for a direct 1x1 kernel.
+    # SCRATCH (min(num_threads, N), C*kh*kw*Ho*Wo), empty for a direct 1x1 kernel.
     # Fewer images than threads (inference on one image): each image's GEMM is
     # split into column blocks across the threads instead, so all cores work.
-    # pool = (kh, kw, sh, sw, ph, pw, Ho, Wo) of a max pooling, or empty: then
-    # y is max_pool2d(relu(conv)) (N,O,pool Ho,pool Wo) and pool_indices (same
-    # shape, or empty) its argmax positions in the conv output planes; each
-    # image's conv output stays in this thread's scratch (SCRATCH grows by
-    # O*Ho*Wo per thread) and never reaches memory. Needs N >= num_threads.
-    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, l0, l1, c0, c1, PL = 0, per_thread
-    cdef bint direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
-    cdef bint has_bias = bias.shape[0] > 0
-    cdef bint pooled = pool.shape[0] > 0
-    cdef bint want_indices = pool_indices.shape[0] > 0
+    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, l0, l1, c0, c1, panels = 0, p
+    cdef bint direct = direct_conv(kh, kw, sh, sw, ph, pw)
+    cdef const floating *bias_ptr = &bias[0] if bias.shape[0] > 0 else NULL
     cdef const floating *cols
-    cdef floating *buf
-    cdef floating *conv_out
     cdef int t
-    if pooled:
-        PL = pool[6] * pool[7]
-    per_thread = (0 if direct else K * L) + (O * L if pooled else 0)
+    check_scratch("conv2d_forward", "scratch", scratch.shape[0],
+                  0 if direct or N == 0 else min(num_threads, N) * K * L)
+    check_scratch("conv2d_forward", "y", y.shape[0], N * O * L)
     cdef const cyconv_gemm *g = gemm_kernel()  # once per call: the packing depends on its tier
     cdef float *packed_w = NULL  # own GEMM: the weights packed once for every image
-    cdef Py_ssize_t panels = 0, p
     if floating is float:
-        if _own_gemm and N > 0:
-            packed_w = packed_buffer(gemm_packed_size(g, O, K))
-            panels = (O + g.mr - 1) // g.mr
+        if N > 0:
+            packed_w = packed_weights(g, O, K, &panels)
     try:
         with nogil:
             blas_single_threaded()
@@ -342,9 +381,8 @@ def conv2d_forward(floating[::1] y, int64_t[::1] pool_indices, const floating[::
                 for p in prange(panels, schedule='static', num_threads=num_threads):
                     pack_panels(g, packed_w, <const float *>&weight[0], O, K, K, 1, p)
                 for n in range(N):
-                    if direct:
-                        cols = &x[n * C * H * W]
-                    else:
+                    cols = &x[n * C * H * W]
+                    if not direct:
                         # the image's im2col split by input channels
                         for t in prange(num_threads, schedule='static', num_threads=num_threads):
                             c0 = C * t // num_threads
@@ -359,7 +397,7 @@ def conv2d_forward(floating[::1] y, int64_t[::1] pool_indices, const floating[::
                         if l0 < l1:
                             # y[n][:, l0:l1] = weight @ cols[:, l0:l1] (+ bias)
                             conv_output_gemm(g, packed_w, O, l1 - l0, K, &weight[0], cols + l0, L,
-                                             &y[n * O * L + l0], L, &bias[0] if has_bias else NULL)
+                                             &y[n * O * L + l0], L, bias_ptr)
             else:
                 # One parallel region: pack the weights, then the images one at a time
                 # to whichever thread is free (each image's output is its own).
@@ -369,21 +407,59 @@ def conv2d_forward(floating[::1] y, int64_t[::1] pool_indices, const floating[::
                         pack_panels(g, packed_w, <const float *>&weight[0], O, K, K, 1, p)
                     for n in prange(N, schedule='dynamic'):
                         count_work(threadid())
-                        if direct:
-                            cols = &x[n * C * H * W]
-                        else:
-                            buf = &scratch[threadid() * per_thread]
-                            im2col_image(buf, L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
-                            cols = buf
-                        if not pooled:
-                            conv_output_gemm(g, packed_w, O, L, K, &weight[0], cols, L, &y[n * O * L], L,
-                                             &bias[0] if has_bias else NULL)
-                        else:
-                            conv_out = &scratch[threadid() * per_thread + (0 if direct else K * L)]
-                            conv_output_gemm(g, packed_w, O, L, K, &weight[0], cols, L, conv_out, L,
-                                             &bias[0] if has_bias else NULL)
-                            pool_planes(&y[n * O * PL], &pool_indices[n * O * PL] if want_indices else NULL,
-                                        conv_out, O, Ho, Wo, &pool[0])
+                        conv_image(g, packed_w, &y[n * O * L], &scratch[0] + threadid() * K * L if not direct
+                                   else NULL, &x[n * C * H * W], &weight[0], bias_ptr,
+                                   C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo)
+    finally:
+        free(packed_w)
+
+
+def conv2d_relu_max_pool2d_forward(floating[::1] y, int64_t[::1] pool_indices, const floating[::1] x,
+                                   const floating[::1] weight, const floating[::1] bias,
+                                   floating[::1] scratch, const Py_ssize_t[::1] pool,
+                                   Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O,
+                                   Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                                   Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo,
+                                   int num_threads):
+    # OUT y = max_pool2d(relu(conv2d(x))) (N,O,pool Ho,pool Wo), pool_indices (same shape, or
+    # empty) its argmax positions in the conv output planes; IN as conv2d_forward and
+    # pool = (kh, kw, sh, sw, ph, pw, Ho, Wo) of the pooling. Each image's conv output stays in
+    # this thread's scratch and never reaches memory:
+    # SCRATCH (num_threads, C*kh*kw*Ho*Wo (0 for a direct 1x1 kernel) + O*Ho*Wo).
+    # Needs N >= num_threads (one image per thread at a time).
+    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, panels = 0, p, PL
+    cdef bint direct = direct_conv(kh, kw, sh, sw, ph, pw)
+    cdef bint want_indices = pool_indices.shape[0] > 0
+    cdef const floating *bias_ptr = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef Py_ssize_t per_thread = (0 if direct else K * L) + O * L
+    cdef floating *buf
+    if pool.shape[0] != 8 or N < num_threads:
+        raise ValueError(f"conv2d_relu_max_pool2d_forward: needs the 8 pooling sizes and N >= num_threads, "
+                         f"got {pool.shape[0]} and N {N} < {num_threads}")
+    PL = pool[6] * pool[7]
+    check_scratch("conv2d_relu_max_pool2d_forward", "scratch", scratch.shape[0], num_threads * per_thread)
+    check_scratch("conv2d_relu_max_pool2d_forward", "y", y.shape[0], N * O * PL)
+    if want_indices:
+        check_scratch("conv2d_relu_max_pool2d_forward", "pool_indices", pool_indices.shape[0], N * O * PL)
+    cdef const cyconv_gemm *g = gemm_kernel()
+    cdef float *packed_w = NULL
+    if floating is float:
+        if N > 0:
+            packed_w = packed_weights(g, O, K, &panels)
+    try:
+        with nogil:
+            blas_single_threaded()
+            reset_work_split(num_threads)
+            with parallel(num_threads=num_threads):
+                for p in prange(panels, schedule='static'):
+                    pack_panels(g, packed_w, <const float *>&weight[0], O, K, K, 1, p)
+                for n in prange(N, schedule='dynamic'):
+                    count_work(threadid())
+                    buf = &scratch[threadid() * per_thread]
+                    conv_image(g, packed_w, buf + per_thread - O * L, buf, &x[n * C * H * W], &weight[0],
+                               bias_ptr, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo)
+                    pool_planes(&y[n * O * PL], &pool_indices[n * O * PL] if want_indices else NULL,
+                                buf + per_thread - O * L, O, Ho, Wo, &pool[0])
     finally:
         free(packed_w)
 
@@ -403,8 +479,8 @@ cdef inline void pool_planes(floating *y, int64_t *indices, const floating *conv
                                   pool[7], 1)
 
 
-cdef inline void conv_output_gemm(const cyconv_gemm *g, const float *packed_w, Py_ssize_t O, Py_ssize_t L, Py_ssize_t K,
-                                  const floating *weight, const floating *cols, Py_ssize_t ldb,
+cdef inline void conv_output_gemm(const cyconv_gemm *g, const float *packed_w, Py_ssize_t O, Py_ssize_t L,
+                                  Py_ssize_t K, const floating *weight, const floating *cols, Py_ssize_t ldb,
                                   floating *y, Py_ssize_t ldy, const floating *bias) noexcept nogil:
     # y (O, L) = weight (O, K) @ cols (K, L) + bias: our GEMM (bias fused into
     # its store) when the weights were packed for it, else BLAS and a bias pass.
@@ -431,41 +507,69 @@ cdef enum:
 
 
 def weight_grad_chunks(Py_ssize_t N):
-    """How many accumulators conv2d_backward sums a batch of N images in."""
+    """How many accumulators the convolutions' backward sums a batch of N images in."""
     return max(1, min(N, <Py_ssize_t>MAX_GRAD_CHUNKS))
 
 
 def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::1] grad_bias,
-                    const floating[::1] grad_y, const floating[::1] pooled_y,
-                    const int64_t[::1] pool_indices, const floating[::1] x,
+                    const floating[::1] grad_y, const floating[::1] x,
                     const floating[::1] weight, floating[::1] scratch, floating[::1] acc,
-                    Py_ssize_t PL,
                     Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O,
                     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo,
                     bint need_grad_x, bint accumulate, int num_threads):
-    """Returns the number of out-of-range pooling indices (skipped); the caller raises."""
     # OUT grad_x (N,C,H,W) (empty if not need_grad_x), grad_weight (O,C*kh*kw), grad_bias (O,):
     # overwritten, or added into if accumulate
     # IN grad_y (N,O,Ho,Wo), x (N,C,H,W), weight (O,C*kh*kw)
     # SCRATCH (num_threads, 2*C*kh*kw*Ho*Wo): columns (or rows) of x and of the input gradient
     # acc (weight_grad_chunks(N), O*C*kh*kw + O), zeroed: per-chunk weight and bias gradients
-    # PL > 0: the fused conv -> ReLU -> max pooling (conv2d_forward with `pool`): grad_y is the
-    # gradient of its output pooled_y (N,O,PL) and pool_indices those of the forward; each image's
-    # conv output gradient is scattered into this thread's scratch (SCRATCH grows by O*Ho*Wo).
-    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, i, j, t, o, ch, bad = 0
+    conv_backward("conv2d_backward", grad_x, grad_weight, grad_bias, grad_y, grad_y, _NO_INDICES, x, weight,
+                  scratch, acc, 0, N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo, need_grad_x, accumulate,
+                  num_threads)
+
+
+def conv2d_relu_max_pool2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::1] grad_bias,
+                                    const floating[::1] grad_y, const floating[::1] pooled_y,
+                                    const int64_t[::1] pool_indices, const floating[::1] x,
+                                    const floating[::1] weight, floating[::1] scratch, floating[::1] acc,
+                                    Py_ssize_t PL, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                                    Py_ssize_t O, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                                    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo,
+                                    bint need_grad_x, bint accumulate, int num_threads):
+    """Returns the number of out-of-range pooling indices (skipped; the outputs are then left
+    alone); the caller raises."""
+    # As conv2d_backward, for conv2d_relu_max_pool2d_forward's output pooled_y (N,O,PL): grad_y is
+    # its gradient and pool_indices its indices; each image's conv output gradient is scattered into
+    # this thread's scratch, which grows by O*Ho*Wo.
+    return conv_backward("conv2d_relu_max_pool2d_backward", grad_x, grad_weight, grad_bias, grad_y, pooled_y,
+                         pool_indices, x, weight, scratch, acc, PL, N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho,
+                         Wo, need_grad_x, accumulate, num_threads)
+
+
+cdef Py_ssize_t conv_backward(str kernel, floating[::1] grad_x, floating[::1] grad_weight,
+                              floating[::1] grad_bias, const floating[::1] grad_y,
+                              const floating[::1] pooled_y, const int64_t[::1] pool_indices,
+                              const floating[::1] x, const floating[::1] weight, floating[::1] scratch,
+                              floating[::1] acc, Py_ssize_t PL,
+                              Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O,
+                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo,
+                              bint need_grad_x, bint accumulate, int num_threads) except -1:
+    # The driver of both backward passes; PL > 0: the fused one (see above).
+    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, n, i, j, t, o, ch, bad
     cdef Py_ssize_t per_acc = O * K + O, chunks = weight_grad_chunks(N)
     cdef bint pooled = PL > 0
     cdef Py_ssize_t per_thread = 2 * K * L + (O * L if pooled else 0)
-    if scratch.shape[0] < num_threads * per_thread or acc.shape[0] < chunks * per_acc:
-        raise ValueError(f"conv2d_backward: scratch ({scratch.shape[0]}) or acc ({acc.shape[0]}) smaller than "
-                         f"{num_threads * per_thread} and {chunks * per_acc} elements")
-    cdef floating *dy_buf
-    cdef bint direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
-    cdef const floating *cols
-    cdef const floating *dy
+    check_scratch(kernel, "scratch", scratch.shape[0], num_threads * per_thread if N > 0 else 0)
+    check_scratch(kernel, "acc", acc.shape[0], chunks * per_acc)
+    check_scratch(kernel, "grad_weight", grad_weight.shape[0] + grad_bias.shape[0], O * K + O)
+    if need_grad_x:
+        check_scratch(kernel, "grad_x", grad_x.shape[0], N * C * H * W)
+    if pooled:
+        check_scratch(kernel, "pool_indices", pool_indices.shape[0], N * O * PL)
+        check_scratch(kernel, "pooled_y", pooled_y.shape[0], N * O * PL)
     cdef floating *buf
-    cdef floating *dw
+    cdef const floating *dy
     cdef floating s
     # Own GEMM: weight^T packed once; one packed copy of an image's output
     # gradient per thread; x laid out as rows (im2row) so that the weight
@@ -485,11 +589,10 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
                 packed_dy = packed_buffer(num_threads * dy_size)
             if need_grad_x:
                 try:
-                    packed_wt = packed_buffer(gemm_packed_size(g, K, O))
+                    packed_wt = packed_weights(g, K, O, &panels)
                 except MemoryError:
                     free(packed_dy)
                     raise
-                panels = (K + g.mr - 1) // g.mr
     try:
         reset_work_split(num_threads)
         with nogil, parallel(num_threads=num_threads):
@@ -502,54 +605,24 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
                 t = threadid()
                 count_work(t)
                 buf = &scratch[t * per_thread]
-                dw = &acc[ch * per_acc]
                 for n in range(ch * N // chunks, (ch + 1) * N // chunks):
-                    if pooled:
-                        dy_buf = buf + 2 * K * L
+                    if pooled:  # the conv output's gradient, from the pooled output's
                         for o in range(O):
                             if floating is float:
                                 bad_per_thread[t] += maxpool2d_backward_f32(
-                                    dy_buf + o * L, &grad_y[(n * O + o) * PL], &pool_indices[(n * O + o) * PL],
-                                    &pooled_y[(n * O + o) * PL], L, PL)
+                                    buf + 2 * K * L + o * L, &grad_y[(n * O + o) * PL],
+                                    &pool_indices[(n * O + o) * PL], &pooled_y[(n * O + o) * PL], L, PL)
                             else:
                                 bad_per_thread[t] += maxpool2d_backward_f64(
-                                    dy_buf + o * L, &grad_y[(n * O + o) * PL], &pool_indices[(n * O + o) * PL],
-                                    &pooled_y[(n * O + o) * PL], L, PL)
-                        dy = dy_buf
+                                    buf + 2 * K * L + o * L, &grad_y[(n * O + o) * PL],
+                                    &pool_indices[(n * O + o) * PL], &pooled_y[(n * O + o) * PL], L, PL)
+                        dy = buf + 2 * K * L
                     else:
                         dy = &grad_y[n * O * L]
-                    if floating is float:
-                        if direct_dw:
-                            pad_image_f32(buf, &x[n * C * H * W], C, H, W, ph, pw)
-                            conv_weight_grad_direct_f32(dw, dy, buf, O, C, H + 2 * ph, W + 2 * pw, kh, kw,
-                                                        Ho, Wo)
-                        elif packed_dy != NULL:
-                            # dW (O,K) += dy (O,L) @ rows (L,K)
-                            im2row_f32(buf, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
-                            gemm_pack_a_f32(g, packed_dy + t * dy_size, dy, O, L, L, 1)
-                            gemm_packed_f32(g, O, K, L, packed_dy + t * dy_size, buf, K, dw, K, NULL, 1)
-                    if packed_dy == NULL and not direct_dw:
-                        if direct:
-                            cols = &x[n * C * H * W]
-                        else:
-                            im2col_image(buf, L, &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
-                            cols = buf
-                        # dW (O,K) += dy (O,L) @ cols^T (L,K)
-                        gemm(False, True, <int>O, <int>K, <int>L, 1, dy, <int>L, cols, <int>L,
-                             1, dw, <int>K)
-                    if floating is float:
-                        accumulate_row_sums_f32(dw + O * K, dy, O, L)
-                    else:
-                        accumulate_row_sums_f64(dw + O * K, dy, O, L)
-                    if need_grad_x:
-                        # input gradient: dcols (K,L) = weight^T (K,O) @ dy (O,L), then col2im
-                        # (a direct 1x1 kernel's dcols are the input gradient itself)
-                        if direct:
-                            input_grad_gemm(g, packed_wt, K, L, O, &weight[0], dy, &grad_x[n * C * H * W])
-                        else:
-                            input_grad_gemm(g, packed_wt, K, L, O, &weight[0], dy, buf + K * L)
-                            col2im_image(&grad_x[n * C * H * W], buf + K * L, L, C, H, W,
-                                         kh, kw, sh, sw, ph, pw, Ho, Wo)
+                    conv_image_backward(g, packed_wt, packed_dy + t * dy_size if packed_dy != NULL else NULL,
+                                        direct_dw, &acc[ch * per_acc], &grad_x[n * C * H * W] if need_grad_x
+                                        else NULL, buf, dy, &x[n * C * H * W], &weight[0],
+                                        C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo)
             # Sum the chunks' accumulators in chunk order; on bad pooling indices
             # leave the outputs alone.
             bad = 0
@@ -569,8 +642,51 @@ def conv2d_backward(floating[::1] grad_x, floating[::1] grad_weight, floating[::
     return sum(bad_per_thread)
 
 
-cdef inline void input_grad_gemm(const cyconv_gemm *g, const float *packed_wt, Py_ssize_t K, Py_ssize_t L, Py_ssize_t O,
-                                 const floating *weight, const floating *dy,
+cdef inline void conv_image_backward(const cyconv_gemm *g, const float *packed_wt, float *packed_dy,
+                                     bint direct_dw, floating *dw, floating *grad_x_img, floating *buf,
+                                     const floating *dy, const floating *img, const floating *weight,
+                                     Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O,
+                                     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                                     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+    # One image's share of the backward, from its output gradient dy (O, Ho*Wo):
+    # dw (O*K + O) += its weight and bias gradients; grad_x_img (C,H,W) = its input gradient
+    # (skipped when NULL). buf: this thread's scratch (2*K*L); packed_dy: this thread's
+    # buffer for dy packed for the own GEMM (NULL on the BLAS path and for the direct one).
+    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo
+    cdef bint direct = direct_conv(kh, kw, sh, sw, ph, pw)
+    cdef const floating *cols
+    if floating is float:
+        if direct_dw:
+            pad_image_f32(buf, img, C, H, W, ph, pw)
+            conv_weight_grad_direct_f32(dw, dy, buf, O, C, H + 2 * ph, W + 2 * pw, kh, kw, Ho, Wo)
+        elif packed_dy != NULL:
+            # dW (O,K) += dy (O,L) @ rows (L,K)
+            im2row_f32(buf, img, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+            gemm_pack_a_f32(g, packed_dy, dy, O, L, L, 1)
+            gemm_packed_f32(g, O, K, L, packed_dy, buf, K, dw, K, NULL, 1)
+    if packed_dy == NULL and not direct_dw:
+        cols = img
+        if not direct:
+            im2col_image(buf, L, img, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+            cols = buf
+        # dW (O,K) += dy (O,L) @ cols^T (L,K)
+        gemm(False, True, <int>O, <int>K, <int>L, 1, dy, <int>L, cols, <int>L, 1, dw, <int>K)
+    if floating is float:
+        accumulate_row_sums_f32(dw + O * K, dy, O, L)
+    else:
+        accumulate_row_sums_f64(dw + O * K, dy, O, L)
+    if grad_x_img != NULL:
+        # input gradient: dcols (K,L) = weight^T (K,O) @ dy (O,L), then col2im
+        # (a direct 1x1 kernel's dcols are the input gradient itself)
+        if direct:
+            input_grad_gemm(g, packed_wt, K, L, O, weight, dy, grad_x_img)
+        else:
+            input_grad_gemm(g, packed_wt, K, L, O, weight, dy, buf + K * L)
+            col2im_image(grad_x_img, buf + K * L, L, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+
+
+cdef inline void input_grad_gemm(const cyconv_gemm *g, const float *packed_wt, Py_ssize_t K, Py_ssize_t L,
+                                 Py_ssize_t O, const floating *weight, const floating *dy,
                                  floating *dcols) noexcept nogil:
     # dcols (K, L) = weight^T (K, O) @ dy (O, L): our GEMM when weight^T was packed for it, else BLAS.
     if floating is float:
@@ -811,6 +927,8 @@ def hog(floating[::1] out, const floating[::1] images, float[::1] scratch,
     cdef Py_ssize_t D = (H // cr - br + 1) * (W // cc - bc + 1) * br * bc * orientations
     cdef Py_ssize_t per_thread = (H // cr) * (W // cc) * orientations, n
     cdef float *hist
+    check_scratch("hog", "scratch", scratch.shape[0], num_threads * per_thread if N > 0 else 0)
+    check_scratch("hog", "out", out.shape[0], N * D)
     with nogil:
         for n in prange(N, schedule='static', num_threads=num_threads):
             hist = &scratch[threadid() * per_thread]

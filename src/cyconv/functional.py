@@ -27,8 +27,6 @@ __all__ = [
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_NO_INDICES = np.empty(0, np.int64)  # "no pooling indices wanted" for the kernels
-_NO_POOL = np.empty(0, np.intp)      # "no pooling fused into this convolution"
 _BLAS_INT_MAX = 2**31 - 1  # BLAS takes 32-bit int sizes
 _GEOMETRY_MAX = 2**31 - 1  # largest kernel_size, stride or padding
 
@@ -170,8 +168,7 @@ def _conv2d(x, weight, bias, geom):
     nt = _conv_threads(geom)
     direct = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
     scratch = np.empty(0 if direct else min(nt, N) * C * kh * kw * Ho * Wo, x.dtype)
-    _kernels.conv2d_forward(y.reshape(-1), _NO_INDICES, x.reshape(-1), weight.reshape(-1), bias, scratch,
-                            _NO_POOL, *geom, nt)
+    _kernels.conv2d_forward(y.reshape(-1), x.reshape(-1), weight.reshape(-1), bias, scratch, *geom, nt)
     if N >= nt:
         _record_work_split(nt)
     return y
@@ -226,8 +223,9 @@ def conv2d_relu_max_pool2d(x, weight, bias=None, stride=1, padding=0, pool_size=
     if N and N >= nt:
         direct = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
         scratch = np.empty(nt * ((0 if direct else C * kh * kw * Ho * Wo) + O * Ho * Wo), x.dtype)
-        _kernels.conv2d_forward(y.reshape(-1), indices.reshape(-1), x.reshape(-1), weight.reshape(-1), bias,
-                                scratch, np.array(pool, np.intp), *geom, nt)
+        _kernels.conv2d_relu_max_pool2d_forward(y.reshape(-1), indices.reshape(-1), x.reshape(-1),
+                                                weight.reshape(-1), bias, scratch, np.array(pool, np.intp),
+                                                *geom, nt)
         _record_work_split(nt)
     elif N:  # fewer images than threads: the convolution splits each image's GEMM, then the pooling
         conv = _conv2d(x, weight, bias, geom)
@@ -265,7 +263,7 @@ def conv2d_relu_max_pool2d_backward(grad_y, y, indices, x, weight, stride=1, pad
     nt = threads_for(N)
     scratch = np.empty(nt * (2 * C * kh * kw + O) * Ho * Wo, x.dtype)
     acc = np.zeros(_kernels.weight_grad_chunks(N) * (O * C * kh * kw + O), x.dtype)
-    bad = _kernels.conv2d_backward(
+    bad = _kernels.conv2d_relu_max_pool2d_backward(
         grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype), grad_weight.reshape(-1), grad_bias,
         grad_y.reshape(-1), y.reshape(-1), indices.reshape(-1), x.reshape(-1), weight.reshape(-1),
         scratch, acc, PL, *geom, grad_input, accumulate, nt)
@@ -312,10 +310,8 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True, 
     scratch = np.empty(nt * 2 * C * kh * kw * Ho * Wo, x.dtype)
     acc = np.zeros(_kernels.weight_grad_chunks(N) * (O * C * kh * kw + O), x.dtype)
     _kernels.conv2d_backward(
-        grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype),
-        grad_weight.reshape(-1), grad_bias, grad_y.reshape(-1), np.empty(0, x.dtype), _NO_INDICES,
-        x.reshape(-1), weight.reshape(-1), scratch, acc, 0, *geom, grad_input, accumulate, nt,
-    )
+        grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype), grad_weight.reshape(-1), grad_bias,
+        grad_y.reshape(-1), x.reshape(-1), weight.reshape(-1), scratch, acc, *geom, grad_input, accumulate, nt)
     _record_work_split(nt)
     return grad_x, grad_weight, grad_bias
 
@@ -639,5 +635,12 @@ def sgd_update(param, grad, momentum_buffer, lr, momentum=0.0, weight_decay=0.0,
         buf = _float_array(momentum_buffer, "momentum_buffer", fn, dtype=param.dtype)
         if buf.shape != param.shape:
             raise ValueError(f"{fn}(): momentum_buffer must have param's shape {param.shape}, got {buf.shape}")
+    # The kernel reads and writes them in one pass, as distinct arrays (C restrict): overlap
+    # would make its result depend on the order of its loads and stores.
+    named = [("param", param), ("grad", grad)] + ([("momentum_buffer", buf)] if momentum_buffer is not None else [])
+    for i, (name_a, a) in enumerate(named):
+        for name_b, b in named[i + 1:]:
+            if np.may_share_memory(a, b):
+                raise ValueError(f"{fn}(): {name_a} and {name_b} overlap in memory; they must be distinct arrays")
     _kernels.sgd_update(param.reshape(-1), buf.reshape(-1), grad.reshape(-1), float(lr), float(momentum),
                         float(weight_decay), bool(first_step), threads_for(param.size, 4))

@@ -19,7 +19,8 @@ and Linear keep their input, ReLU its output, MaxPool2d the argmax indices and
 the input shape, Flatten the input shape. In eval mode forward keeps nothing,
 and a later backward raises RuntimeError. Inside a Sequential, Conv2d -> ReLU ->
 MaxPool2d and ReLU -> MaxPool2d run fused, each as one pass (same results; the
-Sequential's backward undoes them as one).
+Sequential's backward undoes them as one): see `Sequential`; the layers
+themselves know nothing of it.
 
 Default initialisation is PyTorch's: weight and bias ~ U(-b, b) with
 b = 1/sqrt(fan_in) (what `kaiming_uniform_(a=sqrt(5))` gives), drawn in float64
@@ -80,9 +81,13 @@ class Parameter:
         self._grad_cleared = True
 
     def _grad_for_backward(self):
-        """(the gradient array, whether a backward must add into it rather than overwrite it)."""
-        cleared, self._grad_cleared = self._grad_cleared, False
-        return self._grad, not cleared
+        """(the gradient array, whether a backward must add into it rather than overwrite it).
+        Call _grad_written() once the backward has written it: a backward that raises first (bad
+        arguments) leaves the gradient as it was, cleared or not."""
+        return self._grad, not self._grad_cleared
+
+    def _grad_written(self):
+        self._grad_cleared = False
 
     def __repr__(self):
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
@@ -116,7 +121,20 @@ class Module:
         else:
             self._saved, self._eval_forward = None, True
 
+    def _ran_fused(self):
+        """The last forward ran this layer inside a Sequential's fused pass, which kept what the
+        backward needs: the layer's own backward must refuse (as after an eval-mode forward)."""
+        if self.training:
+            self._saved, self._eval_forward = _RAN_FUSED, False
+        else:
+            self._saved, self._eval_forward = None, True
+
     def _saved_for_backward(self):
+        if self._saved is _RAN_FUSED:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward(): the last forward ran this layer fused with its neighbours "
+                "(a Sequential runs Conv2d -> ReLU -> MaxPool2d and ReLU -> MaxPool2d as one pass); call the "
+                "Sequential's backward")
         if self._saved is None:
             name = type(self).__name__
             if self._eval_forward:
@@ -247,23 +265,26 @@ def _uniform(rng, fan_in, shape, dtype):
     return Parameter(rng.uniform(-bound, bound, size=shape).astype(dtype))
 
 
-_RAN_FUSED = object()  # what a ReLU keeps when a Sequential ran it fused into the next MaxPool2d
-_FUSED_MESSAGE = (
-    "{name}.backward(): the last forward ran this layer fused with its neighbours (a Sequential runs "
-    "Conv2d -> ReLU -> MaxPool2d and ReLU -> MaxPool2d as one pass); call the Sequential's backward"
-)
+_RAN_FUSED = object()  # what a layer keeps when a Sequential ran it inside a fused pass
 
 
-def _gradients_for_backward(weight, bias):
-    """out=(weight grad, bias grad or None) and accumulate for a layer's backward: the kernel
-    writes straight into .grad, adding unless zero_grad() cleared both since the last backward."""
+def _parameter_gradients(weight, bias, backward):
+    """Run backward(out, accumulate) with out=(weight grad, bias grad or None): the kernel writes
+    straight into .grad, adding unless zero_grad() cleared both since the last backward; returns
+    what backward returns. The gradients count as written only once it has returned."""
     grad_w, add_w = weight._grad_for_backward()
+    params = (weight,) if bias is None else (weight, bias)
     if bias is None:
-        return (grad_w, None), add_w
-    grad_b, add_b = bias._grad_for_backward()
-    if add_w != add_b:  # only one was cleared: write its zeros, then add into both
-        (grad_b if add_w else grad_w).fill(0)
-    return (grad_w, grad_b), add_w or add_b
+        out, accumulate = (grad_w, None), add_w
+    else:
+        grad_b, add_b = bias._grad_for_backward()
+        if add_w != add_b:  # only one was cleared: write its zeros now (it reads as zeros anyway)
+            (bias if add_w else weight).grad  # noqa: B018 (the property writes them)
+        out, accumulate = (grad_w, grad_b), add_w or add_b
+    result = backward(out, accumulate)
+    for p in params:
+        p._grad_written()
+    return result
 
 
 def _square_or_pair(pair):
@@ -311,37 +332,10 @@ class Conv2d(Module):
         return F.conv2d(x, self.weight.data, bias, self.stride, self.padding)
 
     def backward(self, grad_output, *, input_grad=True):
-        saved = self._saved_for_backward()
-        if len(saved) != 1:
-            raise RuntimeError(_FUSED_MESSAGE.format(name="Conv2d"))
-        (x,) = saved
-        out, accumulate = _gradients_for_backward(self.weight, self.bias)
-        grad_x, _, _ = F.conv2d_backward(grad_output, x, self.weight.data, self.stride, self.padding,
-                                         grad_input=input_grad, out=out, accumulate=accumulate)
-        return grad_x
-
-    # A Conv2d followed by a ReLU and a MaxPool2d runs as one pass when a Sequential holds them
-    # (functional.conv2d_relu_max_pool2d): each image's convolution output is pooled while in cache,
-    # so neither it nor its gradient is ever written to memory. Results are exactly the three's.
-
-    def _forward_fused(self, relu, pool, x):
-        relu._save(_RAN_FUSED)
-        pool._save(_RAN_FUSED, None, None)
-        bias = None if self.bias is None else self.bias.data
-        args = (x, self.weight.data, bias, self.stride, self.padding, pool.kernel_size, pool.stride, pool.padding)
-        if not self.training:
-            self._save()
-            return F.conv2d_relu_max_pool2d(*args)
-        y, indices = F.conv2d_relu_max_pool2d(*args, return_indices=True)
-        self._save(x, y, indices)
-        return y
-
-    def _backward_fused(self, grad_output, input_grad):
-        x, y, indices = self._saved_for_backward()
-        out, accumulate = _gradients_for_backward(self.weight, self.bias)
-        grad_x, _, _ = F.conv2d_relu_max_pool2d_backward(
-            grad_output, y, indices, x, self.weight.data, self.stride, self.padding, grad_input=input_grad,
-            out=out, accumulate=accumulate)
+        (x,) = self._saved_for_backward()
+        grad_x, _, _ = _parameter_gradients(self.weight, self.bias, lambda out, accumulate: F.conv2d_backward(
+            grad_output, x, self.weight.data, self.stride, self.padding, grad_input=input_grad, out=out,
+            accumulate=accumulate))
         return grad_x
 
     def extra_repr(self):
@@ -381,31 +375,12 @@ class MaxPool2d(Module):
             self._save()
             return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
         y, indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True)
-        self._save(indices, x.shape, None)
+        self._save(indices, x.shape)
         return y
 
     def backward(self, grad_output, *, input_grad=True):
-        indices, input_shape, relu_output = self._saved_for_backward()
-        if relu_output is not None or indices is _RAN_FUSED:
-            raise RuntimeError(_FUSED_MESSAGE.format(name="MaxPool2d"))
+        indices, input_shape = self._saved_for_backward()
         return F.max_pool2d_backward(grad_output, indices, input_shape) if input_grad else None
-
-    # A ReLU followed by this layer runs as one pass (functional.relu_max_pool2d) when a
-    # Sequential holds them: the ReLU's separate read and write of its input, and its
-    # backward, cost more than pooling itself. Outputs and gradients are exactly the pair's.
-
-    def _forward_fused(self, relu, x):
-        relu._save(_RAN_FUSED)
-        if not self.training:
-            self._save()
-            return F.relu_max_pool2d(x, self.kernel_size, self.stride, self.padding)
-        y, indices = F.relu_max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True)
-        self._save(indices, x.shape, y)
-        return y
-
-    def _backward_fused(self, grad_output, input_grad):
-        indices, input_shape, y = self._saved_for_backward()
-        return F.relu_max_pool2d_backward(grad_output, y, indices, input_shape) if input_grad else None
 
     def extra_repr(self):
         return (f"kernel_size={_square_or_pair(self.kernel_size)}, stride={_square_or_pair(self.stride)}, "
@@ -426,8 +401,6 @@ class ReLU(Module):
 
     def backward(self, grad_output, *, input_grad=True):
         (y,) = self._saved_for_backward()
-        if y is _RAN_FUSED:
-            raise RuntimeError(_FUSED_MESSAGE.format(name="ReLU"))
         return F.relu_backward(grad_output, y) if input_grad else None
 
 
@@ -484,9 +457,8 @@ class Linear(Module):
 
     def backward(self, grad_output, *, input_grad=True):
         (x,) = self._saved_for_backward()
-        out, accumulate = _gradients_for_backward(self.weight, self.bias)
-        grad_x, _, _ = F.linear_backward(grad_output, x, self.weight.data, grad_input=input_grad,
-                                         out=out, accumulate=accumulate)
+        grad_x, _, _ = _parameter_gradients(self.weight, self.bias, lambda out, accumulate: F.linear_backward(
+            grad_output, x, self.weight.data, grad_input=input_grad, out=out, accumulate=accumulate))
         return grad_x
 
     def extra_repr(self):
@@ -498,7 +470,8 @@ class Sequential(Module):
 
     Runs of Conv2d -> ReLU -> MaxPool2d (functional.conv2d_relu_max_pool2d) and of ReLU ->
     MaxPool2d (functional.relu_max_pool2d) execute as one pass each, with the results of the
-    layers one by one; backward follows the same runs.
+    layers one by one; backward follows the same runs. The plan is made once, when the
+    Sequential is built (see _plan); a fused layer's own backward then refuses to run.
 
     `backward(grad, input_grad=False)` (the default) is what training needs: nothing
     wants the gradient w.r.t. the network's input, so the first child with
@@ -513,7 +486,7 @@ class Sequential(Module):
             if not isinstance(m, Module):
                 raise TypeError(f"Sequential(): argument {i} must be a Module, got {type(m).__name__}")
         self._modules = list(modules)
-        self._runs = []  # (first module, how many) of each pass of the last forward
+        self._plan = _plan(self._modules)
 
     def named_children(self):
         return [(str(i), m) for i, m in enumerate(self._modules)]
@@ -530,37 +503,18 @@ class Sequential(Module):
         return self._modules[index]
 
     def forward(self, x):
-        # Runs of modules that have a fused pass run as one (see Conv2d._forward_fused and
-        # MaxPool2d._forward_fused); `_runs` remembers how, for backward.
-        modules, i, self._runs = self._modules, 0, []
-        while i < len(modules):
-            kinds = tuple(type(m) for m in modules[i:i + 3])
-            if kinds == (Conv2d, ReLU, MaxPool2d):
-                x, n = modules[i]._forward_fused(modules[i + 1], modules[i + 2], x), 3
-            elif kinds[:2] == (ReLU, MaxPool2d):
-                x, n = modules[i + 1]._forward_fused(modules[i], x), 2
-            else:
-                x, n = modules[i](x), 1
-            self._runs.append((i, n))
-            i += n
+        for step in self._plan:
+            x = step.forward(x)
         return x
 
     def backward(self, grad_output, *, input_grad=False):
-        modules = self._modules
         first = 0 if input_grad else next(
-            (i for i, m in enumerate(modules) if m.parameters()), len(modules))
-        runs = self._runs or [(i, 1) for i in range(len(modules))]
+            (i for i, m in enumerate(self._modules) if m.parameters()), len(self._modules))
         grad = grad_output
-        for i, n in reversed(runs):
-            if i + n - 1 < first:
+        for step in reversed(self._plan):
+            if step.start + len(step.layers) - 1 < first:
                 break
-            need = input_grad or i > first
-            if n == 3:
-                grad = modules[i]._backward_fused(grad, need)
-            elif n == 2:
-                grad = modules[i + 1]._backward_fused(grad, need)
-            else:
-                grad = modules[i].backward(grad, input_grad=need)
+            grad = step.backward(grad, input_grad or step.start > first)
         return grad if input_grad else None
 
     def __repr__(self):
@@ -572,3 +526,103 @@ class Sequential(Module):
             lines.append(f"  ({name}): " + "\n  ".join(child_lines))
         lines.append(")")
         return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Fusion: how a Sequential runs its layers, planned once from their types. A step runs
+# one layer, or a run of layers as one pass of a fused functional op; a fused step keeps
+# what its backward needs itself and marks its layers as run fused (Module._ran_fused).
+
+class _Step:
+    """One layer, run as itself."""
+
+    def __init__(self, start, *layers):
+        self.start, self.layers = start, layers
+
+    def forward(self, x):
+        return self.layers[0](x)
+
+    def backward(self, grad, input_grad):
+        return self.layers[0].backward(grad, input_grad=input_grad)
+
+
+class _FusedStep(_Step):
+    """A run of layers as one pass; `saved` is what backward needs (None before any
+    training-mode forward)."""
+
+    saved = None
+    eval_forward = False
+
+    def forward(self, x):
+        for layer in self.layers:
+            layer._ran_fused()
+        training = self.layers[0].training
+        y, saved = self._run(x, training)
+        self.saved, self.eval_forward = (saved if training else None), not training
+        return y
+
+    def backward(self, grad, input_grad):
+        if self.saved is None:
+            names = " -> ".join(type(m).__name__ for m in self.layers)
+            when = "the last forward ran in eval mode; call .train() first" if self.eval_forward else \
+                "called before forward()"
+            raise RuntimeError(f"Sequential.backward(): {names} (layers {self.start}-"
+                               f"{self.start + len(self.layers) - 1}): {when}")
+        return self._backward(grad, input_grad, *self.saved)
+
+
+class _ConvReluPool(_FusedStep):
+    """Conv2d -> ReLU -> MaxPool2d as functional.conv2d_relu_max_pool2d: each image's convolution
+    output is pooled while in cache, so neither it nor its gradient is ever written to memory.
+    Results are exactly the three layers'."""
+
+    def _run(self, x, training):
+        conv, _, pool = self.layers
+        bias = None if conv.bias is None else conv.bias.data
+        args = (x, conv.weight.data, bias, conv.stride, conv.padding, pool.kernel_size, pool.stride,
+                pool.padding)
+        if not training:
+            return F.conv2d_relu_max_pool2d(*args), None
+        y, indices = F.conv2d_relu_max_pool2d(*args, return_indices=True)
+        return y, (x, y, indices)
+
+    def _backward(self, grad, input_grad, x, y, indices):
+        conv = self.layers[0]
+        grad_x, _, _ = _parameter_gradients(conv.weight, conv.bias, lambda out, accumulate:
+                                            F.conv2d_relu_max_pool2d_backward(
+                                                grad, y, indices, x, conv.weight.data, conv.stride,
+                                                conv.padding, grad_input=input_grad, out=out,
+                                                accumulate=accumulate))
+        return grad_x
+
+
+class _ReluPool(_FusedStep):
+    """ReLU -> MaxPool2d as functional.relu_max_pool2d: the ReLU's separate read and write of its
+    input, and its backward, cost more than pooling itself. Results are exactly the pair's."""
+
+    def _run(self, x, training):
+        pool = self.layers[1]
+        args = (x, pool.kernel_size, pool.stride, pool.padding)
+        if not training:
+            return F.relu_max_pool2d(*args), None
+        y, indices = F.relu_max_pool2d(*args, return_indices=True)
+        return y, (y, indices, x.shape)
+
+    def _backward(self, grad, input_grad, y, indices, input_shape):
+        return F.relu_max_pool2d_backward(grad, y, indices, input_shape) if input_grad else None
+
+
+# The runs that fuse, longest first; exact types, so a subclass with its own forward runs as itself.
+_FUSIONS = (((Conv2d, ReLU, MaxPool2d), _ConvReluPool), ((ReLU, MaxPool2d), _ReluPool))
+
+
+def _plan(modules):
+    """The steps that run `modules` in order, fusing every run listed in _FUSIONS."""
+    plan, i = [], 0
+    while i < len(modules):
+        kinds = tuple(type(m) for m in modules[i:i + 3])
+        step = next((cls(i, *modules[i:i + len(run)]) for run, cls in _FUSIONS if kinds[:len(run)] == run),
+                    None) or _Step(i, modules[i])
+        plan.append(step)
+        i += len(step.layers)
+    return plan
