@@ -130,7 +130,7 @@ def extensions():
     ext = Extension(
         "cyconv._kernels",
         sources=["src/cyconv/_kernels.pyx", "csrc/isa.c", "csrc/im2col.c", "csrc/gemm.c", "csrc/maxpool.c",
-                 "csrc/relu.c", "csrc/sgd.c", "csrc/hog.c"],
+                 "csrc/avgpool.c", "csrc/relu.c", "csrc/activations.c", "csrc/sgd.c", "csrc/hog.c"],
         include_dirs=["csrc"],
     )
     directives = {

@@ -67,6 +67,30 @@ void relu_forward_f64(double *y, const double *x, ptrdiff_t n);
 void relu_backward_f32(float *dx, const float *dy, const float *x, ptrdiff_t n);
 void relu_backward_f64(double *dx, const double *dy, const double *x, ptrdiff_t n);
 
+/* Sigmoid and tanh on n contiguous elements; backward from the forward's output y. */
+void sigmoid_forward_f32(float *y, const float *x, ptrdiff_t n);
+void sigmoid_forward_f64(double *y, const double *x, ptrdiff_t n);
+void sigmoid_backward_f32(float *dx, const float *dy, const float *y, ptrdiff_t n);
+void sigmoid_backward_f64(double *dx, const double *dy, const double *y, ptrdiff_t n);
+void tanh_forward_f32(float *y, const float *x, ptrdiff_t n);
+void tanh_forward_f64(double *y, const double *x, ptrdiff_t n);
+void tanh_backward_f32(float *dx, const float *dy, const float *y, ptrdiff_t n);
+void tanh_backward_f64(double *dx, const double *dy, const double *y, ptrdiff_t n);
+
+/* Average pooling on one plane: x (H,W) -> y (Ho,Wo); backward overwrites dx (H,W). */
+void avgpool2d_forward_f32(float *y, const float *x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw,
+                           ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo,
+                           int count_include_pad);
+void avgpool2d_forward_f64(double *y, const double *x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw,
+                           ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo,
+                           int count_include_pad);
+void avgpool2d_backward_f32(float *dx, const float *dy, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw,
+                            ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo,
+                            int count_include_pad);
+void avgpool2d_backward_f64(double *dx, const double *dy, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw,
+                            ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo,
+                            int count_include_pad);
+
 /* Bias add on a (O, L) output block with row stride ldy: y[o, :] += bias[o]. */
 void add_bias_f32(float *y, ptrdiff_t ldy, const float *bias, ptrdiff_t O, ptrdiff_t L);
 void add_bias_f64(double *y, ptrdiff_t ldy, const double *bias, ptrdiff_t O, ptrdiff_t L);

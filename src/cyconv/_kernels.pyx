@@ -70,6 +70,26 @@ cdef extern from "cyconv.h" nogil:
                         float lr, float momentum, float weight_decay, int first_step) noexcept
     void sgd_update_f64(double *p, double *buf, const double *grad, Py_ssize_t n,
                         double lr, double momentum, double weight_decay, int first_step) noexcept
+    void sigmoid_forward_f32(float *y, const float *x, Py_ssize_t n) noexcept
+    void sigmoid_forward_f64(double *y, const double *x, Py_ssize_t n) noexcept
+    void sigmoid_backward_f32(float *dx, const float *dy, const float *y, Py_ssize_t n) noexcept
+    void sigmoid_backward_f64(double *dx, const double *dy, const double *y, Py_ssize_t n) noexcept
+    void tanh_forward_f32(float *y, const float *x, Py_ssize_t n) noexcept
+    void tanh_forward_f64(double *y, const double *x, Py_ssize_t n) noexcept
+    void tanh_backward_f32(float *dx, const float *dy, const float *y, Py_ssize_t n) noexcept
+    void tanh_backward_f64(double *dx, const double *dy, const double *y, Py_ssize_t n) noexcept
+    void avgpool2d_forward_f32(float *y, const float *x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh,
+                               Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                               Py_ssize_t Ho, Py_ssize_t Wo, int count_include_pad) noexcept
+    void avgpool2d_forward_f64(double *y, const double *x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh,
+                               Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                               Py_ssize_t Ho, Py_ssize_t Wo, int count_include_pad) noexcept
+    void avgpool2d_backward_f32(float *dx, const float *dy, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh,
+                                Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                                Py_ssize_t Ho, Py_ssize_t Wo, int count_include_pad) noexcept
+    void avgpool2d_backward_f64(double *dx, const double *dy, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh,
+                                Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                                Py_ssize_t Ho, Py_ssize_t Wo, int count_include_pad) noexcept
     void add_bias_f32(float *y, Py_ssize_t ldy, const float *bias, Py_ssize_t O, Py_ssize_t L) noexcept
     void add_bias_f64(double *y, Py_ssize_t ldy, const double *bias, Py_ssize_t O, Py_ssize_t L) noexcept
     void accumulate_row_sums_f32(float *acc, const float *dy, Py_ssize_t O, Py_ssize_t L) noexcept
@@ -849,6 +869,41 @@ def maxpool2d_backward(floating[::1] grad_x, const floating[::1] grad_y,
 
 
 # ---------------------------------------------------------------------------
+# Average pooling: parallel over planes.
+
+def avgpool2d_forward(floating[::1] y, const floating[::1] x, Py_ssize_t P, Py_ssize_t H, Py_ssize_t W,
+                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                      Py_ssize_t Ho, Py_ssize_t Wo, bint count_include_pad, int num_threads):
+    # OUT y (P,Ho,Wo); IN x (P,H,W)
+    cdef Py_ssize_t L = Ho * Wo, p
+    check_scratch("avgpool2d_forward", "y", y.shape[0], P * L)
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            if floating is float:
+                avgpool2d_forward_f32(&y[p * L], &x[p * H * W], H, W, kh, kw, sh, sw, ph, pw, Ho, Wo,
+                                      count_include_pad)
+            else:
+                avgpool2d_forward_f64(&y[p * L], &x[p * H * W], H, W, kh, kw, sh, sw, ph, pw, Ho, Wo,
+                                      count_include_pad)
+
+
+def avgpool2d_backward(floating[::1] grad_x, const floating[::1] grad_y, Py_ssize_t P, Py_ssize_t H,
+                       Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                       Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo, bint count_include_pad, int num_threads):
+    # OUT grad_x (P,H,W); IN grad_y (P,Ho,Wo)
+    cdef Py_ssize_t L = Ho * Wo, p
+    check_scratch("avgpool2d_backward", "grad_x", grad_x.shape[0], P * H * W)
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=num_threads):
+            if floating is float:
+                avgpool2d_backward_f32(&grad_x[p * H * W], &grad_y[p * L], H, W, kh, kw, sh, sw, ph, pw, Ho, Wo,
+                                       count_include_pad)
+            else:
+                avgpool2d_backward_f64(&grad_x[p * H * W], &grad_y[p * L], H, W, kh, kw, sh, sw, ph, pw, Ho, Wo,
+                                       count_include_pad)
+
+
+# ---------------------------------------------------------------------------
 # ReLU: parallel over fixed-size blocks. Small arrays run on one thread, where
 # waking the team would cost more than the work.
 
@@ -883,6 +938,52 @@ def relu_backward(floating[::1] grad_x, const floating[::1] grad_y, const floati
                 relu_backward_f32(&grad_x[lo], &grad_y[lo], &x[lo], min(ELEMENTWISE_BLOCK, n - lo))
             else:
                 relu_backward_f64(&grad_x[lo], &grad_y[lo], &x[lo], min(ELEMENTWISE_BLOCK, n - lo))
+
+
+# ---------------------------------------------------------------------------
+# Sigmoid and tanh, like ReLU; backward from the forward's output y. `op`: 0 sigmoid, 1 tanh.
+
+def saturating_forward(int op, floating[::1] y, const floating[::1] x, int num_threads):
+    # OUT y (n,); IN x (n,)
+    cdef Py_ssize_t n = x.shape[0], nblocks = (n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK, b, lo, m
+    if nblocks < 2:
+        num_threads = 1
+    with nogil:
+        for b in prange(nblocks, schedule='static', num_threads=num_threads):
+            lo = b * ELEMENTWISE_BLOCK
+            m = min(ELEMENTWISE_BLOCK, n - lo)
+            if floating is float:
+                if op == 0:
+                    sigmoid_forward_f32(&y[lo], &x[lo], m)
+                else:
+                    tanh_forward_f32(&y[lo], &x[lo], m)
+            else:
+                if op == 0:
+                    sigmoid_forward_f64(&y[lo], &x[lo], m)
+                else:
+                    tanh_forward_f64(&y[lo], &x[lo], m)
+
+
+def saturating_backward(int op, floating[::1] grad_x, const floating[::1] grad_y, const floating[::1] y,
+                        int num_threads):
+    # OUT grad_x (n,); IN grad_y (n,), y (n,): the forward's output
+    cdef Py_ssize_t n = y.shape[0], nblocks = (n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK, b, lo, m
+    if nblocks < 2:
+        num_threads = 1
+    with nogil:
+        for b in prange(nblocks, schedule='static', num_threads=num_threads):
+            lo = b * ELEMENTWISE_BLOCK
+            m = min(ELEMENTWISE_BLOCK, n - lo)
+            if floating is float:
+                if op == 0:
+                    sigmoid_backward_f32(&grad_x[lo], &grad_y[lo], &y[lo], m)
+                else:
+                    tanh_backward_f32(&grad_x[lo], &grad_y[lo], &y[lo], m)
+            else:
+                if op == 0:
+                    sigmoid_backward_f64(&grad_x[lo], &grad_y[lo], &y[lo], m)
+                else:
+                    tanh_backward_f64(&grad_x[lo], &grad_y[lo], &y[lo], m)
 
 
 # ---------------------------------------------------------------------------

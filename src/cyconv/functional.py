@@ -22,8 +22,9 @@ from ._threads import record_work_split, threads_for
 __all__ = [
     "conv2d", "conv2d_backward", "im2col", "col2im", "max_pool2d", "max_pool2d_backward",
     "relu_max_pool2d", "relu_max_pool2d_backward", "conv2d_relu_max_pool2d",
-    "conv2d_relu_max_pool2d_backward", "relu", "relu_backward", "linear", "linear_backward",
-    "softmax_cross_entropy", "sgd_update",
+    "conv2d_relu_max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "relu", "relu_backward",
+    "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "softmax", "softmax_backward", "log_softmax",
+    "log_softmax_backward", "linear", "linear_backward", "softmax_cross_entropy", "sgd_update",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -347,11 +348,7 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
     """
     fn = "col2im"
     cols = _float_array(cols, "cols", fn, ndim=3)
-    if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 4
-            and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0
-                    for s in input_shape)):
-        raise ValueError(f"{fn}(): input_shape must be 4 non-negative ints (N, C, H, W), got {input_shape!r}")
-    N, C, H, W = (int(s) for s in input_shape)
+    N, C, H, W = _input_shape(fn, input_shape)
     kh, kw = _pair(kernel_size, "kernel_size", fn, 1)
     sh, sw = _pair(stride, "stride", fn, 1)
     ph, pw = _pair(padding, "padding", fn, 0)
@@ -459,11 +456,7 @@ def _max_pool2d_backward(fn, grad_y, y, indices, input_shape):
     if y is not None:
         y = _float_array(y, "y", fn, ndim=4, dtype=grad_y.dtype)
     indices = _pooling_indices(fn, "max_pool2d", grad_y, y, indices)
-    if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 4
-            and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0
-                    for s in input_shape)):
-        raise ValueError(f"{fn}(): input_shape must be 4 non-negative ints (N, C, H, W), got {input_shape!r}")
-    N, C, H, W = (int(s) for s in input_shape)
+    N, C, H, W = _input_shape(fn, input_shape)
     if (N, C) != grad_y.shape[:2]:
         raise ValueError(f"{fn}(): input_shape {tuple(input_shape)} does not match grad_y's (N, C) {grad_y.shape[:2]}")
     if grad_y.size == 0:
@@ -478,6 +471,68 @@ def _max_pool2d_backward(fn, grad_y, y, indices, input_shape):
     if bad:
         raise ValueError(f"{fn}(): indices has {bad} entries outside [0, H*W) = [0, {H * W})")
     return grad_x
+
+
+# ---------------------------------------------------------------------------
+# Average pooling
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """2-D average pooling, PyTorch's semantics: padding counts as zeros, and the divisor is the
+    whole window (count_include_pad=True, PyTorch's default) or its taps inside the image.
+
+    Shape:
+        x (N, C, H, W) -> y (N, C, Ho, Wo), Ho = (H + 2*ph - kh) // sh + 1.
+
+    stride defaults to kernel_size; padding must be at most half the kernel.
+    """
+    fn = "avg_pool2d"
+    x = _float_array(x, "x", fn, ndim=4)
+    N, C, H, W = x.shape
+    geom = _pool_geometry(fn, (H, W), kernel_size, stride, padding)
+    flag = _bool_flag(fn, "count_include_pad", count_include_pad)
+    y = np.empty((N, C, geom[6], geom[7]), x.dtype)
+    if y.size:
+        _kernels.avgpool2d_forward(y.reshape(-1), x.reshape(-1), N * C, H, W, *geom, flag,
+                                   threads_for(N * C, H * W))
+    return y
+
+
+def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """Gradient of avg_pool2d: each output's gradient, divided by its divisor, spread over its window.
+
+    Shape:
+        grad_y (N, C, Ho, Wo), input_shape (N, C, H, W) -> grad_x (N, C, H, W).
+    """
+    fn = "avg_pool2d_backward"
+    grad_y = _float_array(grad_y, "grad_y", fn, ndim=4)
+    N, C, H, W = _input_shape(fn, input_shape)
+    if (N, C) != grad_y.shape[:2]:
+        raise ValueError(f"{fn}(): input_shape {tuple(input_shape)} does not match grad_y's (N, C) {grad_y.shape[:2]}")
+    geom = _pool_geometry(fn, (H, W), kernel_size, stride, padding)
+    if grad_y.shape[2:] != geom[6:]:
+        raise ValueError(f"{fn}(): grad_y must have shape {(N, C) + geom[6:]} for input_shape "
+                         f"{tuple(input_shape)}, got {grad_y.shape}")
+    flag = _bool_flag(fn, "count_include_pad", count_include_pad)
+    grad_x = np.empty((N, C, H, W), grad_y.dtype)  # the kernel overwrites every plane
+    if grad_x.size:
+        _kernels.avgpool2d_backward(grad_x.reshape(-1), grad_y.reshape(-1), N * C, H, W, *geom, flag,
+                                    threads_for(N * C, H * W))
+    return grad_x
+
+
+def _bool_flag(fn, name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{fn}(): {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _input_shape(fn, input_shape):
+    """input_shape checked: 4 non-negative ints (N, C, H, W)."""
+    if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 4
+            and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0
+                    for s in input_shape)):
+        raise ValueError(f"{fn}(): input_shape must be 4 non-negative ints (N, C, H, W), got {input_shape!r}")
+    return tuple(int(s) for s in input_shape)
 
 
 # ---------------------------------------------------------------------------
@@ -502,6 +557,89 @@ def relu_backward(grad_y, x):
     _kernels.relu_backward(grad_x.reshape(-1), grad_y.reshape(-1), x.reshape(-1),
                           threads_for(x.size, 1))
     return grad_x
+
+
+# ---------------------------------------------------------------------------
+# Sigmoid and tanh: backward from the forward's output
+
+def sigmoid(x):
+    """y = 1 / (1 + exp(-x)), elementwise; NaN stays NaN. Any shape.
+
+    float32 uses a vectorised exp (within 2 ulp of expf), clamped below -87: sigmoid(-100)
+    gives ~1e-38 (exactly: 4e-44); float64 uses the C library's exp.
+    """
+    return _saturating(0, "sigmoid", x)
+
+
+def sigmoid_backward(grad_y, y):
+    """grad_x = grad_y * y * (1 - y), from sigmoid's output y (as PyTorch's backward does)."""
+    return _saturating_backward(0, "sigmoid_backward", grad_y, y)
+
+
+def tanh(x):
+    """y = tanh(x), elementwise; NaN stays NaN. Any shape."""
+    return _saturating(1, "tanh", x)
+
+
+def tanh_backward(grad_y, y):
+    """grad_x = grad_y * (1 - y**2), from tanh's output y."""
+    return _saturating_backward(1, "tanh_backward", grad_y, y)
+
+
+def _saturating(op, fn, x):
+    x = _float_array(x, "x", fn)
+    y = np.empty_like(x)
+    _kernels.saturating_forward(op, y.reshape(-1), x.reshape(-1), threads_for(x.size, 8))
+    return y
+
+
+def _saturating_backward(op, fn, grad_y, y):
+    y = _float_array(y, "y", fn)
+    grad_y = _float_array(grad_y, "grad_y", fn, dtype=y.dtype)
+    if grad_y.shape != y.shape:
+        raise ValueError(f"{fn}(): grad_y must have y's shape {y.shape}, got {grad_y.shape}")
+    grad_x = np.empty_like(y)
+    _kernels.saturating_backward(op, grad_x.reshape(-1), grad_y.reshape(-1), y.reshape(-1),
+                                 threads_for(y.size, 1))
+    return grad_x
+
+
+# ---------------------------------------------------------------------------
+# Softmax and log-softmax over the classes of (N, K) scores. Not a hot loop (K is
+# the number of classes): NumPy, with the row maximum subtracted first.
+
+def softmax(x):
+    """y = exp(x - max) / sum(exp(x - max)) over the last axis of x (N, K)."""
+    x = _float_array(x, "x", "softmax", ndim=2)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def softmax_backward(grad_y, y):
+    """grad_x = y * (grad_y - sum(grad_y * y)), from softmax's output y (N, K)."""
+    grad_y, y = _class_scores("softmax_backward", grad_y, y)
+    return y * (grad_y - (grad_y * y).sum(axis=1, keepdims=True))
+
+
+def log_softmax(x):
+    """y = x - max - log(sum(exp(x - max))) over the last axis of x (N, K)."""
+    x = _float_array(x, "x", "log_softmax", ndim=2)
+    shifted = x - x.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def log_softmax_backward(grad_y, y):
+    """grad_x = grad_y - exp(y) * sum(grad_y), from log_softmax's output y (N, K)."""
+    grad_y, y = _class_scores("log_softmax_backward", grad_y, y)
+    return grad_y - np.exp(y) * grad_y.sum(axis=1, keepdims=True)
+
+
+def _class_scores(fn, grad_y, y):
+    y = _float_array(y, "y", fn, ndim=2)
+    grad_y = _float_array(grad_y, "grad_y", fn, ndim=2, dtype=y.dtype)
+    if grad_y.shape != y.shape:
+        raise ValueError(f"{fn}(): grad_y must have y's shape {y.shape}, got {grad_y.shape}")
+    return grad_y, y
 
 
 # ---------------------------------------------------------------------------

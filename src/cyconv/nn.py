@@ -15,8 +15,9 @@ gradients of several backward passes accumulate until `zero_grad()`.
 
 What backward needs is kept from the last training-mode forward, by reference
 (do not modify a layer's input in place between forward and backward): Conv2d
-and Linear keep their input, ReLU its output, MaxPool2d the argmax indices and
-the input shape, Flatten the input shape. In eval mode forward keeps nothing,
+and Linear keep their input, ReLU, Sigmoid, Tanh, Softmax and LogSoftmax their
+output, MaxPool2d the argmax indices and the input shape, AvgPool2d and Flatten
+the input shape. In eval mode forward keeps nothing,
 and a later backward raises RuntimeError. Inside a Sequential, Conv2d -> ReLU ->
 MaxPool2d and ReLU -> MaxPool2d run fused, each as one pass (same results; the
 Sequential's backward undoes them as one): see `Sequential`; the layers
@@ -41,7 +42,8 @@ from . import functional as F
 from .functional import _pair
 
 __all__ = [
-    "Parameter", "Module", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Linear", "Sequential",
+    "Parameter", "Module", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
+    "Flatten", "Linear", "Sequential",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -387,6 +389,47 @@ class MaxPool2d(Module):
                 f"padding={_square_or_pair(self.padding)}")
 
 
+class AvgPool2d(Module):
+    """2-D average pooling: `functional.avg_pool2d`; stride defaults to kernel_size, padding counts
+    as zeros and may be at most half the kernel; count_include_pad=True (PyTorch's default) divides
+    by the whole window, False by its taps inside the image.
+
+    Shape:
+        (N, C, H, W) -> (N, C, Ho, Wo),  Ho = (H + 2*ph - kh) // sh + 1.
+
+    Example:
+        >>> AvgPool2d(2)(np.zeros((8, 6, 28, 28), np.float32)).shape
+        (8, 6, 14, 14)
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+        super().__init__()
+        cls = type(self).__name__
+        self.kernel_size = _pair(kernel_size, "kernel_size", cls, 1)
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", cls, 1)
+        self.padding = _pair(padding, "padding", cls, 0)
+        self.count_include_pad = _flag(count_include_pad, "count_include_pad", cls)
+        if self.padding[0] > self.kernel_size[0] // 2 or self.padding[1] > self.kernel_size[1] // 2:
+            raise ValueError(
+                f"{cls}(): padding must be at most half of kernel_size {self.kernel_size}, got {padding!r}")
+
+    def forward(self, x):
+        self._save(x.shape)
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
+
+    def backward(self, grad_output, *, input_grad=True):
+        (input_shape,) = self._saved_for_backward()
+        if not input_grad:
+            return None
+        return F.avg_pool2d_backward(grad_output, input_shape, self.kernel_size, self.stride, self.padding,
+                                     self.count_include_pad)
+
+    def extra_repr(self):
+        return (f"kernel_size={_square_or_pair(self.kernel_size)}, stride={_square_or_pair(self.stride)}, "
+                f"padding={_square_or_pair(self.padding)}"
+                + ("" if self.count_include_pad else ", count_include_pad=False"))
+
+
 class ReLU(Module):
     """max(x, 0) elementwise: `functional.relu`. Keeps its output, not its input: output > 0
     exactly where input > 0, and the next layer usually holds the output anyway.
@@ -402,6 +445,91 @@ class ReLU(Module):
     def backward(self, grad_output, *, input_grad=True):
         (y,) = self._saved_for_backward()
         return F.relu_backward(grad_output, y) if input_grad else None
+
+
+class Sigmoid(Module):
+    """1 / (1 + exp(-x)) elementwise: `functional.sigmoid`. Keeps its output, which its derivative
+    y * (1 - y) needs.
+
+    Shape: any -> the same.
+    """
+
+    def forward(self, x):
+        y = F.sigmoid(x)
+        self._save(y)
+        return y
+
+    def backward(self, grad_output, *, input_grad=True):
+        (y,) = self._saved_for_backward()
+        return F.sigmoid_backward(grad_output, y) if input_grad else None
+
+
+class Tanh(Module):
+    """tanh(x) elementwise: `functional.tanh`. Keeps its output, which its derivative 1 - y**2 needs.
+
+    Shape: any -> the same.
+    """
+
+    def forward(self, x):
+        y = F.tanh(x)
+        self._save(y)
+        return y
+
+    def backward(self, grad_output, *, input_grad=True):
+        (y,) = self._saved_for_backward()
+        return F.tanh_backward(grad_output, y) if input_grad else None
+
+
+class Softmax(Module):
+    """softmax over the classes of (N, K) scores: `functional.softmax`. Training usually wants
+    `functional.softmax_cross_entropy` on the scores instead (one stable pass); this layer is for
+    models that end in probabilities (an ONNX file ending in Softmax, say).
+
+    Shape: (N, K) -> (N, K).
+    """
+
+    def __init__(self, dim=1):
+        super().__init__()
+        if dim not in (1, -1):
+            raise ValueError(f"Softmax(): dim must be 1 (the classes of (N, K) scores), got {dim!r}")
+        self.dim = 1
+
+    def forward(self, x):
+        y = F.softmax(x)
+        self._save(y)
+        return y
+
+    def backward(self, grad_output, *, input_grad=True):
+        (y,) = self._saved_for_backward()
+        return F.softmax_backward(grad_output, y) if input_grad else None
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Module):
+    """log(softmax) over the classes of (N, K) scores: `functional.log_softmax`.
+
+    Shape: (N, K) -> (N, K).
+    """
+
+    def __init__(self, dim=1):
+        super().__init__()
+        if dim not in (1, -1):
+            raise ValueError(f"LogSoftmax(): dim must be 1 (the classes of (N, K) scores), got {dim!r}")
+        self.dim = 1
+
+    def forward(self, x):
+        y = F.log_softmax(x)
+        self._save(y)
+        return y
+
+    def backward(self, grad_output, *, input_grad=True):
+        (y,) = self._saved_for_backward()
+        return F.log_softmax_backward(grad_output, y) if input_grad else None
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
 
 
 class Flatten(Module):

@@ -30,8 +30,18 @@ __all__ = [
     "relu_max_pool2d_backward",
     "conv2d_relu_max_pool2d",
     "conv2d_relu_max_pool2d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
     "relu",
     "relu_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "tanh",
+    "tanh_backward",
+    "softmax",
+    "softmax_backward",
+    "log_softmax",
+    "log_softmax_backward",
     "linear",
     "linear_backward",
     "softmax_cross_entropy",
@@ -281,6 +291,55 @@ def conv2d_relu_max_pool2d_backward(grad_y, y, indices, x, weight, stride=1, pad
 
 
 # ----------------------------------------------------------------------------
+# average pooling
+
+
+def _avg_divisor(h, w, kernel, stride, padding, out_shape, count_include_pad, dtype):
+    """The divisor of every output: kh*kw, or the number of the window's taps inside the image."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    if count_include_pad:
+        return kh * kw
+    ones = np.pad(np.ones((h, w), dtype), ((ph, ph), (pw, pw)))
+    return sum(view for _, _, view in _windows(ones, kernel, stride, out_shape))
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """Mean over every (kh, kw) window, PyTorch's ``avg_pool2d``.
+
+    ``y[n, c, a, b] = sum_{i,j} xpad[n, c, a*sh + i, b*sw + j] / divisor`` with ``xpad`` padded
+    with zeros; the divisor is kh*kw with ``count_include_pad``, else the number of the window's
+    elements inside the image.
+
+    Shape: x (N, C, H, W) -> y (N, C, Ho, Wo).
+    """
+    kernel = _pair(kernel_size)
+    stride = _pair(kernel_size if stride is None else stride)
+    padding = _pair(padding)
+    n, c, h, w = x.shape
+    out = (_out_size(h, kernel[0], stride[0], padding[0]), _out_size(w, kernel[1], stride[1], padding[1]))
+    padded = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    total = sum(view for _, _, view in _windows(padded, kernel, stride, out))
+    return total / _avg_divisor(h, w, kernel, stride, padding, out, count_include_pad, x.dtype)
+
+
+def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """Each output's gradient, divided by its divisor, spread over its window (overlaps add up).
+
+    Shape: grad_y (N, C, Ho, Wo), input_shape = (N, C, H, W) -> grad_x (N, C, H, W).
+    """
+    kernel = _pair(kernel_size)
+    stride = _pair(kernel_size if stride is None else stride)
+    (ph, pw) = padding = _pair(padding)
+    n, c, h, w = input_shape
+    out = grad_y.shape[2:]
+    share = grad_y / _avg_divisor(h, w, kernel, stride, padding, out, count_include_pad, grad_y.dtype)
+    padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=grad_y.dtype)
+    for _, _, view in _windows(padded, kernel, stride, out):
+        view += share  # a strided view: adds into padded
+    return padded[:, :, ph:ph + h, pw:pw + w].copy()
+
+
+# ----------------------------------------------------------------------------
 # relu
 
 
@@ -298,6 +357,81 @@ def relu_backward(grad_y, x):
     Shape: grad_y, x (any, equal) -> grad_x (same).
     """
     return np.where(x <= 0, 0, grad_y)
+
+
+# ----------------------------------------------------------------------------
+# sigmoid, tanh: backward from the forward's output y
+
+
+def sigmoid(x):
+    """``y = 1 / (1 + exp(-x))``.
+
+    Shape: any -> same.
+    """
+    with np.errstate(over="ignore"):  # exp(-x) overflows to inf for x < -88 (float32): y = 0, the limit
+        return (1 / (1 + np.exp(-x))).astype(x.dtype)
+
+
+def sigmoid_backward(grad_y, y):
+    """``grad_x = grad_y * y * (1 - y)``, y being sigmoid's output.
+
+    Shape: grad_y, y (any, equal) -> grad_x (same).
+    """
+    return grad_y * (y * (1 - y))
+
+
+def tanh(x):
+    """``y = tanh(x)``.
+
+    Shape: any -> same.
+    """
+    return np.tanh(x)
+
+
+def tanh_backward(grad_y, y):
+    """``grad_x = grad_y * (1 - y**2)``, y being tanh's output.
+
+    Shape: grad_y, y (any, equal) -> grad_x (same).
+    """
+    return grad_y * (1 - y * y)
+
+
+# ----------------------------------------------------------------------------
+# softmax, log_softmax over the last axis
+
+
+def softmax(x):
+    """``y = exp(x - max) / sum(exp(x - max))`` along the last axis.
+
+    Shape: (N, K) -> (N, K).
+    """
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_backward(grad_y, y):
+    """``grad_x = y * (grad_y - sum(grad_y * y))`` along the last axis, y being softmax's output.
+
+    Shape: (N, K), (N, K) -> (N, K).
+    """
+    return y * (grad_y - (grad_y * y).sum(axis=-1, keepdims=True))
+
+
+def log_softmax(x):
+    """``y = x - max - log(sum(exp(x - max)))`` along the last axis.
+
+    Shape: (N, K) -> (N, K).
+    """
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def log_softmax_backward(grad_y, y):
+    """``grad_x = grad_y - exp(y) * sum(grad_y)`` along the last axis, y being log_softmax's output.
+
+    Shape: (N, K), (N, K) -> (N, K).
+    """
+    return grad_y - np.exp(y) * grad_y.sum(axis=-1, keepdims=True)
 
 
 # ----------------------------------------------------------------------------
