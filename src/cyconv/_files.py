@@ -9,6 +9,11 @@ import signal
 import tempfile
 from pathlib import Path
 
+# Test-only: tests/test_robustness.py sets this to a function(point, path) that stops a writer at a known
+# point, to kill or interrupt it exactly there: "temp-created", "written" (data fsynced, not yet renamed)
+# and "renamed" (in place, the directory not yet fsynced). None otherwise, which costs one comparison per point.
+_test_pause = None
+
 
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call write(f) on a temp file in path's directory, fsync it, then rename it over path.
@@ -24,11 +29,15 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     with _sigint_deferred():
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            os.fchmod(fd, 0o644)  # mkstemp makes files 0600; outputs and caches are meant to be readable
             with os.fdopen(fd, "wb") as f:
+                if _test_pause is not None:
+                    _test_pause("temp-created", path)
+                os.fchmod(fd, 0o644)  # mkstemp makes files 0600; outputs and caches are meant to be readable
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
+            if _test_pause is not None:
+                _test_pause("written", path)
             os.replace(tmp, path)
         except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
@@ -37,6 +46,8 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             if not isinstance(exc, KeyboardInterrupt) and isinstance(exc.__context__, KeyboardInterrupt):
                 raise exc.__context__ from None
             raise
+        if _test_pause is not None:
+            _test_pause("renamed", path)
     _fsync_dir(path.parent)
 
 
