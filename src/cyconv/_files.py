@@ -7,11 +7,12 @@ import contextlib
 import os
 import signal
 import tempfile
+import threading
 from pathlib import Path
 
-# Test-only: tests/test_robustness.py sets this to a function(point, path) that stops a writer at a known
-# point, to kill or interrupt it exactly there: "temp-created", "written" (data fsynced, not yet renamed)
-# and "renamed" (in place, the directory not yet fsynced). None otherwise, which costs one comparison per point.
+# Test-only: tests/test_robustness.py sets this to a function(point, path) that stops a writer at a
+# known point, to kill or interrupt it exactly there: "temp-created", "written" (data fsynced, not yet
+# renamed) and "renamed" (in place, the directory not yet fsynced). None otherwise: one comparison each.
 _test_pause = None
 
 
@@ -21,9 +22,10 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     Readers (and other processes writing the same file) see the old file or the complete new
     one, never a partial one; on any error the temp file is removed and path is untouched.
     A Ctrl-C arriving during the write is held until the file is in place (the write takes
-    milliseconds): an interrupt landing between creating the temp file and entering the
-    clean-up, or inside np.savez's zip writer, would otherwise leave a stray temp file or
-    come out as some other exception.
+    milliseconds), then raised: an interrupt landing between creating the temp file and entering
+    the clean-up, or inside np.savez's zip writer, would otherwise leave a stray temp file or come
+    out as some other exception. On an error the temp file is removed first, and the interrupt
+    still comes out (the error as its context).
     """
     path = Path(path)
     with _sigint_deferred():
@@ -39,29 +41,43 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             if _test_pause is not None:
                 _test_pause("written", path)
             os.replace(tmp, path)
-        except BaseException as exc:
+        except BaseException:
             Path(tmp).unlink(missing_ok=True)
-            # Where SIGINT cannot be held (no pthread_sigmask), a Ctrl-C inside np.savez's
-            # clean-up surfaces as its ValueError: report the interrupt, which is what happened.
-            if not isinstance(exc, KeyboardInterrupt) and isinstance(exc.__context__, KeyboardInterrupt):
-                raise exc.__context__ from None
             raise
         if _test_pause is not None:
             _test_pause("renamed", path)
-    _fsync_dir(path.parent)
+        _fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
 def _sigint_deferred():
-    """Block SIGINT in this thread for the duration; a pending one is delivered on exit."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows
+    """Hold back a Ctrl-C for the duration: a Python-level SIGINT handler records it, and on exit the
+    previous handler is put back and called with it (Python's default one raises KeyboardInterrupt).
+
+    Not pthread_sigmask: the mask is per thread, and by the time a checkpoint is written BLAS and OpenMP
+    have worker threads; the kernel hands SIGINT to one of those, CPython's C handler flags it, and the
+    main thread raises KeyboardInterrupt inside the write anyway. Python runs signal handlers in the main
+    thread only, so that is where the interrupt is held.
+
+    Nothing is deferred outside the main thread (only it may set handlers, and KeyboardInterrupt is never
+    raised elsewhere), nor when the previous handler is not a Python callable: SIG_IGN has nothing to
+    hold, SIG_DFL asked for the process to die at once (as on SIGKILL), and None (a handler set from C)
+    cannot be put back.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    held = []  # the frame each Ctrl-C interrupted
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        # A signal whose Python handler has not run yet is handled by `previous` from here on
+        # (signal.signal itself runs pending handlers): either way it comes out once.
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            previous(signal.SIGINT, held[0])
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -213,8 +213,8 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
                     save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, model_name=config.model,
                                     epoch=epoch + 1, config=config.to_dict(), metrics=metrics, info=info)
                 except KeyboardInterrupt:
-                    # A Ctrl-C after the rename (while the directory is fsynced) still left the new file
-                    # in place, complete: a new inode says so.
+                    # atomic_write holds a Ctrl-C back until the new file is in place, complete (a new
+                    # inode says so), or the write failed and the old one is untouched.
                     if _inode(checkpoint_path) != previous:
                         saved, saved_epochs = checkpoint_path, epoch + 1
                     raise
