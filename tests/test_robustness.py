@@ -603,6 +603,7 @@ def test_sigkill_while_writing_then_resume_equals_uninterrupted_run(mnist_dir, r
     assert saved_metrics(out) == metrics
     assert resume_after_kill(out, mnist_dir) == epochs  # checks the checkpoint is complete
     assert_same_run(out, reference_run)
+    assert not temp_files_only(out), "the next run removes a killed writer's temp file"
 
 
 INTERRUPTED = re.compile(r"^cyconv: interrupted; last complete checkpoint: (.+) \(after epoch (\d+)\); "

@@ -8,6 +8,8 @@ Nothing downloads.
 
 import json
 import os
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -210,6 +212,27 @@ def test_metrics_file_and_epoch_lines(data, tmp_path):
     assert epoch_lines[1].startswith("epoch 2/2  train loss ") and "test acc " in epoch_lines[1]
     assert epoch_lines[1].endswith(" img/s")
     assert not list(tmp_path.glob(".*.tmp")), "temp files left behind"
+
+
+def test_a_run_removes_the_temp_files_of_killed_writers(data, tmp_path):
+    """A writer killed mid-write (SIGKILL) leaves its temp file; the next run in that directory removes
+    the checkpoint's and the metrics' ones whose writer is gone, and nothing else."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True)
+    dead = int(ended.stdout)
+    stale = [f".{CHECKPOINT_NAME}.{dead}.k3l_9qz2.tmp", f".{METRICS_NAME}.{dead}.a8b0xw1d.tmp"]
+    kept = [
+        f".{CHECKPOINT_NAME}.{os.getpid()}.live0001.tmp",  # a write in progress (this process is alive)
+        f".other.npz.{dead}.k3l_9qz2.tmp",  # not a file cyconv writes here
+        f"{CHECKPOINT_NAME}.{dead}.k3l_9qz2.tmp",  # no leading dot: not atomic_write's
+        f".{CHECKPOINT_NAME}.k3l_9qz2.tmp",  # no PID: whose it is cannot be told
+        "notes.txt",
+    ]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"partial")
+    run(TrainConfig(**SMALL_MLP, epochs=1), data, out_dir=tmp_path)
+    assert sorted(os.listdir(tmp_path)) == sorted(kept + [CHECKPOINT_NAME, METRICS_NAME])
+    assert all((tmp_path / name).read_bytes() == b"partial" for name in kept)
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -29,7 +30,8 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     """
     path = Path(path)
     with _sigint_deferred():
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # The writer's PID in the name tells remove_stale_temp_files whether the write can still be going on.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 if _test_pause is not None:
@@ -61,8 +63,8 @@ def _sigint_deferred():
 
     Nothing is deferred outside the main thread (only it may set handlers, and KeyboardInterrupt is never
     raised elsewhere), nor when the previous handler is not a Python callable: SIG_IGN has nothing to
-    hold, SIG_DFL asked for the process to die at once (as on SIGKILL), and None (a handler set from C)
-    cannot be put back.
+    hold, SIG_DFL asked for the process to die at once (as on SIGKILL: the next training run removes the
+    temp file, see remove_stale_temp_files), and None (a handler set from C) cannot be put back.
     """
     previous = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or not callable(previous):
@@ -78,6 +80,39 @@ def _sigint_deferred():
         signal.signal(signal.SIGINT, previous)
         if held:
             previous(signal.SIGINT, held[0])
+
+
+def remove_stale_temp_files(directory: str | os.PathLike, names) -> list[Path]:
+    """Remove the temp files atomic_write left in `directory` for the files `names` when its process died
+    mid-write (SIGKILL, a crash, a power cut); return them.
+
+    A temp file is ".<name>.<writer's PID>.<random>.tmp", and one is stale when no process has that PID:
+    a write still going on, in this process or another, keeps its file. A PID, not the file's age, because
+    the run resumed right after a kill is the one that should clean up, and no age tells a slow disk from
+    a dead writer. A PID reused since keeps its file until a later run, the safe side. PIDs say nothing
+    about another machine or PID namespace sharing the directory; two runs writing one output directory at
+    once are not supported anyway (each would overwrite the other's checkpoint).
+    """
+    if os.name == "nt":  # os.kill(pid, 0) would not test the process there, it would end it
+        return []
+    stale = re.compile(rf"\.(?:{'|'.join(re.escape(name) for name in names)})\.(\d+)\.[^.]+\.tmp")
+    removed = []
+    for entry in Path(directory).iterdir():
+        match = stale.fullmatch(entry.name)
+        if match and not _running(int(match[1])):
+            entry.unlink(missing_ok=True)  # missing: another run starting there removed it first
+            removed.append(entry)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process; more digits than a PID: keep it
+        pass
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:

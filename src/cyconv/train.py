@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from . import functional as F
 from ._threads import get_num_threads
-from ._files import atomic_write
+from ._files import atomic_write, remove_stale_temp_files
 from .checkpoint import MODELS, build_model, load_checkpoint, restore, save_checkpoint
 from .data import to_float32
 from .optim import SGD, cosine_lr, step_lr
@@ -183,6 +183,7 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         checkpoint_path, metrics_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
+        remove_stale_temp_files(out_dir, (CHECKPOINT_NAME, METRICS_NAME))  # of a run killed mid-write
     elif resume:
         raise ValueError("train(): resume=True needs the out_dir that holds the checkpoint")
 
