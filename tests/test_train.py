@@ -8,6 +8,7 @@ Nothing downloads.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -290,6 +291,25 @@ def test_limit_larger_than_the_data_is_an_error(data):
 def test_confusion_matrix():
     counts = confusion_matrix(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), num_classes=3)
     np.testing.assert_array_equal(counts, [[1, 0, 0], [0, 1, 1], [0, 0, 1]])
+
+
+@pytest.mark.parametrize("argument, labels, predictions, bad", [
+    ("labels", [0, -1, 2, -1], [0, 1, 2, 2], "[-1]"),  # NumPy's negative indexing counted it as class 2
+    ("labels", [0, 7, 2, 3], [0, 1, 2, 2], "[3, 7]"),
+    ("predictions", [0, 1, 2, 2], [0, 5, -2, 2], "[-2, 5]"),
+])
+def test_confusion_matrix_refuses_classes_out_of_range(argument, labels, predictions, bad):
+    for dtype in (np.int64, np.int8):
+        with pytest.raises(ValueError, match=rf"confusion_matrix\(\): {argument} must be in \[0, 3\), "
+                                             rf"got {re.escape(bad)}"):
+            confusion_matrix(np.array(labels, dtype), np.array(predictions, dtype), num_classes=3)
+
+
+def test_confusion_matrix_refuses_other_dtypes_and_class_counts():
+    with pytest.raises(TypeError, match=r"confusion_matrix\(\): labels must be integers, got float64"):
+        confusion_matrix(np.array([0.0, 1.5]), np.array([0, 1]), num_classes=3)
+    with pytest.raises(ValueError, match=r"confusion_matrix\(\): num_classes must be an int >= 1, got 0"):
+        confusion_matrix(np.array([0]), np.array([0]), num_classes=0)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -365,11 +365,25 @@ def predict_logits(model, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = 10) -> np.ndarray:
-    """counts[true, predicted], int64 (num_classes, num_classes)."""
+    """counts[true, predicted], int64 (num_classes, num_classes).
+
+    Raises ValueError if a label or prediction is not a class in [0, num_classes), TypeError if they are
+    not integers.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"confusion_matrix(): num_classes must be an int >= 1, got {num_classes!r}")
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     if labels.shape != predictions.shape or labels.ndim != 1:
         raise ValueError(f"confusion_matrix(): labels {labels.shape} and predictions {predictions.shape} "
                          "must be 1-D of the same length")
+    for name, values in (("labels", labels), ("predictions", predictions)):
+        if values.dtype.kind not in "iu":
+            raise TypeError(f"confusion_matrix(): {name} must be integers, got {values.dtype}")
+        # Checked, not left to indexing: NumPy would count -1 as the last class.
+        bad = np.unique(values[(values < 0) | (values >= num_classes)])
+        if bad.size:
+            shown = ", ".join(map(str, bad[:10].tolist())) + (", ..." if bad.size > 10 else "")
+            raise ValueError(f"confusion_matrix(): {name} must be in [0, {num_classes}), got [{shown}]")
     counts = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(counts, (labels.astype(np.int64), predictions.astype(np.int64)), 1)
     return counts
