@@ -13,6 +13,7 @@ import gc
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -332,12 +333,17 @@ SENDERS = {
 
 @pytest.fixture
 def signal_arrived():
-    """wait() returns once a signal with a Python handler has reached this process, in whichever thread:
-    CPython's C handler writes its number to the wakeup fd before the main thread runs the Python handler."""
+    """A function that returns once a signal with a Python handler has reached this process, in whichever
+    thread: CPython's C handler writes its number to the wakeup fd, the main thread then runs the handler."""
     read, write = os.pipe()
     os.set_blocking(write, False)
     previous = signal.set_wakeup_fd(write)
-    yield lambda: os.read(read, 1)
+
+    def wait():
+        assert select.select([read], [], [], 60)[0], "no signal arrived within 60 s"
+        os.read(read, 1)
+
+    yield wait
     signal.set_wakeup_fd(previous)
     os.close(read)
     os.close(write)
@@ -461,9 +467,10 @@ def train_argv(out, mnist_dir, epochs=EPOCHS):
 # `python -c PAUSED POINT FILE N ARGS`: `cyconv ARGS` with atomic_write stopped at POINT (see
 # _files._test_pause) the N-th time it writes FILE. It prints "paused" there and waits until a signal
 # reaches the process, in any thread (CPython's C handler writes to the wakeup fd): a SIGKILL ends it
-# at that point, a SIGINT is then handled by the run as it would be anywhere.
+# at that point, a SIGINT is then handled by the run as it would be anywhere. (After 300 s without
+# one it exits 3, so a failed test leaves no process behind for long.)
 PAUSED = """
-import os, signal, sys
+import os, select, signal, sys
 from cyconv import _files
 from cyconv.cli import main
 
@@ -479,7 +486,8 @@ def pause(at, path):
             os.set_blocking(write, False)
             signal.set_wakeup_fd(write)
             print("paused", flush=True)
-            os.read(read, 1)
+            if not select.select([read], [], [], 300)[0]:
+                os._exit(3)
 
 _files._test_pause = pause
 sys.exit(main(sys.argv[4:]))
@@ -524,7 +532,11 @@ class Cyconv:
         raise AssertionError(f"no line starting with {prefix!r} within {timeout} s: {self.lines}")
 
     def finish(self, timeout=120):
-        self.proc.wait(timeout=timeout)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
         for reader in self._readers:
             reader.join(5)
         return self.proc.returncode, "\n".join(self.lines), "".join(line + "\n" for line in self.err)

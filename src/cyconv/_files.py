@@ -1,5 +1,5 @@
-"""Writing files atomically: the one place every file cyconv writes goes through
-(MNIST downloads, checkpoints, metrics)."""
+"""Writing files atomically: the one place every file cyconv writes goes through (MNIST downloads,
+checkpoints, metrics), and removing what a writer killed mid-write left behind."""
 
 from __future__ import annotations
 
