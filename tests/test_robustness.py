@@ -4,9 +4,11 @@ thousands of calls (and failed calls), and training that survives SIGKILL and st
 Concurrent results are compared bit for bit with serial ones at the same thread count (the kernels'
 results depend on nothing else). Leaks are measured, not timed: resident memory after a warm-up and
 after the loop, with a bound far above noise but below what leaking one output per call would cost.
-The fault tests run `python -m cyconv train` on the verified MNIST copy (conftest's mnist_dir) and
-kill or interrupt it exactly where atomic_write's test hook (_files._test_pause) stops it, and Ctrl-C it
-at moments drawn from a seeded RNG; nothing depends on how fast a step runs.
+Ctrl-C during an atomic write is sent, in-process, while other threads run kernels, to the process or
+to one of those threads. The fault tests run `python -m cyconv train` on the verified MNIST copy
+(conftest's mnist_dir) and kill or interrupt it exactly where atomic_write's test hook
+(_files._test_pause) stops it, and Ctrl-C it at moments drawn from a seeded RNG; nothing depends on how
+fast a step runs.
 """
 
 import gc

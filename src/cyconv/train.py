@@ -152,8 +152,9 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
 
     With out_dir, a checkpoint (out_dir/checkpoint.npz) and the metrics so far (out_dir/metrics.json) are
     written after every epoch; resume=True continues the run from that checkpoint, which must come from
-    the same config and number of training images. progress: a tqdm bar on stderr per epoch (None: only
-    when stderr is a terminal). log receives the one-line summaries.
+    the same config and number of training images. Temp files of those two that a run killed mid-write
+    left in out_dir are removed first. progress: a tqdm bar on stderr per epoch (None: only when stderr
+    is a terminal). log receives the one-line summaries.
 
     Returns the model, the optimizer and one metrics dict per epoch: epoch (from 1), train_loss and
     train_acc (mean over the epoch's batches, as the model was while it learned), test_acc, lr (of the
