@@ -8,6 +8,9 @@ Nothing downloads.
 
 import json
 import os
+import re
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -212,6 +215,27 @@ def test_metrics_file_and_epoch_lines(data, tmp_path):
     assert not list(tmp_path.glob(".*.tmp")), "temp files left behind"
 
 
+def test_a_run_removes_the_temp_files_of_killed_writers(data, tmp_path):
+    """A writer killed mid-write (SIGKILL) leaves its temp file; the next run in that directory removes
+    the checkpoint's and the metrics' ones whose writer is gone, and nothing else."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True)
+    dead = int(ended.stdout)
+    stale = [f".{CHECKPOINT_NAME}.{dead}.k3l_9qz2.tmp", f".{METRICS_NAME}.{dead}.a8b0xw1d.tmp"]
+    kept = [
+        f".{CHECKPOINT_NAME}.{os.getpid()}.live0001.tmp",  # a write in progress (this process is alive)
+        f".other.npz.{dead}.k3l_9qz2.tmp",  # not a file cyconv writes here
+        f"{CHECKPOINT_NAME}.{dead}.k3l_9qz2.tmp",  # no leading dot: not atomic_write's
+        f".{CHECKPOINT_NAME}.k3l_9qz2.tmp",  # no PID: whose it is cannot be told
+        "notes.txt",
+    ]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"partial")
+    run(TrainConfig(**SMALL_MLP, epochs=1), data, out_dir=tmp_path)
+    assert sorted(os.listdir(tmp_path)) == sorted(kept + [CHECKPOINT_NAME, METRICS_NAME])
+    assert all((tmp_path / name).read_bytes() == b"partial" for name in kept)
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])
 def test_learning_rate_follows_the_schedule_over_the_whole_run(data, schedule):
     config = TrainConfig(**SMALL_MLP, epochs=2, schedule=schedule, gamma=0.5)
@@ -267,6 +291,25 @@ def test_limit_larger_than_the_data_is_an_error(data):
 def test_confusion_matrix():
     counts = confusion_matrix(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), num_classes=3)
     np.testing.assert_array_equal(counts, [[1, 0, 0], [0, 1, 1], [0, 0, 1]])
+
+
+@pytest.mark.parametrize("argument, labels, predictions, bad", [
+    ("labels", [0, -1, 2, -1], [0, 1, 2, 2], "[-1]"),  # NumPy's negative indexing counted it as class 2
+    ("labels", [0, 7, 2, 3], [0, 1, 2, 2], "[3, 7]"),
+    ("predictions", [0, 1, 2, 2], [0, 5, -2, 2], "[-2, 5]"),
+])
+def test_confusion_matrix_refuses_classes_out_of_range(argument, labels, predictions, bad):
+    for dtype in (np.int64, np.int8):
+        with pytest.raises(ValueError, match=rf"confusion_matrix\(\): {argument} must be in \[0, 3\), "
+                                             rf"got {re.escape(bad)}"):
+            confusion_matrix(np.array(labels, dtype), np.array(predictions, dtype), num_classes=3)
+
+
+def test_confusion_matrix_refuses_other_dtypes_and_class_counts():
+    with pytest.raises(TypeError, match=r"confusion_matrix\(\): labels must be integers, got float64"):
+        confusion_matrix(np.array([0.0, 1.5]), np.array([0, 1]), num_classes=3)
+    with pytest.raises(ValueError, match=r"confusion_matrix\(\): num_classes must be an int >= 1, got 0"):
+        confusion_matrix(np.array([0]), np.array([0]), num_classes=0)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -12,9 +12,10 @@ A checkpoint holds numbers and strings only, never a pickle: it is written with 
     model/<name>       each array of model.state_dict()
     optimizer/<name>   each value of optimizer.state_dict(), as an array (0-d for scalars)
 
-Files are written atomically (a temp file in the same directory, fsync, os.replace), so a crash or a
-Ctrl-C during a save leaves the previous checkpoint as it was. `load_checkpoint` checks everything it
-reads and reports any problem as one CheckpointError that names the file.
+Files are written atomically (a temp file in the same directory, fsync, os.replace), so a crash during a
+save leaves the previous checkpoint as it was, and a Ctrl-C during a save comes out once the new one is in
+place. `load_checkpoint` checks everything it reads and reports any problem as one CheckpointError that
+names the file.
 
 Left out on purpose: keeping several checkpoints, compression (LeNet-5 with its momentum buffers
 is ~10 MB, mostly incompressible float noise). An archive with compressed members is refused, so that

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from . import functional as F
 from ._threads import get_num_threads
-from ._files import atomic_write
+from ._files import atomic_write, remove_stale_temp_files
 from .checkpoint import MODELS, build_model, load_checkpoint, restore, save_checkpoint
 from .data import to_float32
 from .optim import SGD, cosine_lr, step_lr
@@ -152,8 +152,9 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
 
     With out_dir, a checkpoint (out_dir/checkpoint.npz) and the metrics so far (out_dir/metrics.json) are
     written after every epoch; resume=True continues the run from that checkpoint, which must come from
-    the same config and number of training images. progress: a tqdm bar on stderr per epoch (None: only
-    when stderr is a terminal). log receives the one-line summaries.
+    the same config and number of training images. Temp files of those two that a run killed mid-write
+    left in out_dir are removed first. progress: a tqdm bar on stderr per epoch (None: only when stderr
+    is a terminal). log receives the one-line summaries.
 
     Returns the model, the optimizer and one metrics dict per epoch: epoch (from 1), train_loss and
     train_acc (mean over the epoch's batches, as the model was while it learned), test_acc, lr (of the
@@ -183,6 +184,7 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         checkpoint_path, metrics_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
+        remove_stale_temp_files(out_dir, (CHECKPOINT_NAME, METRICS_NAME))  # of a run killed mid-write
     elif resume:
         raise ValueError("train(): resume=True needs the out_dir that holds the checkpoint")
 
@@ -213,8 +215,8 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
                     save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, model_name=config.model,
                                     epoch=epoch + 1, config=config.to_dict(), metrics=metrics, info=info)
                 except KeyboardInterrupt:
-                    # A Ctrl-C after the rename (while the directory is fsynced) still left the new file
-                    # in place, complete: a new inode says so.
+                    # atomic_write holds a Ctrl-C back until the new file is in place, complete (a new
+                    # inode says so), or the write failed and the old one is untouched.
                     if _inode(checkpoint_path) != previous:
                         saved, saved_epochs = checkpoint_path, epoch + 1
                     raise
@@ -364,11 +366,25 @@ def predict_logits(model, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = 10) -> np.ndarray:
-    """counts[true, predicted], int64 (num_classes, num_classes)."""
+    """counts[true, predicted], int64 (num_classes, num_classes).
+
+    Raises ValueError if a label or prediction is not a class in [0, num_classes), TypeError if they are
+    not integers.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"confusion_matrix(): num_classes must be an int >= 1, got {num_classes!r}")
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     if labels.shape != predictions.shape or labels.ndim != 1:
         raise ValueError(f"confusion_matrix(): labels {labels.shape} and predictions {predictions.shape} "
                          "must be 1-D of the same length")
+    for name, values in (("labels", labels), ("predictions", predictions)):
+        if values.dtype.kind not in "iu":
+            raise TypeError(f"confusion_matrix(): {name} must be integers, got {values.dtype}")
+        # Checked, not left to indexing: NumPy would count -1 as the last class.
+        bad = np.unique(values[(values < 0) | (values >= num_classes)])
+        if bad.size:
+            shown = ", ".join(map(str, bad[:10].tolist())) + (", ..." if bad.size > 10 else "")
+            raise ValueError(f"confusion_matrix(): {name} must be in [0, {num_classes}), got [{shown}]")
     counts = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(counts, (labels.astype(np.int64), predictions.astype(np.int64)), 1)
     return counts
