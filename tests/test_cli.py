@@ -11,6 +11,7 @@ and fail without it; downloading is always disabled.
 import contextlib
 import io
 import json
+import shlex
 import struct
 import subprocess
 import sys
@@ -351,10 +352,9 @@ def test_evaluate_prints_accuracy_and_confusion_matrix(capsys, trained_run, mnis
     assert counts.sum() == 10000 and np.trace(counts) == correct
 
 
-def test_resume_continues_with_the_saved_options(capsys, tmp_path, mnist_dir, monkeypatch):
-    out = tmp_path / "run"
-    argv = ["train", "--model", "mlp", "--hidden", "8", "--epochs", "2", "--limit", "1000", "--seed", "5",
-            "--data", mnist_dir, "--out", out, "--no-progress", "--threads", "1"]
+@contextlib.contextmanager
+def ctrl_c_in_the_second_epoch():
+    """Ctrl-C as `cyconv train` starts its second epoch, after the first one's checkpoint is written."""
     real = train_module._train_epoch
 
     def stop_at_second_epoch(model, optimizer, x, y, config, epoch, *args):
@@ -362,22 +362,60 @@ def test_resume_continues_with_the_saved_options(capsys, tmp_path, mnist_dir, mo
             raise KeyboardInterrupt
         return real(model, optimizer, x, y, config, epoch, *args)
 
-    with monkeypatch.context() as m:
+    with pytest.MonkeyPatch.context() as m:
         m.setattr(train_module, "_train_epoch", stop_at_second_epoch)
-        status, _, err = run(capsys, *argv)
+        yield
+
+
+def continue_command(stdout):
+    """The command an interrupted `cyconv train` printed last, as argv for cli.main."""
+    prefix = "to continue: cyconv "
+    last = stdout.splitlines()[-1]
+    assert last.startswith(prefix), stdout
+    return shlex.split(last.removeprefix(prefix))
+
+
+def test_resume_continues_with_the_saved_options(capsys, tmp_path, mnist_dir):
+    out = tmp_path / "run"
+    argv = ["train", "--model", "mlp", "--hidden", "8", "--epochs", "2", "--limit", "1000", "--seed", "5",
+            "--data", mnist_dir, "--out", out, "--no-progress", "--threads", "1"]
+    with ctrl_c_in_the_second_epoch():
+        status, stdout, err = run(capsys, *argv)
     assert status == 130
     assert err.splitlines() == [f"cyconv: interrupted; last complete checkpoint: {out / CHECKPOINT_NAME} "
                                 "(after epoch 1); continue with --resume"]
+    command = continue_command(stdout)
+    assert command == ["train", "--resume", "--out", str(out), "--data", str(mnist_dir)]
 
     conflicting = ["train", "--resume", "--out", out, "--lr", "0.5", "--data", mnist_dir, "--no-progress"]
     assert_error(run(capsys, *conflicting), 1, f"lr {train_module.TrainConfig().lr} -> 0.5")
 
-    status, stdout, err = run(capsys, "train", "--resume", "--out", out, "--data", mnist_dir, "--no-progress",
-                              "--threads", "1")
+    status, stdout, err = run(capsys, *command, "--no-progress", "--threads", "1")
     assert status == 0, err
     assert "resuming after epoch 1" in stdout and "epoch 2/2" in stdout
     metrics = json.loads((out / METRICS_NAME).read_text())
     assert [m["epoch"] for m in metrics] == [1, 2]
+
+
+@pytest.mark.parametrize("options, expected", [
+    ([], "cyconv train --resume --out runs/mlp"),  # a plain --resume would look in runs/lenet5
+    (["--out", "runs/lenet5"], "cyconv train --resume"),
+    (["--out", "my runs/first try"], "cyconv train --resume --out 'my runs/first try'"),
+], ids=["default-for-mlp", "default-for-resume", "own-dir"])
+def test_interrupt_prints_the_whole_command_to_continue(capsys, tmp_path, mnist_dir, monkeypatch, options,
+                                                        expected):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CYCONV_DATA", str(mnist_dir))  # so no --data is needed
+    argv = ["train", "--model", "mlp", "--hidden", "8", "--epochs", "2", "--limit", "500", "--no-progress",
+            "--threads", "1", *options]
+    with ctrl_c_in_the_second_epoch():
+        status, stdout, err = run(capsys, *argv)
+    assert status == 130 and len(err.splitlines()) == 1 and err.endswith("continue with --resume\n"), err
+    assert stdout.splitlines()[-1] == f"to continue: {expected}"
+    # ... and that command does continue the run.
+    status, stdout, err = run(capsys, *continue_command(stdout), "--threads", "1")
+    assert status == 0, err
+    assert "resuming after epoch 1" in stdout and "epoch 2/2" in stdout
 
 
 def test_interrupt_before_any_checkpoint(capsys, tmp_path, mnist_dir, monkeypatch):

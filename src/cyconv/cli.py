@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import struct
 import sys
 import zlib
@@ -224,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
             message = (f"interrupted; last complete checkpoint: {e.checkpoint} (after epoch {e.epochs_done}); "
                        "continue with --resume")
         print(f"{PROG}: {message}", file=sys.stderr)
+        if e.checkpoint is not None:
+            # The whole command, which a run outside the default directory needs: on stdout, as the last
+            # line of the run's record (the epoch lines), leaving the one-line status alone on stderr.
+            print(f"to continue: {_resume_command(e.out_dir, getattr(args, 'data', None))}")
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -251,6 +256,22 @@ def _one_line(error: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _default_out(model: str = TrainConfig.model) -> Path:
+    """Where `cyconv train` keeps a run when --out is not given."""
+    return Path("runs") / model
+
+
+def _resume_command(out_dir, data_dir) -> str:
+    """The command that continues an interrupted `cyconv train`: with --out unless out_dir is where a plain
+    `cyconv train --resume` looks, and with --data if the run was given one."""
+    words = [PROG, "train", "--resume"]
+    if out_dir is not None and Path(out_dir) != _default_out():
+        words += ["--out", str(out_dir)]
+    if data_dir is not None:
+        words += ["--data", str(data_dir)]
+    return shlex.join(words)
+
+
 def _threads(n):
     return set_num_threads(n) if n is not None else contextlib.nullcontext()
 
@@ -273,7 +294,7 @@ def _cmd_train(args) -> int:
              if getattr(args, name, None) is not None}
     if "hidden" in given and given.get("model", TrainConfig.model) != "mlp":
         raise UsageError("train: --hidden applies to --model mlp only (see 'cyconv train --help')")
-    out = Path(args.out) if args.out else Path("runs") / given.get("model", TrainConfig.model)
+    out = Path(args.out) if args.out else _default_out(given.get("model", TrainConfig.model))
     if args.resume:
         # What the command line does not say comes from the run being resumed, so a plain
         # `cyconv train --resume` continues it; what it does say must agree (train() checks).
