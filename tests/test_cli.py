@@ -20,6 +20,7 @@ import zlib
 import numpy as np
 import pytest
 
+import cyconv
 import cyconv.train as train_module
 from cyconv import cli
 from cyconv.data import load_mnist
@@ -101,6 +102,20 @@ def test_help_exits_zero(capsys, command):
     status, out, err = run(capsys, *command, "--help")
     assert status == 0 and err == ""
     assert out.startswith(f"usage: cyconv {' '.join(command)}".rstrip())
+
+
+def test_version(capsys):
+    status, out, err = run(capsys, "--version")
+    assert (status, out, err) == (0, f"cyconv {cyconv.__version__}\n", "")
+
+
+def test_threads_help_says_what_it_sets(capsys):
+    # It sets cyconv's OpenMP threads; BLAS is kept at one thread inside them, whatever --threads says.
+    for command in ("train", "evaluate", "predict", "compare"):
+        _, out, _ = run(capsys, command, "--help")
+        text = " ".join(out.split())
+        assert "--threads N cyconv's OpenMP threads, which run the compiled kernels" in text
+        assert "the BLAS they call stays single-threaded inside them" in text
 
 
 def test_python_m_cyconv_help():

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import compare, data, set_num_threads
+from . import __version__, compare, data, set_num_threads
 from ._files import atomic_write
 from .checkpoint import MODELS, build_model, load_checkpoint, load_model
 from .models import summary
@@ -104,6 +104,7 @@ def _float_in(low, high=float("inf"), *, low_open=False, high_open=False):
 def _build_parser():
     d = TrainConfig()
     parser = _Parser(prog=PROG, description="A small CNN engine: train and use LeNet-5 on MNIST.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def data_options(p):
@@ -114,7 +115,9 @@ def _build_parser():
 
     def threads_option(p):
         p.add_argument("--threads", type=_int_at_least(1), metavar="N",
-                       help="threads for the kernels and BLAS (default: all cores, or $OMP_NUM_THREADS)")
+                       help="cyconv's OpenMP threads, which run the compiled kernels (default: $OMP_NUM_THREADS, "
+                            "else the cores this process may use); the BLAS they call stays single-threaded "
+                            "inside them")
 
     p = commands.add_parser(
         "train", help="train a model on MNIST",
