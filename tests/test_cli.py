@@ -23,7 +23,9 @@ from PIL import Image, ImageFile
 
 import cyconv
 import cyconv.train as train_module
-from cyconv import cli
+from cyconv import cli, models
+from cyconv.checkpoint import MODELS, build_model
+from cyconv.models import summary
 from cyconv.data import load_mnist, prepare_digit, to_float32
 from cyconv.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, train
 from cli_helpers import assert_error, run
@@ -584,6 +586,30 @@ def test_summary_prints_the_course_table(capsys, argv, expected):
     assert out.startswith("Layer ")
     for text in expected:
         assert text in out
+
+
+# What each registered name must build, as models.py defines it (a new name fails here until it is added).
+ARCHITECTURES = {"lenet5": lambda rng: models.lenet5(rng=rng), "mlp": lambda rng: models.mlp(hidden=32, rng=rng)}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_build_model_builds_each_registered_model(capsys, name):
+    built = build_model(name, hidden=32, rng=np.random.default_rng(4))
+    expected = ARCHITECTURES[name](np.random.default_rng(4))
+    assert summary(built) == summary(expected)
+    built_state, expected_state = built.state_dict(), expected.state_dict()
+    assert list(built_state) == list(expected_state)
+    for key in expected_state:
+        np.testing.assert_array_equal(built_state[key], expected_state[key], err_msg=key)
+    # Its public use: `cyconv summary` prints the table of what build_model builds.
+    status, out, err = run(capsys, "summary", "--model", name, "--hidden", 32)
+    assert status == 0 and err == "" and out == summary(expected) + "\n"
+
+
+def test_build_model_refuses_an_unknown_name_listing_the_choices():
+    with pytest.raises(ValueError) as refused:
+        build_model("vgg")
+    assert str(refused.value) == f"build_model(): name must be one of {', '.join(MODELS)}, got 'vgg'"
 
 
 def test_download_reports_a_complete_directory(capsys, mnist_dir):
