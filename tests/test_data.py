@@ -38,6 +38,7 @@ from cyconv.data import (
     download_mnist,
     ensure_mnist,
     load_mnist,
+    prepare_digit,
     resolve_data_dir,
     to_float32,
 )
@@ -155,6 +156,110 @@ def test_to_float32_formula():
 def test_to_float32_rejects_bad_input(images, error):
     with pytest.raises(error, match="to_float32: images"):
         to_float32(images)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# prepare_digit
+
+
+def ink_box(image):
+    """(top, bottom, left, right) of the nonzero pixels, bottom and right exclusive."""
+    rows, cols = np.flatnonzero(image.any(axis=1)), np.flatnonzero(image.any(axis=0))
+    return rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+
+
+def centre_of_mass(image):
+    mass = image.sum(dtype=np.float64)
+    return (image.sum(axis=1) @ np.arange(image.shape[0]) / mass,
+            image.sum(axis=0) @ np.arange(image.shape[1]) / mass)
+
+
+def test_prepare_digit_remakes_mnist_digits(mnist):
+    # MNIST's digits were made the way prepare_digit makes them (ink box scaled to fit 20x20, centre of
+    # mass on pixel (14, 14)), so it must give them back nearly unchanged: the mean difference is ~0.5 of
+    # 255 (resampling), where a digit one pixel off or scaled to 18 pixels differs by ~20.
+    digits = mnist.test_images[:1000]
+    prepared = np.stack([prepare_digit(d) for d in digits])
+    assert prepared.dtype == np.uint8 and prepared.shape == digits.shape
+    difference = np.abs(prepared.astype(np.int16) - digits).mean(axis=(1, 2))
+    assert difference.mean() < 1.5 and np.median(difference) < 1, (difference.mean(), np.median(difference))
+    assert all(max(b - t, r - l) == 20 for t, b, l, r in map(ink_box, prepared))
+
+
+def test_prepare_digit_scales_crops_and_centres_any_picture():
+    # A bar 60 pixels tall and 12 wide, with a foot, drawn twice: at two places on two canvases.
+    shape = np.zeros((60, 30), np.uint8)
+    shape[:, 9:21] = 230
+    shape[50:, :] = 255
+    first, second = np.zeros((200, 150), np.uint8), np.zeros((90, 300), np.uint8)
+    first[120:180, 10:40] = shape
+    second[5:65, 200:230] = shape
+    digit = prepare_digit(first)
+    np.testing.assert_array_equal(prepare_digit(second), digit)
+    top, bottom, left, right = ink_box(digit)
+    assert (bottom - top, right - left) == (20, 10)  # the aspect ratio kept
+    assert digit.max() == 255
+    cy, cx = centre_of_mass(digit)
+    assert abs(cy - 14) <= 0.5 and abs(cx - 14) <= 0.5
+    # The same shape wide instead of tall fits the box by its width.
+    top, bottom, left, right = ink_box(prepare_digit(np.ascontiguousarray(first.T)))
+    assert (bottom - top, right - left) == (10, 20)
+
+
+def test_prepare_digit_inverts_a_light_background(mnist):
+    digit = mnist.test_images[0]
+    canvas = np.zeros((120, 90), np.uint8)
+    canvas[40:68, 10:38] = digit
+    np.testing.assert_array_equal(prepare_digit(255 - canvas), prepare_digit(canvas))
+    # Decided by the border, not by the whole picture: a bold digit covering most of a tight crop.
+    bold = np.zeros((30, 30), np.uint8)
+    bold[1:29, 1:29] = 255
+    bold[10:20, 10:20] = 0
+    assert bold.mean() > 127
+    np.testing.assert_array_equal(prepare_digit(bold), prepare_digit(np.pad(bold, 20)))
+
+
+def test_prepare_digit_ignores_the_paper_and_its_grain(mnist):
+    # Grey paper with grain, and a grey pencil: the same digit as clean white on black, give or take.
+    digit = mnist.test_images[1]
+    grain = np.random.default_rng(0).integers(-8, 9, (100, 100))
+    paper = np.full((100, 100), 190) + grain
+    paper[30:58, 40:68] -= digit.astype(np.int64) * 120 // 255
+    clean = prepare_digit(digit)
+    drawn = prepare_digit(paper.astype(np.uint8))
+    assert ink_box(drawn) == ink_box(clean)
+    assert np.abs(drawn.astype(np.int16) - clean).mean() < 8
+
+
+def test_prepare_digit_keeps_a_top_heavy_digit_whole():
+    # A 7 whose mass is nearly all in its bar: centring that mass would push the stem out at the bottom.
+    seven = np.zeros((100, 100), np.uint8)
+    seven[10:25, 10:90] = 255
+    seven[25:90, 80:82] = 255
+    digit = prepare_digit(seven)
+    top, bottom, left, right = ink_box(digit)
+    assert (top, bottom) == (8, 28) and right - left == 20
+
+
+@pytest.mark.parametrize("image", [np.full((50, 40), 255, np.uint8), np.zeros((28, 28), np.uint8),
+                                   np.random.default_rng(0).integers(100, 133, (60, 60)).astype(np.uint8)],
+                         ids=["white", "black", "faint-noise"])
+def test_prepare_digit_refuses_a_blank_picture(image):
+    with pytest.raises(ValueError, match=r"prepare_digit\(\): image is blank: no pixel differs from the "
+                                         r"background \(the median of its border, \d+\) by more than 32"):
+        prepare_digit(image)
+
+
+@pytest.mark.parametrize("image, error, match", [
+    (np.zeros((28, 28), np.float32), TypeError, "image must be a uint8 ndarray, got float32"),
+    ([[0, 255]], TypeError, "image must be a uint8 ndarray, got list"),
+    (np.zeros((28, 28, 3), np.uint8), ValueError, r"image must be a non-empty \(H, W\) grey image, got shape "
+                                                   r"\(28, 28, 3\)"),
+    (np.zeros((0, 5), np.uint8), ValueError, r"image must be a non-empty .*, got shape \(0, 5\)"),
+])
+def test_prepare_digit_rejects_bad_input(image, error, match):
+    with pytest.raises(error, match=r"prepare_digit\(\): " + match):
+        prepare_digit(image)
 
 
 # ---------------------------------------------------------------------------------------------------------

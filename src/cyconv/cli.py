@@ -12,10 +12,11 @@ Errors a user can cause (a missing file, a bad option, a corrupt checkpoint or i
 print one line, "cyconv: error: ...", to stderr and exit with 2 for a bad command line, 1 otherwise.
 Ctrl-C exits with 130. Set CYCONV_DEBUG=1 to get the traceback instead of the one line.
 
-Images for `predict` follow the MNIST convention: a white (bright) digit on a black background,
-28x28 pixels. PNGs are read by a small built-in decoder (8-bit grayscale, gray+alpha, RGB or RGBA,
-not interlaced); colour becomes gray as 0.299 R + 0.587 G + 0.114 B and transparency is composited
-over black.
+Images for `predict` may be pictures of any size and colour mode (PNG, JPEG, BMP, GIF, TIFF, PPM, read
+by Pillow) or 2-D .npy arrays, a dark digit on a light background or a light one on dark: `load_image`
+turns each into an MNIST digit with cyconv.data.prepare_digit (inverted if need be, cropped to the ink,
+scaled to fit 20x20, centred by its centre of mass in 28x28). `--raw` skips that, for images that already
+are MNIST digits (28x28, white on black).
 """
 
 from __future__ import annotations
@@ -24,21 +25,24 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import struct
 import sys
+import warnings
 import zlib
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import compare, data, set_num_threads
+from . import __version__, compare, data, set_num_threads
 from ._files import atomic_write
 from .checkpoint import MODELS, build_model, load_checkpoint, load_model
 from .models import summary
 from .train import (CHECKPOINT_NAME, SCHEDULES, TrainConfig, TrainingInterrupted, confusion_matrix,
                     predict_logits, train)
 
-__all__ = ["main", "ImageError", "read_png", "load_image"]
+__all__ = ["main", "ImageError", "load_image"]
 
 PROG = "cyconv"
 ENV_NO_DOWNLOAD = "CYCONV_NO_DOWNLOAD"  # "1": never download MNIST (as --no-download)
@@ -56,7 +60,7 @@ class _MissingDependency(Exception):
 
 
 class ImageError(ValueError):
-    """An image file that cannot be read or is not a 28x28 digit."""
+    """An image file that cannot be read, or holds no digit cyconv can use."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -103,6 +107,7 @@ def _float_in(low, high=float("inf"), *, low_open=False, high_open=False):
 def _build_parser():
     d = TrainConfig()
     parser = _Parser(prog=PROG, description="A small CNN engine: train and use LeNet-5 on MNIST.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def data_options(p):
@@ -113,7 +118,9 @@ def _build_parser():
 
     def threads_option(p):
         p.add_argument("--threads", type=_int_at_least(1), metavar="N",
-                       help="threads for the kernels and BLAS (default: all cores, or $OMP_NUM_THREADS)")
+                       help="cyconv's OpenMP threads, which run the compiled kernels (default: $OMP_NUM_THREADS, "
+                            "else the cores this process may use); the BLAS they call stays single-threaded "
+                            "inside them")
 
     p = commands.add_parser(
         "train", help="train a model on MNIST",
@@ -156,10 +163,15 @@ def _build_parser():
 
     p = commands.add_parser(
         "predict", help="classify images",
-        description="Classify 28x28 images: PNG (8-bit gray, gray+alpha, RGB or RGBA) or .npy "
-                    "(uint8 0..255 or float 0..1). As in MNIST, the digit is white on a black background.")
+        description="Classify pictures of single digits: PNG, JPEG, BMP, GIF, TIFF or PPM of any size and "
+                    "colour mode, or 2-D .npy arrays (uint8 0..255 or float 0..1). A dark digit on a light "
+                    "background is inverted; the digit is cropped, scaled to fit 20x20 and centred by its "
+                    "centre of mass in 28x28, as MNIST's digits were.")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a checkpoint.npz from 'cyconv train'")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="a .png or .npy file")
+    p.add_argument("--raw", action="store_true",
+                   help="use the pixels as they are: each image must already be an MNIST digit, 28x28, "
+                        "white on black")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="a picture or .npy file")
     threads_option(p)
     p.set_defaults(run=_cmd_predict)
 
@@ -224,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             message = (f"interrupted; last complete checkpoint: {e.checkpoint} (after epoch {e.epochs_done}); "
                        "continue with --resume")
         print(f"{PROG}: {message}", file=sys.stderr)
+        if e.checkpoint is not None:
+            # The whole command, which a run outside the default directory needs: on stdout, as the last
+            # line of the run's record (the epoch lines), leaving the one-line status alone on stderr.
+            print(f"to continue: {_resume_command(e.out_dir, getattr(args, 'data', None))}")
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -251,6 +267,22 @@ def _one_line(error: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _default_out(model: str = TrainConfig.model) -> Path:
+    """Where `cyconv train` keeps a run when --out is not given."""
+    return Path("runs") / model
+
+
+def _resume_command(out_dir, data_dir) -> str:
+    """The command that continues an interrupted `cyconv train`: with --out unless out_dir is where a plain
+    `cyconv train --resume` looks, and with --data if the run was given one."""
+    words = [PROG, "train", "--resume"]
+    if out_dir is not None and Path(out_dir) != _default_out():
+        words += ["--out", str(out_dir)]
+    if data_dir is not None:
+        words += ["--data", str(data_dir)]
+    return shlex.join(words)
+
+
 def _threads(n):
     return set_num_threads(n) if n is not None else contextlib.nullcontext()
 
@@ -273,7 +305,7 @@ def _cmd_train(args) -> int:
              if getattr(args, name, None) is not None}
     if "hidden" in given and given.get("model", TrainConfig.model) != "mlp":
         raise UsageError("train: --hidden applies to --model mlp only (see 'cyconv train --help')")
-    out = Path(args.out) if args.out else Path("runs") / given.get("model", TrainConfig.model)
+    out = Path(args.out) if args.out else _default_out(given.get("model", TrainConfig.model))
     if args.resume:
         # What the command line does not say comes from the run being resumed, so a plain
         # `cyconv train --resume` continues it; what it does say must agree (train() checks).
@@ -319,7 +351,7 @@ def _confusion_table(counts: np.ndarray) -> str:
 
 
 def _cmd_predict(args) -> int:
-    images = [load_image(path) for path in args.images]  # all read (and checked) before any output
+    images = [load_image(path, raw=args.raw) for path in args.images]  # all read (and checked) before any output
     model, _ = load_model(args.checkpoint)
     x = np.stack([image for image, _ in images])
     logits = predict_logits(model, x).astype(np.float64)
@@ -382,174 +414,116 @@ def _cmd_download(args) -> int:
 # Images
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _NPY_MAGIC = b"\x93NUMPY"
-# PNG colour type -> (samples per pixel, name); palette images (3) are left out.
-_PNG_COLOR_TYPES = {0: (1, "grayscale"), 2: (3, "RGB"), 4: (2, "gray+alpha"), 6: (4, "RGBA")}
+# What Pillow may open: the common raster formats. Not all it knows: its EPS reader runs Ghostscript.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "PPM")
+# A 40-megapixel photo is more than a picture of one digit needs. The size is checked in the header, before
+# any pixel is decoded (3-4 bytes a pixel for colour), so a small file that claims more costs nothing.
+MAX_IMAGE_PIXELS = 40_000_000
 
 
-def load_image(path) -> tuple[np.ndarray, str | None]:
-    """A 28x28 .png or .npy as the network's input: float32 (1, 28, 28), normalised as cyconv.data
-    does, and a warning (or None) if it looks like a dark digit on a light background."""
+def load_image(path, raw: bool = False) -> tuple[np.ndarray, str | None]:
+    """An image file as the network's input: float32 (1, 28, 28), normalised by cyconv.data.to_float32,
+    and a warning (or None).
+
+    path: a picture (PNG, JPEG, BMP, GIF, TIFF or PPM; any size and colour mode, read by Pillow) or a 2-D
+    .npy array (uint8 0..255, or float 0..1, rounded to 8 bits as MNIST's pixels are). By default the
+    digit is made to look like MNIST's by cyconv.data.prepare_digit: either polarity, any size, cropped,
+    scaled and centred. raw=True uses the pixels as they are, so the image must already be an MNIST digit:
+    28x28, white on black; the warning says when it is mostly bright.
+
+    Raises ImageError (a ValueError) naming the file for anything it cannot use; OSError if it cannot be
+    opened.
+    """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            is_npy = f.read(len(_NPY_MAGIC)) == _NPY_MAGIC
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory, not an image") from None
-    if raw.startswith(_PNG_SIGNATURE):
-        pixels = read_png(raw, path).astype(np.float32) / np.float32(255)
-    elif raw.startswith(_NPY_MAGIC):
-        pixels = _read_npy(path)
-    else:
-        raise ImageError(f"{path}: not a PNG or .npy file")
-    if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE):
-        size = "x".join(map(str, pixels.shape[::-1])) if pixels.ndim == 2 else f"shape {pixels.shape}"
-        raise ImageError(f"{path}: image is {size}, expected {IMAGE_SIZE}x{IMAGE_SIZE} (width x height)")
+    grey = _read_npy(path) if is_npy else _read_picture(path)
     warning = None
-    if pixels.mean() > 0.5:
-        warning = ("mostly bright: MNIST digits are white on black, so invert a dark-on-light image "
-                   "(255 - pixels) for a meaningful prediction")
-    x = (pixels - np.float32(data.MNIST_MEAN)) / np.float32(data.MNIST_STD)
-    return x.reshape(1, IMAGE_SIZE, IMAGE_SIZE).astype(np.float32), warning
+    if raw:
+        if grey.shape != (IMAGE_SIZE, IMAGE_SIZE):
+            raise ImageError(f"{path}: image is {grey.shape[1]}x{grey.shape[0]}, expected {IMAGE_SIZE}x{IMAGE_SIZE} "
+                             "(width x height); without --raw it would be scaled and centred")
+        if grey.mean() > 127.5:
+            warning = ("mostly bright: MNIST digits are white on black, so invert a dark-on-light image "
+                       "(255 - pixels), or leave out --raw, for a meaningful prediction")
+        digit = grey
+    else:
+        try:
+            digit = data.prepare_digit(grey)
+        except ValueError as e:
+            raise ImageError(f"{path}: {e}") from None
+    return data.to_float32(digit[None])[0], warning
 
 
 def _read_npy(path: Path) -> np.ndarray:
-    """A 2-D .npy of uint8 (or other integers) in 0..255, or floats in [0, 1], as float32 in [0, 1]."""
+    """A 2-D .npy of integers in 0..255, or floats in [0, 1], as uint8 (H, W)."""
     try:
         a = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise ImageError(f"{path}: cannot read as .npy: {e}") from e
-    if a.ndim != 2:
-        raise ImageError(f"{path}: array has shape {a.shape}, expected ({IMAGE_SIZE}, {IMAGE_SIZE})")
+    if a.ndim != 2 or a.size == 0:
+        raise ImageError(f"{path}: array has shape {a.shape}, expected a 2-D (height, width) image")
     if a.dtype.kind in "iu":
-        if a.size and (a.min() < 0 or a.max() > 255):
+        if a.min() < 0 or a.max() > 255:
             raise ImageError(f"{path}: integer pixels must be in 0..255, got {a.min()}..{a.max()}")
-        return a.astype(np.float32) / np.float32(255)
+        return a.astype(np.uint8)
     if a.dtype.kind == "f":
         if not np.all(np.isfinite(a)) or a.min() < 0 or a.max() > 1:
             raise ImageError(f"{path}: float pixels must be finite and in [0, 1]")
-        return a.astype(np.float32)
+        return np.rint(a * 255).astype(np.uint8)
     raise ImageError(f"{path}: dtype {a.dtype} is not an image; expected uint8 (0..255) or float (0..1)")
 
 
-def read_png(png: bytes, source="<png>") -> np.ndarray:
-    """Decode a non-interlaced 8-bit PNG (gray, gray+alpha, RGB, RGBA) to uint8 (H, W) grayscale.
-
-    Every chunk's CRC is checked; unknown ancillary chunks are skipped. Gray = round(0.299 R + 0.587 G +
-    0.114 B) (ITU-R 601, as Pillow's "L"), then alpha composites it over black, MNIST's background.
-    """
-    def fail(reason):
-        raise ImageError(f"{source}: {reason}")
-
-    if not png.startswith(_PNG_SIGNATURE):
-        fail("not a PNG file")
-    header, idat, pos = None, [], len(_PNG_SIGNATURE)
-    while True:
-        if pos + 8 > len(png):
-            fail("truncated PNG (no IEND chunk)")
-        length, ctype = struct.unpack(">I4s", png[pos:pos + 8])
-        end = pos + 12 + length
-        if end > len(png):
-            fail(f"truncated PNG (chunk {ctype!r} runs past the end of the file)")
-        body = png[pos + 8:end - 4]
-        if zlib.crc32(ctype + body) != struct.unpack(">I", png[end - 4:end])[0]:
-            fail(f"corrupt PNG (CRC mismatch in chunk {ctype.decode('latin1')!r})")
-        pos = end
-        if header is None and ctype != b"IHDR":
-            fail("corrupt PNG (the first chunk is not IHDR)")
-        if ctype == b"IHDR":
-            header = _png_header(body, fail)
-        elif ctype == b"IDAT":
-            idat.append(body)
-        elif ctype == b"IEND":
-            break
-        elif not ctype[0] & 0x20:  # bit 5 of the first byte clear: a critical chunk we do not know
-            fail(f"unsupported PNG (critical chunk {ctype.decode('latin1')!r})")
-    width, height, channels = header
-    stride = width * channels
-    raw = _inflate(b"".join(idat), height * (stride + 1), fail)
-    pixels = _unfilter(raw, height, stride, channels, fail).reshape(height, width, channels)
-    return _to_gray(pixels)
-
-
-def _png_header(body: bytes, fail) -> tuple[int, int, int]:
-    if len(body) != 13:
-        fail("corrupt PNG (IHDR is not 13 bytes)")
-    width, height, depth, color, compression, filtering, interlace = struct.unpack(">IIBBBBB", body)
-    if color not in _PNG_COLOR_TYPES:
-        fail(f"unsupported PNG colour type {color}" + (" (palette); save it as grayscale" if color == 3 else ""))
-    if depth != 8:
-        fail(f"unsupported PNG bit depth {depth}; only 8 bits per sample are read")
-    if interlace:
-        fail("interlaced PNGs are not supported; save it without interlacing")
-    if compression or filtering:
-        fail("corrupt PNG (unknown compression or filter method)")
-    if not 1 <= width <= 4096 or not 1 <= height <= 4096:
-        fail(f"PNG size {width}x{height} is out of range")
-    return width, height, _PNG_COLOR_TYPES[color][0]
-
-
-def _inflate(compressed: bytes, expected: int, fail) -> bytes:
-    """Decompress at most expected + 1 bytes, so a lying or hostile file cannot exhaust memory."""
+def _read_picture(path: Path) -> np.ndarray:
+    """A picture file as uint8 (H, W) grey, its size checked before its pixels are decoded."""
     try:
-        d = zlib.decompressobj()
-        raw = d.decompress(compressed, expected + 1)
-    except zlib.error as e:
-        fail(f"corrupt PNG image data ({e})")
-    if len(raw) != expected:
-        fail(f"corrupt PNG: image data is {len(raw)}{'+' if len(raw) > expected else ''} bytes, "
-             f"expected {expected}")
-    return raw
+        with warnings.catch_warnings():
+            # Pillow refuses more than 2 * Image.MAX_IMAGE_PIXELS and only warns above it: refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=IMAGE_FORMATS) as picture:  # reads the header only
+                width, height = picture.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise ImageError(f"{path}: image is {width}x{height}, too large to read (at most "
+                                     f"{MAX_IMAGE_PIXELS:,} pixels)")
+                # A phone's photo is stored as the sensor saw it, with the rotation to show it in EXIF.
+                ImageOps.exif_transpose(picture, in_place=True)
+                return _grey(picture)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not a .npy file or an image cyconv reads ({', '.join(IMAGE_FORMATS)}), "
+                         "or damaged") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{path}: image too large to read ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
+        # Pillow reports damaged files as any of these; the reason is in the message.
+        raise ImageError(f"{path}: cannot decode the image: {_one_line(e)}") from None
 
 
-def _unfilter(raw: bytes, height: int, stride: int, bpp: int, fail) -> np.ndarray:
-    """Undo the per-row PNG filters (None, Sub, Up, Average, Paeth); bpp is bytes per pixel."""
-    out = np.zeros((height, stride), np.uint8)
-    prev = np.zeros(stride, np.int32)
-    for y in range(height):
-        kind = raw[y * (stride + 1)]
-        line = np.frombuffer(raw, np.uint8, stride, y * (stride + 1) + 1).astype(np.int32)
-        if kind == 0:
-            cur = line
-        elif kind == 2:
-            cur = (line + prev) & 0xFF
-        elif kind in (1, 3, 4):
-            # Sub, Average and Paeth depend on the pixel to the left as just decoded: one byte at a time.
-            cur = line.copy()
-            for i in range(stride):
-                left = int(cur[i - bpp]) if i >= bpp else 0
-                up = int(prev[i])
-                if kind == 1:
-                    predictor = left
-                elif kind == 3:
-                    predictor = (left + up) >> 1
-                else:
-                    upper_left = int(prev[i - bpp]) if i >= bpp else 0
-                    predictor = _paeth(left, up, upper_left)
-                cur[i] = (cur[i] + predictor) & 0xFF
-        else:
-            fail(f"corrupt PNG (unknown filter type {kind} in row {y})")
-        out[y] = cur
-        prev = cur
-    return out
+def _grey(picture: Image.Image) -> np.ndarray:
+    """Any Pillow mode as uint8 grey: luma 0.299 R + 0.587 G + 0.114 B (Pillow's "L"), 16-bit scaled to
+    8, transparency flattened onto black or white (_flatten)."""
+    if picture.mode.startswith("I"):  # 16-bit grey ("I;16" and, from older Pillows, "I"): 0..65535
+        wide = np.clip(np.asarray(picture), 0, 65535).astype(np.uint32)
+        return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+    if picture.has_transparency_data:
+        rgba = picture.convert("RGBA")
+        return _flatten(np.asarray(rgba.convert("L")), np.asarray(rgba.getchannel("A")))
+    return np.asarray(picture.convert("L"))
 
 
-def _paeth(a: int, b: int, c: int) -> int:
-    p = a + b - c
-    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-    if pa <= pb and pa <= pc:
-        return a
-    return b if pb <= pc else c
+def _flatten(grey: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Composite grey over white if its opaque part is mostly dark, else over black.
 
-
-def _to_gray(pixels: np.ndarray) -> np.ndarray:
-    """(H, W, channels) uint8 -> (H, W) uint8 gray, alpha composited over black."""
-    channels = pixels.shape[2]
-    p = pixels.astype(np.int64)
-    if channels in (1, 2):
-        gray = p[..., 0]
-    else:  # integer arithmetic, rounded to nearest: exact and the same on every platform
-        gray = (299 * p[..., 0] + 587 * p[..., 1] + 114 * p[..., 2] + 500) // 1000
-    if channels in (2, 4):
-        gray = (gray * p[..., -1] + 127) // 255
-    return gray.astype(np.uint8)
+    A transparent canvas has no colour of its own: a paint program shows it as white (or a checkerboard)
+    and its pixels often hold black. Put behind the drawing the colour the ink stands out from.
+    """
+    opacity = int(alpha.sum(dtype=np.int64))
+    mean = int((grey.astype(np.int64) * alpha).sum()) / opacity if opacity else 0.0
+    background = 255 if mean < 128 else 0
+    a = alpha.astype(np.uint32)
+    return ((grey * a + background * (255 - a) + 127) // 255).astype(np.uint8)

@@ -96,7 +96,9 @@ def compare(data, *, epochs: int | None = None, cnn_epochs: int | None = None, l
 
     epochs: for the feature classifiers (default DEFAULT_EPOCHS); cnn_epochs: for LeNet-5 (default
     DEFAULT_CNN_EPOCHS). limit / test_limit: use the first N training / test images only. seed fixes
-    every model's initial weights and every epoch's batch order. log receives one line per row.
+    every model's initial weights and every epoch's batch order. log receives one progress line as each
+    row starts ("[2/5] intensity histogram + softmax regression"); the results are only in the rows
+    returned, so a caller that prints them (format_table) shows each once.
     """
     epochs = DEFAULT_EPOCHS if epochs is None else epochs
     cnn_epochs = DEFAULT_CNN_EPOCHS if cnn_epochs is None else cnn_epochs
@@ -107,7 +109,14 @@ def compare(data, *, epochs: int | None = None, cnn_epochs: int | None = None, l
 
     rows = []
     pixel_features = None
-    for name, extract in _extractors():
+    extractors = _extractors()
+    total = len(extractors) + 2  # and the MLP and LeNet-5
+
+    def starting(features, classifier):
+        log(f"[{len(rows) + 1}/{total}] {features} + {classifier}")
+
+    for name, extract in extractors:
+        starting(name, "softmax regression")
         started = time.perf_counter()
         x_train, x_test = standardize(extract(train_images), extract(test_images))
         feature_time = time.perf_counter() - started
@@ -115,20 +124,22 @@ def compare(data, *, epochs: int | None = None, cnn_epochs: int | None = None, l
             pixel_features = (x_train, x_test, feature_time)
         model = models.softmax_regression(x_train.shape[1], rng=np.random.default_rng(seed))
         rows.append(_fit_row(name, "softmax regression", model, x_train, y_train, x_test, y_test,
-                             feature_time, recipe, progress, log))
+                             feature_time, recipe, progress))
 
     x_train, x_test, feature_time = pixel_features
+    mlp_name = f"MLP ({x_train.shape[1]} -> {MLP_HIDDEN} -> 10)"
+    starting("pixels", mlp_name)
     model = models.mlp(MLP_HIDDEN, in_features=x_train.shape[1], rng=np.random.default_rng(seed))
-    rows.append(_fit_row("pixels", f"MLP ({x_train.shape[1]} -> {MLP_HIDDEN} -> 10)", model, x_train, y_train,
-                         x_test, y_test, feature_time, recipe, progress, log))
+    rows.append(_fit_row("pixels", mlp_name, model, x_train, y_train, x_test, y_test, feature_time, recipe,
+                         progress))
 
+    starting("learned (conv layers)", "LeNet-5")
     config = TrainConfig(model="lenet5", epochs=cnn_epochs, seed=seed)
     result = train(config, MNIST(train_images, train_labels, test_images, test_labels), progress=progress,
                    log=lambda line: None)
     conv_out = next(layer for layer in result.model if isinstance(layer, Linear)).in_features
     rows.append(Row("learned (conv layers)", "LeNet-5", conv_out, cnn_epochs, result.metrics[-1]["test_acc"],
                     sum(m["epoch_time_s"] for m in result.metrics), None))
-    log(_row_line(rows[-1]))
     return rows
 
 
@@ -140,8 +151,8 @@ def _subset(data, limit, test_limit):
     return (train_images[:limit], train_labels[:limit], test_images[:test_limit], test_labels[:test_limit])
 
 
-def _fit_row(features, classifier, model, x_train, y_train, x_test, y_test, feature_time, recipe, progress,
-             log) -> Row:
+def _fit_row(features, classifier, model, x_train, y_train, x_test, y_test, feature_time, recipe,
+             progress) -> Row:
     """Train `model` on feature vectors with train.py's per-epoch loop, then test it once."""
     config = TrainConfig(**recipe)  # its `model` field is not used: the model is given
     optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -151,14 +162,7 @@ def _fit_row(features, classifier, model, x_train, y_train, x_test, y_test, feat
         train_time += _train_epoch(model, optimizer, x_train, y_train, config, epoch, schedule,
                                    progress)["epoch_time_s"]
     accuracy = _test(model, x_test, y_test, 1000)["test_acc"]
-    row = Row(features, classifier, x_train.shape[1], config.epochs, accuracy, train_time, feature_time)
-    log(_row_line(row))
-    return row
-
-
-def _row_line(row: Row) -> str:
-    return (f"{row.features} + {row.classifier}: test acc {100 * row.test_acc:.2f}% "
-            f"({row.epochs} epoch{'' if row.epochs == 1 else 's'}, {row.train_time_s:.1f} s)")
+    return Row(features, classifier, x_train.shape[1], config.epochs, accuracy, train_time, feature_time)
 
 
 _HEADER = ("features", "classifier", "dim", "epochs", "test acc", "train s", "features s")

@@ -2,6 +2,7 @@
 
 The loader returns the raw uint8 arrays: images (N, 28, 28) and labels (N,). `to_float32` turns images into
 the float32 NCHW (N, 1, 28, 28) batches the network takes; normalisation happens there and nowhere else.
+`prepare_digit` turns a picture of a digit from elsewhere (a scan, a paint program) into such an image.
 
 Nothing read from disk, a mirror or a package is trusted before it is checked: the IDX header (magic, number
 of dimensions, 28x28 images), a payload of exactly the size the header announces, image and label counts
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from PIL import Image
 
 from ._files import atomic_write
 
@@ -52,6 +54,7 @@ __all__ = [
     "download_mnist",
     "ensure_mnist",
     "to_float32",
+    "prepare_digit",
 ]
 
 # Mean and standard deviation of the 60,000 training pixels after scaling to [0, 1] (the values torchvision's
@@ -64,6 +67,17 @@ IDX_UBYTE = 0x08
 IMAGE_MAGIC = 0x00000803
 LABEL_MAGIC = 0x00000801
 ROWS = COLS = 28
+
+# How MNIST's digits were made from NIST's (LeCun et al.): each digit's bounding box scaled to fit DIGIT_BOX x
+# DIGIT_BOX keeping its aspect ratio, then placed in the 28x28 field so that its centre of mass falls on
+# pixel (DIGIT_CENTRE, DIGIT_CENTRE), row and column indices from 0 (measured on the training set:
+# 14.00 +- 0.29 on both axes, a whole-pixel shift).
+DIGIT_BOX = 20
+DIGIT_CENTRE = 14
+# prepare_digit: ink must differ from the background by more than _MIN_CONTRAST (of 255), or the picture is
+# blank; pixels fainter than _INK_FRACTION of the strongest ink are background (paper texture, JPEG ringing).
+_MIN_CONTRAST = 32
+_INK_FRACTION = 0.1
 
 ENV_VAR = "CYCONV_DATA"
 # Plain http is fine for the second mirror: what we trust is the MD5 check, not the channel.
@@ -295,6 +309,67 @@ def to_float32(images: np.ndarray) -> np.ndarray:
     out -= np.float32(MNIST_MEAN)
     out /= np.float32(MNIST_STD)
     return out
+
+
+def prepare_digit(image: np.ndarray) -> np.ndarray:
+    """Make a picture of one handwritten digit look like an MNIST digit, the way MNIST's were made.
+
+    The picture may have any size and either polarity. In order:
+
+    1. A light background (the median of the outermost rows and columns above 127: a dark digit on
+       paper or in a paint program) is inverted, so the digit is bright on dark as in MNIST.
+    2. The background level is subtracted and the ink stretched to 0..255; pixels fainter than 10% of the
+       strongest ink become 0, as MNIST's background is.
+    3. The ink's bounding box is cut out and scaled (Lanczos, antialiased) to fit 20x20, keeping its
+       aspect ratio.
+    4. It is placed in a black 28x28 image with its centre of mass on pixel (14, 14), where MNIST's
+       digits have theirs (shifted less where the digit would otherwise leave the image).
+
+    Shape:
+        image (H, W) uint8, grey -> (28, 28) uint8, a white digit on black
+
+    Raises ValueError if the picture is blank (no pixel differs from the background by more than 32).
+
+    Example:
+        >>> grey = np.asarray(PIL.Image.open("seven.png").convert("L"))   # any size, black on white
+        >>> x = to_float32(prepare_digit(grey)[None])                      # (1, 1, 28, 28), for the network
+    """
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        got = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
+        raise TypeError(f"prepare_digit(): image must be a uint8 ndarray, got {got}")
+    if image.ndim != 2 or image.size == 0:
+        raise ValueError(f"prepare_digit(): image must be a non-empty (H, W) grey image, got shape {image.shape}")
+    # The median of the border, not the mean of the picture: a bold digit can cover half of a tight crop.
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    background = int(np.median(border))
+    ink = image.astype(np.int16) - background
+    if background > 127:
+        np.negative(ink, out=ink)
+    contrast = int(ink.max())
+    if contrast <= _MIN_CONTRAST:
+        raise ValueError(f"prepare_digit(): image is blank: no pixel differs from the background (the median "
+                         f"of its border, {background}) by more than {_MIN_CONTRAST} of 255")
+    ink[ink < _INK_FRACTION * contrast] = 0
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    box = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.float32) * np.float32(255 / contrast)
+
+    scale = DIGIT_BOX / max(box.shape)
+    size = (max(1, round(box.shape[1] * scale)), max(1, round(box.shape[0] * scale)))  # (width, height)
+    # Float ("F") mode, so the stretched values are rounded once, at the end.
+    patch = np.asarray(Image.fromarray(box).resize(size, Image.Resampling.LANCZOS)).clip(0, 255)
+
+    height, width = patch.shape
+    mass = patch.sum()
+    top = _place(DIGIT_CENTRE - patch.sum(axis=1) @ np.arange(height) / mass, height, ROWS)
+    left = _place(DIGIT_CENTRE - patch.sum(axis=0) @ np.arange(width) / mass, width, COLS)
+    out = np.zeros((ROWS, COLS), np.uint8)
+    out[top:top + height, left:left + width] = np.rint(patch)
+    return out
+
+
+def _place(offset: float, length: int, field: int) -> int:
+    """The whole-pixel offset nearest to `offset` that keeps `length` pixels inside `field`."""
+    return int(min(max(np.floor(offset + 0.5), 0), field - length))
 
 
 # ---------------------------------------------------------------------------------------------------------

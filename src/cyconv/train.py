@@ -133,12 +133,14 @@ class TrainResult:
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during train(): `checkpoint` is the last complete checkpoint of this run (None if none yet)
-    and `epochs_done` the number of epochs it holds."""
+    and `epochs_done` the number of epochs it holds; `out_dir` is train()'s out_dir (None without one),
+    which resuming needs."""
 
-    def __init__(self, checkpoint: Path | None, epochs_done: int):
+    def __init__(self, checkpoint: Path | None, epochs_done: int, out_dir: Path | None = None):
         super().__init__(checkpoint, epochs_done)
         self.checkpoint = checkpoint
         self.epochs_done = epochs_done
+        self.out_dir = out_dir
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -225,7 +227,8 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
     except KeyboardInterrupt:
         # metrics already counts the epoch whose checkpoint was being written when Ctrl-C came, and the
         # file still holds the one before: report what the file holds (without out_dir, what was trained).
-        raise TrainingInterrupted(saved, saved_epochs if checkpoint_path is not None else len(metrics)) from None
+        raise TrainingInterrupted(saved, saved_epochs if checkpoint_path is not None else len(metrics),
+                                  out_dir) from None
     return TrainResult(model, optimizer, metrics, saved)
 
 
