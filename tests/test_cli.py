@@ -515,12 +515,11 @@ def ctrl_c_in_the_second_epoch():
         yield
 
 
-def continue_command(stdout):
-    """The command an interrupted `cyconv train` printed last, as argv for cli.main."""
-    prefix = "to continue: cyconv "
-    last = stdout.splitlines()[-1]
-    assert last.startswith(prefix), stdout
-    return shlex.split(last.removeprefix(prefix))
+def continue_command(err):
+    """The command an interrupted `cyconv train` gave in its one line on stderr, as argv for cli.main."""
+    lines = err.splitlines()
+    assert len(lines) == 1 and "; continue with: cyconv " in lines[0], err
+    return shlex.split(lines[0].split("; continue with: cyconv ", 1)[1])
 
 
 def test_resume_continues_with_the_saved_options(capsys, tmp_path, mnist_dir):
@@ -530,9 +529,9 @@ def test_resume_continues_with_the_saved_options(capsys, tmp_path, mnist_dir):
     with ctrl_c_in_the_second_epoch():
         status, stdout, err = run(capsys, *argv)
     assert status == 130
-    assert err.splitlines() == [f"cyconv: interrupted; last complete checkpoint: {out / CHECKPOINT_NAME} "
-                                "(after epoch 1); continue with --resume"]
-    command = continue_command(stdout)
+    assert err.startswith(f"cyconv: interrupted; last complete checkpoint: {out / CHECKPOINT_NAME} "
+                          "(after epoch 1); continue with: "), err
+    command = continue_command(err)
     assert command == ["train", "--resume", "--out", str(out), "--data", str(mnist_dir)]
 
     conflicting = ["train", "--resume", "--out", out, "--lr", "0.5", "--data", mnist_dir, "--no-progress"]
@@ -558,10 +557,9 @@ def test_interrupt_prints_the_whole_command_to_continue(capsys, tmp_path, mnist_
             "--threads", "1", *options]
     with ctrl_c_in_the_second_epoch():
         status, stdout, err = run(capsys, *argv)
-    assert status == 130 and len(err.splitlines()) == 1 and err.endswith("continue with --resume\n"), err
-    assert stdout.splitlines()[-1] == f"to continue: {expected}"
+    assert status == 130 and len(err.splitlines()) == 1 and err.endswith(f"continue with: {expected}\n"), err
     # ... and that command does continue the run.
-    status, stdout, err = run(capsys, *continue_command(stdout), "--threads", "1")
+    status, stdout, err = run(capsys, *continue_command(err), "--threads", "1")
     assert status == 0, err
     assert "resuming after epoch 1" in stdout and "epoch 2/2" in stdout
 

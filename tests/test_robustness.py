@@ -621,7 +621,7 @@ def test_sigkill_while_writing_then_resume_equals_uninterrupted_run(mnist_dir, r
 
 
 INTERRUPTED = re.compile(r"^cyconv: interrupted; last complete checkpoint: (.+) \(after epoch (\d+)\); "
-                         r"continue with --resume$")
+                         r"continue with: cyconv train --resume( .*)?$")
 
 
 def assert_clean_interrupt(status, err, out):

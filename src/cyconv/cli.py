@@ -233,13 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         if e.checkpoint is None:
             message = "interrupted before the first epoch ended; no checkpoint was written"
         else:
+            # The whole command: a run outside the default directory needs its --out (and --data).
             message = (f"interrupted; last complete checkpoint: {e.checkpoint} (after epoch {e.epochs_done}); "
-                       "continue with --resume")
+                       f"continue with: {_resume_command(e.out_dir, getattr(args, 'data', None))}")
         print(f"{PROG}: {message}", file=sys.stderr)
-        if e.checkpoint is not None:
-            # The whole command, which a run outside the default directory needs: on stdout, as the last
-            # line of the run's record (the epoch lines), leaving the one-line status alone on stderr.
-            print(f"to continue: {_resume_command(e.out_dir, getattr(args, 'data', None))}")
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
