@@ -24,7 +24,7 @@ from PIL import Image, ImageFile
 import cyconv
 import cyconv.train as train_module
 from cyconv import cli, models
-from cyconv.checkpoint import MODELS, build_model
+from cyconv.models import MODELS, build_model
 from cyconv.models import summary
 from cyconv.data import load_mnist, prepare_digit, to_float32
 from cyconv.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, train
@@ -503,7 +503,7 @@ def test_evaluate_prints_accuracy_and_confusion_matrix(capsys, trained_run, mnis
 @contextlib.contextmanager
 def ctrl_c_in_the_second_epoch():
     """Ctrl-C as `cyconv train` starts its second epoch, after the first one's checkpoint is written."""
-    real = train_module._train_epoch
+    real = train_module.train_epoch
 
     def stop_at_second_epoch(model, optimizer, x, y, config, epoch, *args):
         if epoch == 1:
@@ -511,7 +511,7 @@ def ctrl_c_in_the_second_epoch():
         return real(model, optimizer, x, y, config, epoch, *args)
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(train_module, "_train_epoch", stop_at_second_epoch)
+        m.setattr(train_module, "train_epoch", stop_at_second_epoch)
         yield
 
 
@@ -568,7 +568,7 @@ def test_interrupt_before_any_checkpoint(capsys, tmp_path, mnist_dir, monkeypatc
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "_train_epoch", interrupted)
+    monkeypatch.setattr(train_module, "train_epoch", interrupted)
     status, _, err = run(capsys, "train", "--limit", "100", "--data", mnist_dir, "--out", tmp_path)
     assert status == 130
     assert err.splitlines() == ["cyconv: interrupted before the first epoch ended; no checkpoint was written"]

@@ -86,14 +86,14 @@ def assert_same_state(a, b):
 
 def interrupt_at_epoch(monkeypatch, stop_epoch):
     """Make train() see a Ctrl-C when the 0-based epoch `stop_epoch` starts."""
-    real = train_module._train_epoch
+    real = train_module.train_epoch
 
     def fake(model, optimizer, x, y, config, epoch, *args):
         if epoch == stop_epoch:
             raise KeyboardInterrupt
         return real(model, optimizer, x, y, config, epoch, *args)
 
-    monkeypatch.setattr(train_module, "_train_epoch", fake)
+    monkeypatch.setattr(train_module, "train_epoch", fake)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ A checkpoint holds numbers and strings only, never a pickle: it is written with 
 `np.load(..., allow_pickle=False)`, so opening one cannot run code. Its keys:
 
     format             int, CHECKPOINT_FORMAT (the layout version)
-    model_name         str, a key of MODELS ("lenet5" or "mlp")
+    model_name         str, a name in cyconv.models.MODELS ("lenet5" or "mlp")
     epoch              int, the number of completed epochs
     config             str, JSON: the training configuration (at least "model", and "hidden" for mlp)
     metrics            str, JSON: the list of per-epoch metrics so far
@@ -35,22 +35,19 @@ from pathlib import Path
 
 import numpy as np
 
-from . import models
 from ._files import atomic_write
+from .models import MODELS, build_model
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "MODELS",
     "Checkpoint",
     "CheckpointError",
-    "build_model",
     "save_checkpoint",
     "load_checkpoint",
     "load_model",
 ]
 
 CHECKPOINT_FORMAT = 1
-MODELS = ("lenet5", "mlp")
 
 _MODEL_PREFIX = "model/"
 _OPTIMIZER_PREFIX = "optimizer/"
@@ -74,15 +71,6 @@ class Checkpoint:
     info: dict
     model_state: dict[str, np.ndarray] = field(repr=False)
     optimizer_state: dict[str, np.ndarray] = field(repr=False)
-
-
-def build_model(name: str, *, hidden: int = 500, rng=None):
-    """A fresh model by the name a checkpoint records: "lenet5" or "mlp" (with `hidden` units)."""
-    if name == "lenet5":
-        return models.lenet5(rng=rng)
-    if name == "mlp":
-        return models.mlp(hidden=hidden, rng=rng)
-    raise ValueError(f"build_model(): name must be one of {', '.join(MODELS)}, got {name!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------

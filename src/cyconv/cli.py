@@ -37,7 +37,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import __version__, compare, data, set_num_threads
 from ._files import atomic_write
-from .checkpoint import MODELS, build_model, load_checkpoint, load_model
+from .checkpoint import load_checkpoint, load_model
+from .models import MODELS, build_model
 from .models import summary
 from .train import (CHECKPOINT_NAME, SCHEDULES, TrainConfig, TrainingInterrupted, confusion_matrix,
                     predict_logits, train)

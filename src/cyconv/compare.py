@@ -44,7 +44,7 @@ from . import models
 from .data import MNIST
 from .nn import Linear
 from .optim import SGD
-from .train import TrainConfig, _schedule, _test, _train_epoch, train
+from .train import TrainConfig, evaluate, lr_schedule, train, train_epoch
 
 __all__ = ["DEFAULT_EPOCHS", "DEFAULT_CNN_EPOCHS", "Row", "compare", "standardize", "format_table", "as_dicts",
            "plot"]
@@ -156,12 +156,12 @@ def _fit_row(features, classifier, model, x_train, y_train, x_test, y_test, feat
     """Train `model` on feature vectors with train.py's per-epoch loop, then test it once."""
     config = TrainConfig(**recipe)  # its `model` field is not used: the model is given
     optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    schedule = _schedule(config, -(-len(y_train) // config.batch_size))
+    schedule = lr_schedule(config, -(-len(y_train) // config.batch_size))
     train_time = 0.0
     for epoch in range(config.epochs):
-        train_time += _train_epoch(model, optimizer, x_train, y_train, config, epoch, schedule,
+        train_time += train_epoch(model, optimizer, x_train, y_train, config, epoch, schedule,
                                    progress)["epoch_time_s"]
-    accuracy = _test(model, x_test, y_test, 1000)["test_acc"]
+    accuracy = evaluate(model, x_test, y_test, 1000)["test_acc"]
     return Row(features, classifier, x_train.shape[1], config.epochs, accuracy, train_time, feature_time)
 
 

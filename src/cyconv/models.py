@@ -16,7 +16,19 @@ import numpy as np
 
 from .nn import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential, _count, _float_dtype, _generator
 
-__all__ = ["lenet5", "mlp", "softmax_regression", "summary"]
+__all__ = ["lenet5", "mlp", "softmax_regression", "summary", "MODELS", "build_model"]
+
+# The models the command line trains and a checkpoint can name.
+MODELS = ("lenet5", "mlp")
+
+
+def build_model(name: str, *, hidden: int = 500, rng=None):
+    """A fresh model by the name a checkpoint records: "lenet5" or "mlp" (with `hidden` units)."""
+    if name == "lenet5":
+        return lenet5(rng=rng)
+    if name == "mlp":
+        return mlp(hidden=hidden, rng=rng)
+    raise ValueError(f"build_model(): name must be one of {', '.join(MODELS)}, got {name!r}")
 
 
 def lenet5(num_classes=10, *, dtype=np.float32, rng=None):

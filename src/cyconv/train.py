@@ -31,7 +31,8 @@ from tqdm import tqdm
 from . import functional as F
 from ._threads import get_num_threads
 from ._files import atomic_write, remove_stale_temp_files
-from .checkpoint import MODELS, build_model, load_checkpoint, restore, save_checkpoint
+from .checkpoint import load_checkpoint, restore, save_checkpoint
+from .models import MODELS, build_model
 from .data import to_float32
 from .optim import SGD, cosine_lr, step_lr
 
@@ -41,6 +42,9 @@ __all__ = [
     "TrainResult",
     "TrainingInterrupted",
     "train",
+    "train_epoch",
+    "lr_schedule",
+    "evaluate",
     "predict_logits",
     "confusion_matrix",
     "CHECKPOINT_NAME",
@@ -204,11 +208,11 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
     log(f"training {config.model} on {n_train} images ({steps_per_epoch} steps/epoch, batch "
         f"{config.batch_size}), testing on {len(test_y)}; {_plural(get_num_threads(), 'thread')}"
         + (f"; resuming after epoch {start_epoch}" if start_epoch else ""))
-    schedule = _schedule(config, steps_per_epoch)
+    schedule = lr_schedule(config, steps_per_epoch)
     try:
         for epoch in range(start_epoch, config.epochs):
-            stats = _train_epoch(model, optimizer, train_x, train_y, config, epoch, schedule, progress)
-            stats.update(_test(model, test_x, test_y, eval_batch_size))
+            stats = train_epoch(model, optimizer, train_x, train_y, config, epoch, schedule, progress)
+            stats.update(evaluate(model, test_x, test_y, eval_batch_size))
             metrics.append(stats)
             log(_epoch_line(stats, config.epochs))
             if checkpoint_path is not None:
@@ -269,8 +273,8 @@ def _resume(path: Path, config: TrainConfig, n_train: int, model, optimizer):
     return ckpt.epoch, list(ckpt.metrics)
 
 
-def _schedule(config: TrainConfig, steps_per_epoch: int):
-    """step (0-based, over the whole run) -> learning rate."""
+def lr_schedule(config: TrainConfig, steps_per_epoch: int):
+    """The recipe's learning rate as a function: step (0-based, over the whole run) -> lr."""
     total = config.epochs * steps_per_epoch
     if config.schedule == "cosine":
         return lambda step: cosine_lr(step, total, config.lr, warmup_steps=config.warmup_steps)
@@ -285,7 +289,10 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, _SHUFFLE_STREAM, epoch]).permutation(n)
 
 
-def _train_epoch(model, optimizer, x, y, config: TrainConfig, epoch: int, schedule, progress) -> dict:
+def train_epoch(model, optimizer, x, y, config: TrainConfig, epoch: int, schedule, progress=None) -> dict:
+    """One epoch of SGD over (x, y) in the recipe's shuffled order (which depends on config.seed and epoch
+    alone); schedule from lr_schedule; progress: a bar on stderr (None: when stderr is a terminal).
+    Returns the epoch's metrics (train loss and accuracy, time, images/s, last lr, steps so far)."""
     n, bs = len(y), config.batch_size
     steps = -(-n // bs)
     order = _epoch_order(config.seed, epoch, n)
@@ -327,7 +334,8 @@ def _train_epoch(model, optimizer, x, y, config: TrainConfig, epoch: int, schedu
     }
 
 
-def _test(model, x, y, batch_size) -> dict:
+def evaluate(model, x, y, batch_size=1000) -> dict:
+    """Test accuracy of model on (x, y), in eval mode (left in train mode after), and the time it took."""
     started = time.perf_counter()
     model.eval()
     accuracy = float(np.mean(predict_logits(model, x, batch_size).argmax(axis=1) == y))
