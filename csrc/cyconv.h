@@ -110,6 +110,7 @@ typedef struct cyconv_gemm {
                   ptrdiff_t mr, ptrdiff_t nr, const float *bias, int accumulate);
 } cyconv_gemm;
 const cyconv_gemm *gemm_kernel(void);
+const cyconv_gemm *gemm_kernel_for(int isa); /* a given tier's (generic if unsupported) */
 ptrdiff_t gemm_packed_size(const cyconv_gemm *g, ptrdiff_t M, ptrdiff_t K);
 void gemm_pack_a_f32(const cyconv_gemm *g, float *packed, const float *a, ptrdiff_t M, ptrdiff_t K,
                      ptrdiff_t row_stride, ptrdiff_t col_stride);

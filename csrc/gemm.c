@@ -250,6 +250,11 @@ static const cyconv_gemm gemm_kernels[CYCONV_ISA_COUNT] = {
 #endif
 };
 
+const cyconv_gemm *gemm_kernel_for(int isa)
+{
+    return &gemm_kernels[cyconv_isa_supported(isa) ? isa : CYCONV_ISA_GENERIC];
+}
+
 const cyconv_gemm *gemm_kernel(void)
 {
     return &gemm_kernels[cyconv_isa];

@@ -496,6 +496,21 @@ sys.exit(main(sys.argv[4:]))
 """
 
 
+def _interruptible():
+    """In the child before exec: SIGINT back to its default, so Python installs its Ctrl-C handler there
+    even when these tests run where SIGINT is ignored (a background job of a non-interactive shell, as
+    CI harnesses start them: ignored signals are inherited through exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(autouse=True)
+def python_ctrl_c_handler():
+    """Every test here starts with Python's own Ctrl-C handler, whatever the test run inherited."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 class Cyconv:
     """`python -m cyconv ARGS` in the background, or with pause=(point, file, n) stopped at that write
     (see PAUSED); stdout lines are collected as they come."""
@@ -505,7 +520,7 @@ class Cyconv:
         env.pop("CYCONV_DEBUG", None)
         head = ["-m", "cyconv"] if pause is None else ["-c", PAUSED, *map(str, pause)]
         self.proc = subprocess.Popen([sys.executable, *head, *map(str, argv)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env)
+                                     stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_interruptible)
         self.lines, self.err = [], []
         # One reader per pipe, so neither can fill up and block the process.
         self._readers = [threading.Thread(target=self._read, args=(pipe, into), daemon=True)

@@ -21,6 +21,7 @@ import os
 import numpy as np
 
 from cython.parallel cimport parallel, prange, threadid
+from libc.math cimport exp, log
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
@@ -97,6 +98,7 @@ cdef extern from "cyconv.h" nogil:
     ctypedef struct cyconv_gemm:
         Py_ssize_t mr
     const cyconv_gemm *gemm_kernel() noexcept
+    const cyconv_gemm *gemm_kernel_for(int isa) noexcept
     Py_ssize_t gemm_packed_size(const cyconv_gemm *g, Py_ssize_t M, Py_ssize_t K) noexcept
     void gemm_pack_a_f32(const cyconv_gemm *g, float *packed, const float *a, Py_ssize_t M, Py_ssize_t K,
                          Py_ssize_t row_stride, Py_ssize_t col_stride) noexcept
@@ -1039,3 +1041,259 @@ def hog(floating[::1] out, const floating[::1] images, float[::1] scratch,
             else:
                 hog_f64(&out[n * D], hist, &images[n * H * W * C], H, W, C, orientations,
                         cr, cc, br, bc)
+
+
+# ---------------------------------------------------------------------------
+# The compiled forward (cyconv.compile): a model's whole inference pass in one
+# call and one parallel region. cyconv.predictor plans it: a table of ops (one
+# row per op, the columns below), the parameters in one array, the float
+# convolutions' weights packed once for the GEMM of the tier it was compiled on,
+# and the buffers sized once. Each op is a worksharing loop over what the batch
+# makes worth splitting (images, or each image's columns and channels when there
+# are fewer images than threads; output columns of the linear layers; planes;
+# rows), with a barrier between ops, so the threads wake once per forward.
+# Activations ping-pong between two buffers; the first op reads the input, the
+# last writes the output.
+
+cdef enum:
+    OP_CONV = 0
+    OP_LINEAR = 1
+    OP_POOL = 2
+    OP_ACT = 3
+    OP_SOFTMAX = 4
+
+    ACT_NONE = 0
+    ACT_RELU = 1
+    ACT_SIGMOID = 2
+    ACT_TANH = 3
+    ACT_LOG = 4  # OP_SOFTMAX: log-softmax
+
+    POOL_NONE = 0
+    POOL_MAX = 1
+    POOL_AVG = 2
+
+    # columns of the op table
+    F_KIND = 0
+    F_ACT = 1
+    F_POOL = 2
+    F_C = 3     # conv/pool: input channels; linear: in features
+    F_H = 4
+    F_W = 5
+    F_O = 6     # conv: out channels; linear: out features
+    F_KH = 7
+    F_KW = 8
+    F_SH = 9
+    F_SW = 10
+    F_PH = 11
+    F_PW = 12
+    F_HO = 13
+    F_WO = 14
+    F_PKH = 15  # the pooling (fused into a convolution, or alone: then F_C, F_H, F_W are its input)
+    F_PKW = 16
+    F_PSH = 17
+    F_PSW = 18
+    F_PPH = 19
+    F_PPW = 20
+    F_PHO = 21
+    F_PWO = 22
+    F_PINCL = 23  # average pooling's count_include_pad
+    F_WEIGHT = 24  # offsets into params and packed; -1: none
+    F_BIAS = 25
+    F_PACKED = 26
+    F_IN = 27    # elements per image of the op's input and output
+    F_OUT = 28
+    OP_FIELDS = 29
+
+
+def op_fields():
+    """The op table's layout, for cyconv.predictor: {name: column}."""
+    return dict(kind=F_KIND, act=F_ACT, pool=F_POOL, C=F_C, H=F_H, W=F_W, O=F_O, kh=F_KH, kw=F_KW, sh=F_SH,
+                sw=F_SW, ph=F_PH, pw=F_PW, Ho=F_HO, Wo=F_WO, pkh=F_PKH, pkw=F_PKW, psh=F_PSH, psw=F_PSW, pph=F_PPH,
+                ppw=F_PPW, pHo=F_PHO, pWo=F_PWO, pincl=F_PINCL, weight=F_WEIGHT, bias=F_BIAS, packed=F_PACKED,
+                In=F_IN, Out=F_OUT, count=OP_FIELDS,
+                OP_CONV=OP_CONV, OP_LINEAR=OP_LINEAR, OP_POOL=OP_POOL, OP_ACT=OP_ACT, OP_SOFTMAX=OP_SOFTMAX,
+                ACT_NONE=ACT_NONE, ACT_RELU=ACT_RELU, ACT_SIGMOID=ACT_SIGMOID, ACT_TANH=ACT_TANH,
+                ACT_LOG=ACT_LOG, POOL_NONE=POOL_NONE, POOL_MAX=POOL_MAX, POOL_AVG=POOL_AVG)
+
+
+def packed_size(Py_ssize_t M, Py_ssize_t K, int isa):
+    """Floats of an (M, K) weight packed for tier isa's GEMM."""
+    return gemm_packed_size(gemm_kernel_for(isa), M, K)
+
+
+def pack_weights(float[::1] packed, const float[::1] weight, Py_ssize_t M, Py_ssize_t K, int isa):
+    # OUT packed (packed_size(M, K, isa),); IN weight (M, K)
+    cdef const cyconv_gemm *g = gemm_kernel_for(isa)
+    check_scratch("pack_weights", "packed", packed.shape[0], gemm_packed_size(g, M, K))
+    gemm_pack_a_f32(g, &packed[0], &weight[0], M, K, K, 1)
+
+
+cdef inline void activate(int act, floating *y, const floating *x, Py_ssize_t n) noexcept nogil:
+    # y (n,) = act(x); y may be x
+    if act == ACT_RELU:
+        if floating is float:
+            relu_forward_f32(y, x, n)
+        else:
+            relu_forward_f64(y, x, n)
+    elif act == ACT_SIGMOID:
+        if floating is float:
+            sigmoid_forward_f32(y, x, n)
+        else:
+            sigmoid_forward_f64(y, x, n)
+    elif act == ACT_TANH:
+        if floating is float:
+            tanh_forward_f32(y, x, n)
+        else:
+            tanh_forward_f64(y, x, n)
+
+
+cdef inline void pool_plane(const Py_ssize_t *op, floating *y, const floating *x, bint relu) noexcept nogil:
+    # one plane of op's pooling: x (H', W') -> y (pHo, pWo); relu: max_pool2d(relu(x))
+    cdef Py_ssize_t H = op[F_HO], W = op[F_WO]
+    if op[F_KIND] == OP_POOL:
+        H, W = op[F_H], op[F_W]
+    if op[F_POOL] == POOL_MAX:
+        if floating is float:
+            maxpool2d_forward_f32(y, NULL, x, H, W, op[F_PKH], op[F_PKW], op[F_PSH], op[F_PSW], op[F_PPH],
+                                  op[F_PPW], op[F_PHO], op[F_PWO], relu)
+        else:
+            maxpool2d_forward_f64(y, NULL, x, H, W, op[F_PKH], op[F_PKW], op[F_PSH], op[F_PSW], op[F_PPH],
+                                  op[F_PPW], op[F_PHO], op[F_PWO], relu)
+    else:
+        if floating is float:
+            avgpool2d_forward_f32(y, x, H, W, op[F_PKH], op[F_PKW], op[F_PSH], op[F_PSW], op[F_PPH], op[F_PPW],
+                                  op[F_PHO], op[F_PWO], op[F_PINCL])
+        else:
+            avgpool2d_forward_f64(y, x, H, W, op[F_PKH], op[F_PKW], op[F_PSH], op[F_PSW], op[F_PPH], op[F_PPW],
+                                  op[F_PHO], op[F_PWO], op[F_PINCL])
+
+
+cdef inline void conv_epilogue_plane(const Py_ssize_t *op, floating *y, floating *conv_out) noexcept nogil:
+    # one output plane of a convolution op: its activation, then its pooling into y (if any).
+    # ReLU before a max pooling is the pooling's relu flag; any other activation is applied in place.
+    cdef Py_ssize_t L = op[F_HO] * op[F_WO]
+    cdef bint relu_in_pool = op[F_ACT] == ACT_RELU and op[F_POOL] == POOL_MAX
+    if not relu_in_pool:
+        activate(op[F_ACT], conv_out, conv_out, L)
+    if op[F_POOL] != POOL_NONE:
+        pool_plane(op, y, conv_out, relu_in_pool)
+
+
+cdef inline void softmax_row(floating *y, const floating *x, Py_ssize_t K, bint take_log) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef floating m = x[0], s = 0
+    for k in range(1, K):
+        if x[k] > m:
+            m = x[k]
+    for k in range(K):
+        s = s + exp(x[k] - m)
+    for k in range(K):
+        y[k] = x[k] - m - log(s) if take_log else exp(x[k] - m) / s
+
+
+def predict(floating[::1] out, const floating[::1] x, const Py_ssize_t[:, ::1] ops, const floating[::1] params,
+            const float[::1] packed, int gemm_isa, floating[::1] act_a, floating[::1] act_b,
+            floating[::1] scratch, Py_ssize_t per_thread, Py_ssize_t N, int num_threads):
+    # OUT out (N, last op's F_OUT); IN x (N, first op's F_IN); ops (nops, OP_FIELDS); params: every
+    # weight and bias; packed: the float convolutions' weights packed for tier gemm_isa's GEMM.
+    # act_a, act_b (N * the largest activation); SCRATCH (num_threads, per_thread): per thread one
+    # image's im2col columns and its convolution output (with fewer images than threads, the same
+    # space holds every image's).
+    cdef Py_ssize_t nops = ops.shape[0], l, n, p, it, b, c0, c1, l0, l1, o0, o1, i, K, L, PL, C, H, W, O, chunk
+    cdef const cyconv_gemm *g = gemm_kernel_for(gemm_isa)
+    cdef const Py_ssize_t *op
+    cdef const floating *src
+    cdef floating *dst
+    cdef floating *buf
+    cdef floating *conv_out
+    cdef const floating *cols
+    cdef const floating *w
+    cdef const floating *bias
+    cdef const float *pw_
+    cdef bint direct, pooled, split
+    cdef int t
+    if nops == 0 or N == 0:
+        return
+    check_scratch("predict", "x", x.shape[0], N * ops[0, F_IN])
+    check_scratch("predict", "out", out.shape[0], N * ops[nops - 1, F_OUT])
+    check_scratch("predict", "scratch", scratch.shape[0], num_threads * per_thread)
+    for l in range(nops):
+        check_scratch("predict", "act_a", act_a.shape[0], N * ops[l, F_OUT] if l < nops - 1 else 0)
+        check_scratch("predict", "act_b", act_b.shape[0], N * ops[l, F_OUT] if l < nops - 1 else 0)
+    with nogil:
+        blas_single_threaded()
+        with parallel(num_threads=num_threads):
+            for l in range(nops):
+                op = &ops[l, 0]
+                src = &x[0] if l == 0 else (&act_a[0] if l % 2 == 1 else &act_b[0])
+                dst = &out[0] if l == nops - 1 else (&act_a[0] if l % 2 == 0 else &act_b[0])
+                if op[F_KIND] == OP_CONV:
+                    C, H, W, O = op[F_C], op[F_H], op[F_W], op[F_O]
+                    K = C * op[F_KH] * op[F_KW]
+                    L = op[F_HO] * op[F_WO]
+                    PL = op[F_PHO] * op[F_PWO] if op[F_POOL] != POOL_NONE else L
+                    pooled = op[F_POOL] != POOL_NONE
+                    direct = direct_conv(op[F_KH], op[F_KW], op[F_SH], op[F_SW], op[F_PH], op[F_PW])
+                    w = &params[op[F_WEIGHT]]
+                    bias = &params[op[F_BIAS]] if op[F_BIAS] >= 0 else NULL
+                    pw_ = &packed[op[F_PACKED]] if op[F_PACKED] >= 0 else NULL
+                    split = N < num_threads
+                    if not split:  # one image at a time per thread, in its cache
+                        for n in prange(N, schedule='dynamic'):
+                            buf = &scratch[threadid() * per_thread]
+                            conv_out = buf + K * L if pooled else dst + n * O * L
+                            conv_image(g, pw_, conv_out, buf, src + n * C * H * W, w, bias, C, H, W, O,
+                                       op[F_KH], op[F_KW], op[F_SH], op[F_SW], op[F_PH], op[F_PW], op[F_HO],
+                                       op[F_WO])
+                            for p in range(O):
+                                conv_epilogue_plane(op, dst + (n * O + p) * PL, conv_out + p * L)
+                    else:  # fewer images than threads: split each image's columns, then its planes
+                        # scratch holds every image's columns (N*K*L) then conv outputs (N*O*L)
+                        if not direct:
+                            for it in prange(N * num_threads, schedule='static'):
+                                n, t = it // num_threads, it % num_threads
+                                c0, c1 = C * t // num_threads, C * (t + 1) // num_threads
+                                if c0 < c1:
+                                    im2col_image(&scratch[0] + (n * K + c0 * op[F_KH] * op[F_KW]) * L, L,
+                                                 src + (n * C + c0) * H * W, c1 - c0, H, W, op[F_KH], op[F_KW],
+                                                 op[F_SH], op[F_SW], op[F_PH], op[F_PW], op[F_HO], op[F_WO])
+                        for it in prange(N * num_threads, schedule='static'):
+                            n, t = it // num_threads, it % num_threads
+                            l0, l1 = block_start(L, num_threads, t), block_start(L, num_threads, t + 1)
+                            cols = src + n * C * H * W if direct else &scratch[0] + n * K * L
+                            conv_out = (&scratch[0] + N * K * L + n * O * L) if pooled else dst + n * O * L
+                            if l0 < l1:
+                                conv_output_gemm(g, pw_, O, l1 - l0, K, w, cols + l0, L, conv_out + l0, L, bias)
+                        for p in prange(N * O, schedule='static'):
+                            conv_out = (&scratch[0] + N * K * L) if pooled else dst
+                            conv_epilogue_plane(op, dst + p * PL, conv_out + p * L)
+                elif op[F_KIND] == OP_LINEAR:
+                    C, O = op[F_C], op[F_O]
+                    w = &params[op[F_WEIGHT]]
+                    bias = &params[op[F_BIAS]] if op[F_BIAS] >= 0 else NULL
+                    for b in prange((O + LINEAR_BLOCK - 1) // LINEAR_BLOCK, schedule='dynamic'):
+                        o0 = b * LINEAR_BLOCK
+                        o1 = min(O, o0 + LINEAR_BLOCK)
+                        if N <= LINEAR_GEMV_MAX_ROWS:
+                            for n in range(N):
+                                gemv_t(<int>C, <int>(o1 - o0), w + o0 * C, <int>C, src + n * C, dst + n * O + o0)
+                        else:
+                            gemm(False, True, <int>N, <int>(o1 - o0), <int>C, 1, src, <int>C, w + o0 * C, <int>C,
+                                 0, dst + o0, <int>O)
+                        for n in range(N):
+                            if bias != NULL:
+                                add_bias_row(dst + n * O + o0, bias + o0, o1 - o0)
+                            activate(op[F_ACT], dst + n * O + o0, dst + n * O + o0, o1 - o0)
+                elif op[F_KIND] == OP_POOL:
+                    for p in prange(N * op[F_C], schedule='static'):
+                        pool_plane(op, dst + p * op[F_PHO] * op[F_PWO], src + p * op[F_H] * op[F_W],
+                                   op[F_ACT] == ACT_RELU)
+                elif op[F_KIND] == OP_ACT:
+                    chunk = (N * op[F_IN] + num_threads - 1) // num_threads
+                    for t in prange(num_threads, schedule='static'):
+                        i = t * chunk
+                        if i < N * op[F_IN]:
+                            activate(op[F_ACT], dst + i, src + i, min(chunk, N * op[F_IN] - i))
+                else:  # OP_SOFTMAX
+                    for n in prange(N, schedule='static'):
+                        softmax_row(dst + n * op[F_IN], src + n * op[F_IN], op[F_IN], op[F_ACT] == ACT_LOG)
