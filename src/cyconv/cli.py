@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import __version__, compare, data, set_num_threads
+from . import predictor as predictor_module
 from ._files import atomic_write
 from .checkpoint import load_checkpoint, load_model
 from .models import MODELS, build_model
@@ -154,9 +155,16 @@ def _build_parser():
     threads_option(p)
     p.set_defaults(run=_cmd_train)
 
-    p = commands.add_parser("evaluate", help="test-set accuracy and confusion matrix of a checkpoint",
-                            description="Evaluate a checkpoint on the 10,000 MNIST test images.")
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a checkpoint.npz from 'cyconv train'")
+    def model_options(p):
+        which = p.add_mutually_exclusive_group(required=True)
+        which.add_argument("--checkpoint", metavar="FILE", help="a checkpoint.npz from 'cyconv train'")
+        which.add_argument("--model", metavar="FILE", dest="onnx_model",
+                           help="an ONNX model (.onnx) with a (N, 1, 28, 28) input, e.g. from 'cyconv export' "
+                                "or PyTorch (needs the onnx package: pip install 'cyconv[onnx]')")
+
+    p = commands.add_parser("evaluate", help="test-set accuracy and confusion matrix of a model",
+                            description="Evaluate a checkpoint or an ONNX model on the 10,000 MNIST test images.")
+    model_options(p)
     p.add_argument("--batch-size", type=_int_at_least(1), default=1000, metavar="N", help="default: 1000")
     data_options(p)
     threads_option(p)
@@ -168,13 +176,21 @@ def _build_parser():
                     "colour mode, or 2-D .npy arrays (uint8 0..255 or float 0..1). A dark digit on a light "
                     "background is inverted; the digit is cropped, scaled to fit 20x20 and centred by its "
                     "centre of mass in 28x28, as MNIST's digits were.")
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a checkpoint.npz from 'cyconv train'")
+    model_options(p)
     p.add_argument("--raw", action="store_true",
                    help="use the pixels as they are: each image must already be an MNIST digit, 28x28, "
                         "white on black")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="a picture or .npy file")
     threads_option(p)
     p.set_defaults(run=_cmd_predict)
+
+    p = commands.add_parser("export", help="write a checkpoint's model as ONNX",
+                            description="Write the model of a checkpoint as an ONNX model (opset 17, dynamic "
+                                        "batch, input 'input', output 'logits'), for ONNX Runtime or any other "
+                                        "framework (needs the onnx package: pip install 'cyconv[onnx]').")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a checkpoint.npz from 'cyconv train'")
+    p.add_argument("--output", required=True, metavar="FILE", help="the .onnx file to write")
+    p.set_defaults(run=_cmd_export)
 
     p = commands.add_parser("summary", help="print a model's layer table",
                             description="Print the layers, output sizes and weight sizes of a model.")
@@ -322,13 +338,13 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    model, ckpt = load_model(args.checkpoint)
+    predictor, description = _load_predictor(args)
     mnist = _load_mnist(args)
     labels = mnist.test_labels.astype(np.int64)
-    predictions = predict_logits(model, data.to_float32(mnist.test_images), args.batch_size).argmax(axis=1)
+    predictions = predict_logits(predictor, data.to_float32(mnist.test_images), args.batch_size).argmax(axis=1)
     counts = confusion_matrix(labels, predictions, num_classes=10)
     correct = int(np.trace(counts))
-    print(f"{ckpt.path}: {ckpt.model_name}, {ckpt.epoch} epochs")
+    print(description)
     print(f"test accuracy {100 * correct / len(labels):.2f}% ({correct}/{len(labels)})")
     print()
     print(_confusion_table(counts))
@@ -350,9 +366,9 @@ def _confusion_table(counts: np.ndarray) -> str:
 
 def _cmd_predict(args) -> int:
     images = [load_image(path, raw=args.raw) for path in args.images]  # all read (and checked) before any output
-    model, _ = load_model(args.checkpoint)
+    predictor, _ = _load_predictor(args)
     x = np.stack([image for image, _ in images])
-    logits = predict_logits(model, x).astype(np.float64)
+    logits = predict_logits(predictor, x).astype(np.float64)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     for path, (_, warning) in zip(args.images, images):
@@ -362,6 +378,38 @@ def _cmd_predict(args) -> int:
     print(f"{'image':<{name_width}}  class  " + "  ".join(f"{f'p{c}':>6}" for c in range(probs.shape[1])))
     for path, p in zip(args.images, probs):
         print(f"{path:<{name_width}}  {int(p.argmax()):>5}  " + "  ".join(f"{v:6.4f}" for v in p))
+    return 0
+
+
+def _load_predictor(args):
+    """The model to run (a checkpoint's or an ONNX file's), compiled (cyconv.compile), and one line
+    that says which it is."""
+    if args.onnx_model is not None:
+        model = _onnx().load(args.onnx_model, final_softmax="drop")
+        description = f"{args.onnx_model}: ONNX model, {len(model)} layers"
+    else:
+        model, ckpt = load_model(args.checkpoint)
+        description = f"{ckpt.path}: {ckpt.model_name}, {ckpt.epoch} epochs"
+    try:
+        return predictor_module.compile(model.eval(), input_shape=(1, IMAGE_SIZE, IMAGE_SIZE)), description
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{args.onnx_model or args.checkpoint}: {e}") from None
+
+
+def _onnx():
+    from . import onnx as cyconv_onnx
+
+    try:
+        cyconv_onnx._onnx()
+    except ImportError as e:
+        raise _MissingDependency(str(e)) from None
+    return cyconv_onnx
+
+
+def _cmd_export(args) -> int:
+    model, ckpt = load_model(args.checkpoint)
+    _onnx().export(model, args.output, input_shape=(1, IMAGE_SIZE, IMAGE_SIZE))
+    print(f"{args.output}: {ckpt.model_name} from {ckpt.path} as ONNX (opset {_onnx().OPSET})")
     return 0
 
 

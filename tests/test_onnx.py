@@ -1,0 +1,295 @@
+"""cyconv.onnx: export is a valid ONNX model that ONNX Runtime runs to cyconv's outputs; load takes the
+graphs cyconv runs (hand-built ones, and PyTorch's own export when torch is installed), refuses the
+others naming node, op type and reason, and refuses malformed files clearly and without huge
+allocations; export -> load is exact."""
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="cyconv.onnx's tests need the onnx package (in cyconv[test])")
+ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is these tests' oracle (in cyconv[test])")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import cyconv  # noqa: E402
+import cyconv.onnx as conx  # noqa: E402
+from cyconv import models, nn  # noqa: E402
+from conftest import random_array  # noqa: E402
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def run_ort(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def every_layer(dtype=np.float32):
+    g = rng(1)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, dtype=dtype, rng=g), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, (3, 2), stride=(1, 2), padding=(1, 0), dtype=dtype, rng=g), nn.Tanh(),
+        nn.AvgPool2d(3, 1, 1, count_include_pad=False), nn.Conv2d(5, 6, 1, dtype=dtype, rng=g, bias=False),
+        nn.Sigmoid(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(12, 7, dtype=dtype, rng=g), nn.ReLU(),
+        nn.Linear(7, 5, dtype=dtype, rng=g), nn.LogSoftmax(dim=1)).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# export
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_export_runs_in_onnxruntime_as_in_cyconv(tmp_path, dtype):
+    model = every_layer(dtype)
+    path = tmp_path / "every.onnx"
+    conx.export(model, path)
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.opset_import[0].version == 17
+    assert [i.name for i in proto.graph.input] == ["input"] and proto.graph.output[0].name == "logits"
+    if dtype == np.float64:  # ONNX Runtime's CPU provider has no double Conv: checked valid, and loaded back
+        x = random_array(rng(1), (2, 2, 8, 8), dtype)
+        np.testing.assert_allclose(conx.load(path)(x.astype(np.float32)), model(x), rtol=1e-5, atol=1e-6)
+        return
+    for batch in (1, 3):  # the batch dimension is dynamic
+        x = random_array(rng(batch), (batch, 2, 8, 8), dtype)
+        np.testing.assert_allclose(run_ort(path, x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_export_then_load_is_exact(tmp_path):
+    model = models.lenet5(rng=rng(2)).eval()
+    path = tmp_path / "lenet5.onnx"
+    conx.export(model, path, input_shape=(1, 28, 28))
+    loaded = conx.load(path)
+    assert [type(m) for m in loaded] == [type(m) for m in model]
+    for (name, p), (name2, q) in zip(model.named_parameters(), loaded.named_parameters()):
+        assert name == name2
+        np.testing.assert_array_equal(p.data, q.data)
+    x = random_array(rng(3), (4, 1, 28, 28), np.float32)
+    np.testing.assert_array_equal(loaded(x), model(x))
+
+
+def test_every_layer_round_trip(tmp_path):
+    model = every_layer()
+    path = tmp_path / "every.onnx"
+    conx.export(model, path)
+    x = random_array(rng(4), (3, 2, 8, 8), np.float32)
+    np.testing.assert_array_equal(conx.load(path)(x), model(x))
+
+
+def test_export_writes_atomically_and_refuses_what_it_cannot_write(tmp_path):
+    class Mine(nn.Module):
+        def forward(self, x):
+            return x
+
+    path = tmp_path / "m.onnx"
+    with pytest.raises(TypeError, match="no ONNX form for Mine"):
+        conx.export(nn.Sequential(nn.Linear(2, 2, rng=rng()), Mine()), path)
+    with pytest.raises(ValueError, match="input_shape"):
+        conx.export(nn.Sequential(nn.Flatten(), nn.Linear(4, 2, rng=rng())), path)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_mlp_export_with_input_shape(tmp_path):
+    model = models.mlp(hidden=16, rng=rng(5)).eval()
+    path = tmp_path / "mlp.onnx"
+    conx.export(model, path, input_shape=(1, 28, 28))
+    x = random_array(rng(6), (2, 1, 28, 28), np.float32)
+    np.testing.assert_allclose(run_ort(path, x), model(x), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# load: hand-built graphs of every supported form
+
+
+def make_model(nodes, initializers, in_dims, out_name="y", opset=17):
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_dims)],
+                              [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in initializers.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def save(tmp_path, model, name="m.onnx"):
+    path = tmp_path / name
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+W = random_array(rng(7), (3, 2, 3, 3), np.float32)
+B = random_array(rng(8), (3,), np.float32)
+
+
+@pytest.mark.parametrize("attrs", [
+    dict(auto_pad="VALID"), dict(auto_pad="SAME_UPPER"), dict(pads=[1, 0, 1, 0], strides=[2, 1]), dict(),
+], ids=["valid", "same-upper", "pads-strides", "defaults"])
+def test_conv_forms(tmp_path, attrs):
+    model = make_model([helper.make_node("Conv", ["x", "w", "b"], ["y"], **attrs)], {"w": W, "b": B},
+                       [None, 2, 7, 6])
+    path = save(tmp_path, model)
+    x = random_array(rng(9), (2, 2, 7, 6), np.float32)
+    np.testing.assert_allclose(conx.load(path)(x), run_ort(path, x), rtol=1e-5, atol=1e-6)
+
+
+def test_matmul_add_gemm_transb0_reshape_dropout_identity_softmax(tmp_path):
+    w1 = random_array(rng(10), (12, 5), np.float32)   # MatMul's (in, out)
+    b1 = random_array(rng(11), (5,), np.float32)
+    w2 = random_array(rng(12), (5, 4), np.float32)   # Gemm with transB 0: (in, out)
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"]),
+             helper.make_node("MatMul", ["r", "w1"], ["m"]), helper.make_node("Add", ["m", "b1"], ["a"]),
+             helper.make_node("Dropout", ["a"], ["d"]), helper.make_node("Identity", ["d"], ["i"]),
+             helper.make_node("Gemm", ["i", "w2"], ["g"], transB=0), helper.make_node("Softmax", ["g"], ["y"])]
+    model = make_model(nodes, {"shape": np.array([0, -1], np.int64), "w1": w1, "b1": b1, "w2": w2},
+                       [None, 3, 2, 2])
+    path = save(tmp_path, model)
+    x = random_array(rng(13), (3, 3, 2, 2), np.float32)
+    kept = conx.load(path)
+    assert type(kept[-1]) is nn.Softmax
+    np.testing.assert_allclose(kept(x), run_ort(path, x), rtol=1e-5, atol=1e-6)
+    dropped = conx.load(path, final_softmax="drop")
+    assert type(dropped[-1]) is nn.Linear
+    np.testing.assert_allclose(cyconv.functional.softmax(dropped(x)), run_ort(path, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op, attrs, cls", [
+    ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), nn.MaxPool2d),
+    ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 2]), nn.AvgPool2d),
+    ("AveragePool", dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1), nn.AvgPool2d),
+    ("AveragePool", dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1]), nn.AvgPool2d),  # ONNX's default: exclude pad
+    ("Sigmoid", {}, nn.Sigmoid), ("Tanh", {}, nn.Tanh), ("Relu", {}, nn.ReLU),
+], ids=["maxpool", "avgpool", "avgpool-incl", "avgpool-excl", "sigmoid", "tanh", "relu"])
+def test_single_ops(tmp_path, op, attrs, cls):
+    path = save(tmp_path, make_model([helper.make_node(op, ["x"], ["y"], **attrs)], {}, [None, 2, 7, 7]))
+    layer = conx.load(path)[0]
+    assert type(layer) is cls
+    x = random_array(rng(14), (2, 2, 7, 7), np.float32)
+    np.testing.assert_allclose(conx.load(path)(x), run_ort(path, x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_pytorch_model_loads_and_matches_pytorch(tmp_path):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed: its export cannot be checked here")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 20, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(20, 50, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+        torch.nn.Linear(2450, 500), torch.nn.ReLU(), torch.nn.Linear(500, 10))
+    # A few training steps, so the weights are trained ones, not the initial draw.
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    data = torch.randn(32, 1, 28, 28)
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(data), torch.randint(0, 10, (32,))).backward()
+        opt.step()
+    net.eval()
+    path = tmp_path / "torch_lenet.onnx"
+    x = torch.randn(1, 1, 28, 28)
+    with pytest.warns(DeprecationWarning):  # the TorchScript exporter; the default one needs onnxscript
+        torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    model = conx.load(path)
+    batch = torch.randn(6, 1, 28, 28)
+    with torch.no_grad():
+        want = net(batch).numpy()
+    np.testing.assert_allclose(model(batch.numpy()), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cyconv.compile(model)(batch.numpy()), want, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# load: refused graphs and files
+
+
+@pytest.mark.parametrize("nodes, inits, match", [
+    ([helper.make_node("Conv", ["x", "w"], ["y"], group=2, name="conv")], {"w": W[:, :1]},
+     r"node conv \(Conv\): group 2"),
+    ([helper.make_node("Conv", ["x", "w"], ["y"], dilations=[2, 2])], {"w": W}, r"node #0 \(Conv\): dilations"),
+    ([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 0, 0, 0])], {"w": W}, r"\(Conv\): pads \[1, 0, 0, 0\]"),
+    ([helper.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_LOWER")], {"w": W}, r"auto_pad SAME_LOWER"),
+    ([helper.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_UPPER", strides=[2, 2])], {"w": W},
+     r"auto_pad SAME_UPPER \(with strides \[2, 2\]"),
+    ([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], ceil_mode=1)], {}, r"\(MaxPool\): ceil_mode 1"),
+    ([helper.make_node("Concat", ["x", "x"], ["y"], axis=1)], {}, r"\(Concat\): takes \['x', 'x'\]"),
+    ([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "x"], ["y"])], {},
+     r"node #1 \(Add\): takes \['r', 'x'\]"),
+    ([helper.make_node("Erf", ["x"], ["y"])], {}, r"\(Erf\): op type not supported"),
+    ([helper.make_node("Softmax", ["x"], ["s"]), helper.make_node("Relu", ["s"], ["y"])], {},
+     r"\(Softmax\): only as the graph's last node"),
+    ([helper.make_node("Gemm", ["x", "w"], ["y"], alpha=2.0)], {"w": np.ones((2, 2), np.float32)},
+     r"\(Gemm\): alpha 2.0"),
+    ([helper.make_node("Reshape", ["x", "s"], ["y"])], {"s": np.array([2, -1, 3], np.int64)},
+     r"\(Reshape\): shape \[2, -1, 3\]"),
+    ([helper.make_node("Conv", ["x", "w"], ["y"])], {}, r"\(Conv\): takes \['x', 'w'\]; cyconv runs chains"),
+], ids=["group", "dilations", "asymmetric-pads", "same-lower", "same-upper-strided", "ceil-mode", "concat",
+        "residual-add", "unknown-op", "softmax-in-the-middle", "gemm-alpha", "reshape", "weight-not-constant"])
+def test_unsupported_graphs_are_refused_naming_node_op_and_reason(tmp_path, nodes, inits, match):
+    path = save(tmp_path, make_model(nodes, inits, [None, 2, 6, 6]))
+    with pytest.raises(conx.UnsupportedModelError, match=match):
+        conx.load(path)
+
+
+def test_errors_are_value_errors():
+    assert issubclass(conx.UnsupportedModelError, ValueError) and issubclass(conx.InvalidModelError, ValueError)
+
+
+def valid_bytes(tmp_path):
+    path = tmp_path / "valid.onnx"
+    conx.export(models.lenet5(rng=rng()).eval(), path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("make", [
+    lambda b: b"", lambda b: b"not an onnx model at all\n" * 10, lambda b: bytes(range(256)) * 8,
+    lambda b: b[: len(b) // 2], lambda b: b[: len(b) - 7],
+], ids=["empty", "text", "binary-noise", "half", "truncated-tail"])
+def test_malformed_files_are_refused_clearly(tmp_path, make):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(make(valid_bytes(tmp_path)))
+    with pytest.raises(conx.InvalidModelError, match=r"bad.onnx: "):
+        conx.load(path)
+
+
+def test_an_initializer_claiming_more_than_it_holds_is_refused_without_allocating_it(tmp_path):
+    # dims claiming 4e9 floats (16 GB) backed by 8 bytes: refused from the counts, never materialised.
+    w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1000, 1000, 1000, 4], raw_data=b"\0" * 8)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = save(tmp_path, model)
+    tracemalloc.start()
+    try:
+        with pytest.raises(conx.InvalidModelError, match=r"initializer 'w' claims dims \[1000, 1000, 1000, 4\] "
+                                                         r"\(4000000000 values\) but holds 2"):
+            conx.load(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        conx.load(tmp_path / "nowhere.onnx")
+    with pytest.raises(conx.InvalidModelError, match="is a directory"):
+        conx.load(tmp_path)
+
+
+def test_bad_final_softmax_flag(tmp_path):
+    with pytest.raises(ValueError, match="final_softmax must be 'keep' or 'drop'"):
+        conx.load(tmp_path / "x.onnx", final_softmax="yes")
+
+
+def test_without_the_onnx_package_says_what_to_install(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'cyconv\[onnx\]'"):
+        conx.export(models.lenet5(rng=rng()), tmp_path / "m.onnx")
+    with pytest.raises(ImportError, match=r"pip install 'cyconv\[onnx\]'"):
+        conx.load(tmp_path / "m.onnx")
+    assert math.isfinite(1.0)  # cyconv itself still imports and runs without onnx
+    assert cyconv.compile(models.lenet5(rng=rng()))(np.zeros((1, 1, 28, 28), np.float32)).shape == (1, 10)
