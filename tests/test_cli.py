@@ -615,3 +615,52 @@ def test_download_reports_a_complete_directory(capsys, mnist_dir):
     status, out, err = run(capsys, "download", "--data", mnist_dir)
     assert status == 0, err
     assert out.strip() == f"MNIST: 60000 training and 10000 test images in {mnist_dir} (MD5-verified)"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# export, and predict / evaluate --model FILE.onnx
+
+
+def test_export_then_evaluate_and_predict_the_onnx_model(capsys, trained_run, mnist_dir, tmp_path):
+    pytest.importorskip("onnx", reason="the onnx package (in cyconv[test]) is needed to export")
+    out, _, _ = trained_run
+    onnx_path = tmp_path / "mlp.onnx"
+    status, stdout, err = run(capsys, "export", "--checkpoint", out / CHECKPOINT_NAME, "--output", onnx_path)
+    assert status == 0 and err == ""
+    assert stdout == f"{onnx_path}: mlp from {out / CHECKPOINT_NAME} as ONNX (opset 17)\n"
+    results = {}
+    for source in (["--checkpoint", out / CHECKPOINT_NAME], ["--model", onnx_path]):
+        status, stdout, err = run(capsys, "evaluate", *source, "--data", mnist_dir, "--threads", "1")
+        assert status == 0, err
+        results[str(source[0])] = stdout.splitlines()[1:]  # all but the line naming the model
+    assert results["--model"] == results["--checkpoint"]  # the same accuracy and confusion matrix
+    digit = tmp_path / "digit.npy"
+    np.save(digit, load_mnist(mnist_dir).test_images[0])
+    a = run(capsys, "predict", "--checkpoint", out / CHECKPOINT_NAME, digit, "--threads", "1")
+    b = run(capsys, "predict", "--model", onnx_path, digit, "--threads", "1")
+    assert a == b and a[0] == 0
+
+
+def test_model_and_checkpoint_exclude_each_other_and_one_is_needed(capsys, tmp_path):
+    status, _, err = run(capsys, "predict", "--checkpoint", tmp_path / "a.npz", "--model", tmp_path / "b.onnx",
+                         tmp_path / "x.png")
+    assert status == 2 and "not allowed with argument" in err
+    status, _, err = run(capsys, "evaluate")
+    assert status == 2 and "one of the arguments --checkpoint --model is required" in err
+
+
+def test_a_bad_onnx_model_is_one_line(capsys, tmp_path):
+    pytest.importorskip("onnx", reason="the onnx package (in cyconv[test]) reads the file")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    digit = tmp_path / "digit.npy"
+    np.save(digit, np.zeros((28, 28), np.uint8) + 1)
+    assert_error(run(capsys, "predict", "--model", bad, digit, "--raw"), 1, f"{bad}: not an ONNX model")
+
+
+def test_onnx_commands_without_the_onnx_package_say_what_to_install(capsys, tmp_path, trained_run, monkeypatch):
+    out, _, _ = trained_run
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    assert_error(run(capsys, "export", "--checkpoint", out / CHECKPOINT_NAME, "--output", tmp_path / "m.onnx"),
+                 1, "pip install 'cyconv[onnx]'")
+    assert not (tmp_path / "m.onnx").exists()
