@@ -4,6 +4,9 @@
     color_histogram(images)   per-channel intensity histograms (any image size)
     hog(images, ...)          histograms of oriented gradients (Dalal & Triggs),
                               compiled; hog_reference is its plain NumPy twin
+    BagOfWords(...)           a bag of visual words: local descriptors on a dense
+                              grid, a k-means codebook fitted on training images
+                              (.fit), each image a histogram of its words (.transform)
 
 Layout: images are channels last, as in the course: a batch is (N, H, W) for
 grayscale or (N, H, W, C) for colour (a single image is a batch of one).
@@ -23,7 +26,7 @@ import numpy as np
 from . import _kernels
 from ._threads import threads_for
 
-__all__ = ["pixels", "color_histogram", "hog", "hog_reference"]
+__all__ = ["pixels", "color_histogram", "hog", "hog_reference", "BagOfWords", "DESCRIPTORS"]
 
 
 # ---------------------------------------------------------------------------
@@ -298,3 +301,276 @@ def hog_reference(images, orientations=9, pixels_per_cell=(7, 7), cells_per_bloc
     out = out / np.sqrt(np.sum(out**2, axis=axes, keepdims=True) + eps2)
     # 5. skimage's order, flattened per image.
     return out.reshape(N, -1).astype(x.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Bag of visual words
+
+DESCRIPTORS = ("patch", "hog")
+# A patch is divided by sqrt(its variance + _PATCH_EPS), intensities in [0, 1]: a patch whose standard
+# deviation is well under 0.1 (25 of 255), flat but for noise, stays near the zero vector instead of
+# having its noise stretched to full contrast.
+_PATCH_EPS = 0.01
+# float32 values (16 MB) of descriptors, or of descriptor-to-word scores, held at once: bounds the memory
+# of fit and transform whatever the number of images.
+_CHUNK_FLOATS = 1 << 22
+
+
+class BagOfWords:
+    """A bag of visual words: each image as the histogram of the "visual words" of its local descriptors,
+    the words being a k-means codebook of descriptors from training images.
+
+        bow = BagOfWords(n_words=100, seed=0).fit(train_images)
+        x_train, x_test = bow.transform(train_images), bow.transform(test_images)   # (N, 100) each
+
+    1. Local descriptors, on a dense grid: one for every window of `patch` x `patch` pixels whose corner
+       is a multiple of `stride` pixels from the top left (windows past the image edge are left out).
+       descriptor="patch": the window's pixels, all channels (C * patch * patch values), minus their mean
+       and divided by sqrt(their variance + 0.01), so a word is a local pattern of light and colour
+       whatever the brightness and contrast there (as Coates, Lee and Ng 2011 normalise patches).
+       descriptor="hog": the window's HOG block (cyconv.features.hog, compiled): cells of stride x stride
+       pixels, patch // stride cells a side, `orientations` bins per cell, L2-Hys normalised; the local
+       edge orientations, without colour. patch must then be a multiple of stride.
+    2. fit: k-means clusters a random sample of at most `max_descriptors` of the training images'
+       descriptors into `n_words` centres, the codebook: k-means++ seeding, then Lloyd iterations until
+       no descriptor changes word (or `max_iter` of them). Implemented here rather than taken from SciPy
+       (scipy.cluster.vq.kmeans2): its k-means++ seeding is 10x slower at 100 words and grows with the
+       square of the words, and its iterations compute distances without BLAS (measured in the README).
+    3. transform: each descriptor goes to its nearest word (squared Euclidean distance, from one BLAS
+       matrix product per chunk of descriptors; a tie goes to the lower word), and an image becomes the
+       count of each word divided by its number of descriptors: a histogram that sums to 1. Images may
+       be larger or smaller than the training images, as long as one window fits.
+
+    The sample and the seeding come from np.random.default_rng(seed): the same seed and images give the
+    same codebook (to the last bit on one machine; BLAS may round differently elsewhere).
+
+    Args:
+        n_words: size of the codebook (k), int >= 1.
+        descriptor: "patch" or "hog" (DESCRIPTORS).
+        patch: window side in pixels, int >= 1.
+        stride: grid step in pixels, int >= 1 (for "hog", also the cell side).
+        orientations: HOG bins per cell ("hog" only), int >= 1.
+        max_descriptors: at most this many training descriptors are clustered, int >= 1.
+        max_iter: at most this many Lloyd iterations, int >= 1.
+        seed: int >= 0.
+
+    Images: (N, H, W) grayscale or (N, H, W, C) channels last, uint8 (scaled by 1/255) or float (taken
+    as they are; no NaN or infinity), as everywhere in cyconv.features. Descriptors are float32.
+
+    After fit: codebook_ (n_words, D) float32, inertia_ (the sample's summed squared distance to its
+    words), n_iter_ (Lloyd iterations run), channels_ (C of the training images; transform wants the same).
+
+    Shape:
+        transform: (N, H, W[, C]) -> (N, n_words) float32, rows summing to 1.
+        descriptors: -> (N, P, D) float32 and words: -> (N, P) int64, P = gy * gx grid positions,
+        gy = (H - patch) // stride + 1 (gx likewise with W); D = C * patch**2 ("patch") or
+        (patch // stride)**2 * orientations ("hog").
+        64x64x3 images with the defaults: P = 15 * 15 = 225 descriptors of D = 192 values each.
+
+    Example:
+        >>> bow = BagOfWords(n_words=8, patch=4, stride=4).fit(np.random.default_rng(0).random((20, 16, 16, 3)))
+        >>> bow.transform(np.zeros((2, 16, 16, 3), np.uint8)).shape
+        (2, 8)
+    """
+
+    def __init__(self, n_words=100, *, descriptor="patch", patch=8, stride=4, orientations=9,
+                 max_descriptors=20_000, max_iter=50, seed=0):
+        fn = "BagOfWords"
+        self.n_words = _positive_int(n_words, "n_words", fn)
+        if not isinstance(descriptor, str) or descriptor not in DESCRIPTORS:
+            raise ValueError(f"{fn}(): descriptor must be one of {', '.join(map(repr, DESCRIPTORS))}, "
+                             f"got {descriptor!r}")
+        self.descriptor = descriptor
+        self.patch = _positive_int(patch, "patch", fn)
+        self.stride = _positive_int(stride, "stride", fn)
+        if descriptor == "hog" and self.patch % self.stride:
+            raise ValueError(f"{fn}(): descriptor 'hog' needs patch to be a multiple of stride (a block of "
+                             f"patch // stride cells of stride pixels), got patch {patch} and stride {stride}")
+        self.orientations = _positive_int(orientations, "orientations", fn)
+        self.max_descriptors = _positive_int(max_descriptors, "max_descriptors", fn)
+        self.max_iter = _positive_int(max_iter, "max_iter", fn)
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"{fn}(): seed must be an int, got {seed!r}")
+        if seed < 0:
+            raise ValueError(f"{fn}(): seed must be >= 0, got {seed!r}")
+        self.seed = int(seed)
+        self.codebook_ = self.inertia_ = self.n_iter_ = self.channels_ = None
+
+    def __repr__(self):
+        return (f"BagOfWords(n_words={self.n_words}, descriptor={self.descriptor!r}, patch={self.patch}, "
+                f"stride={self.stride}" + (f", orientations={self.orientations}" if self.descriptor == "hog"
+                                           else "") + f", seed={self.seed})")
+
+    def fit(self, images):
+        """Fit the codebook on training images (see the class docstring); returns self."""
+        x = self._images(images, "fit")
+        n = len(x)
+        if n == 0:
+            raise ValueError("BagOfWords.fit(): images is an empty batch; the codebook needs training images")
+        rng = np.random.default_rng(self.seed)
+        per_image = int(np.prod(self._grid(x.shape[1:3], "fit")))
+        total = n * per_image
+        # The sample's positions, in order, so each chunk of images gives its share as it is computed.
+        sample = None if total <= self.max_descriptors else np.sort(
+            rng.choice(total, self.max_descriptors, replace=False))
+        points = []
+        for start, desc in self._chunks(x):
+            flat = desc.reshape(-1, desc.shape[2])
+            if sample is None:
+                points.append(flat)
+            else:
+                lo, hi = np.searchsorted(sample, [start * per_image, (start + len(desc)) * per_image])
+                points.append(flat[sample[lo:hi] - start * per_image])
+        points = np.concatenate(points)
+        if len(points) < self.n_words:
+            raise ValueError(f"BagOfWords.fit(): n_words {self.n_words} is more than the {len(points)} "
+                             f"descriptors the images give ({n} images x {per_image} grid positions); "
+                             "use fewer words or more images")
+        self.codebook_, self.inertia_, self.n_iter_ = _kmeans(points, self.n_words, rng, self.max_iter)
+        self.channels_ = x.shape[3]
+        return self
+
+    def transform(self, images):
+        """(N, n_words) float32: each image's histogram of words, summing to 1."""
+        words = self.words(images, _fn="transform")
+        n, per_image = words.shape
+        k = self.n_words
+        # One bincount for the whole batch: offset each image's words by its own k bins.
+        counts = np.bincount((words + np.arange(n)[:, None] * k).ravel(), minlength=n * k)
+        return (counts.reshape(n, k) / per_image).astype(np.float32)
+
+    def fit_transform(self, images):
+        """fit(images), then transform(images)."""
+        return self.fit(images).transform(images)
+
+    def words(self, images, *, _fn="words"):
+        """(N, P) int64: the word of each descriptor, in grid order (row by row)."""
+        x = self._fitted_images(images, _fn)
+        gy, gx = self._grid(x.shape[1:3], _fn)
+        out = np.empty((len(x), gy * gx), np.int64)
+        for start, desc in self._chunks(x):
+            out[start:start + len(desc)] = _nearest(desc.reshape(-1, desc.shape[2]), self.codebook_)[0].reshape(
+                len(desc), -1)
+        return out
+
+    def descriptors(self, images):
+        """(N, P, D) float32: every descriptor of every image (step 1); needs no fit. Memory grows with
+        N * P * D (43,200 values per 64x64x3 image with the defaults): for many images, prefer
+        transform, which holds a chunk of them at a time."""
+        x = self._images(images, "descriptors")
+        gy, gx = self._grid(x.shape[1:3], "descriptors")
+        return np.concatenate([d for _, d in self._chunks(x)]) if len(x) else \
+            np.empty((0, gy * gx, self._dimension(x.shape[3])), np.float32)
+
+    # -- helpers --
+
+    def _images(self, images, method):
+        fn = f"BagOfWords.{method}"
+        x = _batch(images, fn)
+        if not np.isfinite(x).all():
+            raise ValueError(f"{fn}(): images contain NaN or infinity")
+        self._grid(x.shape[1:3], method)
+        return x
+
+    def _fitted_images(self, images, method):
+        if self.codebook_ is None:
+            raise ValueError(f"BagOfWords.{method}(): the codebook is not fitted yet; call fit(training images) "
+                             "first")
+        x = self._images(images, method)
+        if x.shape[3] != self.channels_:
+            raise ValueError(f"BagOfWords.{method}(): images have {x.shape[3]} channel(s), but the codebook "
+                             f"was fitted on images with {self.channels_}")
+        return x
+
+    def _grid(self, size, method):
+        """(rows, columns) of the grid of windows on an image of `size` (H, W) pixels."""
+        H, W = size
+        if H < self.patch or W < self.patch:
+            raise ValueError(f"BagOfWords.{method}(): images of {H}x{W} pixels are smaller than one patch of "
+                             f"{self.patch}x{self.patch}")
+        return (H - self.patch) // self.stride + 1, (W - self.patch) // self.stride + 1
+
+    def _dimension(self, channels):
+        if self.descriptor == "hog":
+            return (self.patch // self.stride) ** 2 * self.orientations
+        return channels * self.patch ** 2
+
+    def _chunks(self, x):
+        """(first image, its chunk's descriptors (n, P, D) float32) for consecutive chunks of images."""
+        gy, gx = self._grid(x.shape[1:3], "descriptors")
+        step = max(1, _CHUNK_FLOATS // (gy * gx * self._dimension(x.shape[3])))
+        for start in range(0, len(x), step):
+            yield start, self._describe(x[start:start + step], gy * gx)
+
+    def _describe(self, x, positions):
+        n, p, s = len(x), self.patch, self.stride
+        if self.descriptor == "hog":
+            cells = p // s
+            blocks = hog(x, self.orientations, (s, s), (cells, cells))
+            return blocks.astype(np.float32, copy=False).reshape(n, positions, -1)
+        windows = np.lib.stride_tricks.sliding_window_view(x, (p, p), axis=(1, 2))[:, ::s, ::s]
+        d = windows.reshape(n, positions, -1).astype(np.float32)  # (channel, row, column) per window
+        d -= d.mean(axis=2, keepdims=True)
+        d /= np.sqrt(np.mean(d * d, axis=2, keepdims=True) + np.float32(_PATCH_EPS))
+        return d
+
+
+def _nearest(points, centres):
+    """For each row of points (M, D), the index of its nearest row of centres (K, D) and the squared
+    distance to it: (M,) int64, (M,) float32.
+
+    ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2, and ||x||^2 is the same for every c: so the nearest centre has
+    the largest x.c - ||c||^2 / 2, which is a matrix product (BLAS) and a subtraction, computed for chunks
+    of rows so the (rows, K) scores stay small. argmax keeps the first of equal scores."""
+    half = 0.5 * np.einsum("ij,ij->i", centres, centres)
+    labels = np.empty(len(points), np.int64)
+    d2 = np.empty(len(points), np.float32)
+    rows = max(1, _CHUNK_FLOATS // len(centres))
+    for start in range(0, len(points), rows):
+        block = points[start:start + rows]
+        scores = block @ centres.T
+        scores -= half
+        best = scores.argmax(axis=1)
+        labels[start:start + rows] = best
+        d2[start:start + rows] = np.einsum("ij,ij->i", block, block) - 2 * np.take_along_axis(
+            scores, best[:, None], axis=1)[:, 0]
+    np.maximum(d2, 0, out=d2)  # rounding can take a zero distance below 0
+    return labels, d2
+
+
+def _kmeans(points, k, rng, max_iter):
+    """Lloyd's k-means on points (M, D) float32 with k-means++ seeding: (centres (k, D) float32, inertia,
+    iterations). A cluster left empty restarts at the point farthest from its centre."""
+    centres = _kmeans_plus_plus(points, k, rng)
+    labels, d2 = _nearest(points, centres)
+    for n_iter in range(1, max_iter + 1):
+        counts = np.bincount(labels, minlength=k)
+        # Sum each cluster's points: sort them by cluster, then add up each run (in float64).
+        order = np.argsort(labels, kind="stable")
+        filled = counts > 0
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[filled]
+        sums = np.add.reduceat(points[order].astype(np.float64), starts, axis=0)
+        centres[filled] = sums / counts[filled, None]
+        if not filled.all():
+            centres[~filled] = points[np.argsort(-d2, kind="stable")[:np.count_nonzero(~filled)]]
+        new_labels, d2 = _nearest(points, centres)
+        if np.array_equal(new_labels, labels):
+            break
+        labels = new_labels
+    return centres, float(d2.sum(dtype=np.float64)), n_iter
+
+
+def _kmeans_plus_plus(points, k, rng):
+    """k-means++ seeding (Arthur and Vassilvitskii 2007): the first centre a random point, each next one a
+    point drawn with probability proportional to its squared distance to the nearest centre so far."""
+    m = len(points)
+    norms = np.einsum("ij,ij->i", points, points)
+    chosen = [int(rng.integers(m))]
+    d2 = np.maximum(norms - 2 * (points @ points[chosen[0]]) + norms[chosen[0]], 0)
+    for _ in range(1, k):
+        cumulative = np.cumsum(d2, dtype=np.float64)
+        # All distances 0 (fewer distinct points than k): any point will do; duplicates stay empty words.
+        i = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), m - 1)
+        chosen.append(i)
+        np.minimum(d2, np.maximum(norms - 2 * (points @ points[i]) + norms[i], 0), out=d2)
+    return points[chosen].astype(np.float32)
