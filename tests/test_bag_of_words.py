@@ -49,7 +49,7 @@ def brute_histograms(words, n_words):
     ((3, 16, 16, 3), 8, 4), ((2, 17, 13, 3), 5, 3), ((2, 12, 12), 4, 4), ((1, 9, 9, 2), 9, 1)])
 def test_patch_descriptors_match_the_windows_cut_one_by_one(shape, patch, stride):
     x = random_images(shape)
-    bow = BagOfWords(patch=patch, stride=stride)
+    bow = BagOfWords(descriptor="patch", patch=patch, stride=stride)
     got = bow.descriptors(x)
     expected = brute_patches(x if x.ndim == 4 else x[..., None], patch, stride)
     gy, gx = (shape[1] - patch) // stride + 1, (shape[2] - patch) // stride + 1
@@ -60,7 +60,7 @@ def test_patch_descriptors_match_the_windows_cut_one_by_one(shape, patch, stride
 
 def test_patch_descriptors_ignore_brightness_and_keep_the_pattern():
     x = random_images((2, 12, 12, 3)) * 0.5
-    bow = BagOfWords(patch=6, stride=3)
+    bow = BagOfWords(descriptor="patch", patch=6, stride=3)
     d = bow.descriptors(x)
     # Brighter: the same descriptors. Stronger contrast: the same pattern (direction), longer as the
     # contrast rises above the noise floor.
@@ -84,6 +84,13 @@ def test_hog_descriptors_are_hog_blocks_on_the_grid(shape, patch, stride, orient
     expected = features.hog_reference(x, orientations, (stride, stride), (cells, cells))
     assert got.shape == (shape[0], gy * gx, cells * cells * orientations) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected.reshape(got.shape), rtol=1e-5, atol=1e-6)
+
+
+def test_the_defaults_are_the_docstring_s():
+    bow = BagOfWords()
+    assert (bow.n_words, bow.descriptor, bow.patch, bow.stride, bow.orientations) == (400, "hog", 24, 8, 9)
+    # "64x64x3 images with the defaults: P = 6 * 6 = 36 descriptors of D = 3 * 3 * 9 = 81 values each."
+    assert bow.descriptors(random_images((2, 64, 64, 3))).shape == (2, 36, 81)
 
 
 def test_uint8_images_are_scaled_as_everywhere_in_features():
@@ -157,7 +164,7 @@ def test_images_of_another_size_are_histograms_too():
 
 
 def test_empty_batch_transforms_to_no_rows():
-    bow = BagOfWords(n_words=3, patch=4, stride=4).fit(random_images((3, 8, 8)))
+    bow = BagOfWords(n_words=3, descriptor="patch", patch=4, stride=4).fit(random_images((3, 8, 8)))
     assert bow.transform(np.zeros((0, 8, 8), np.float32)).shape == (0, 3)
     assert bow.descriptors(np.zeros((0, 8, 8), np.float32)).shape == (0, 4, 16)
 
@@ -183,7 +190,7 @@ COLOURS = [(0.9, 0.1, 0.1), (0.1, 0.8, 0.1), (0.1, 0.1, 0.9), (0.8, 0.8, 0.1)]
 def test_codebook_finds_the_clusters(seed):
     # Every patch is one flat colour, so the descriptors form four tight clusters, far apart.
     x, colour = tiled_images(30, COLOURS, tile=4, grid=4, seed=seed)
-    bow = BagOfWords(n_words=4, patch=4, stride=4, seed=seed).fit(x)
+    bow = BagOfWords(n_words=4, descriptor="patch", patch=4, stride=4, seed=seed).fit(x)
     words = bow.words(x)
     # Each word holds one colour's patches and each colour one word: a one-to-one map.
     pairs = set(zip(words.ravel().tolist(), colour.ravel().tolist()))
@@ -245,8 +252,8 @@ def test_max_descriptors_bounds_the_sample():
 
 def test_fit_transform_is_fit_then_transform():
     x = random_images((5, 12, 12, 3), seed=11)
-    np.testing.assert_array_equal(BagOfWords(n_words=4, patch=4).fit_transform(x),
-                                  BagOfWords(n_words=4, patch=4).fit(x).transform(x))
+    np.testing.assert_array_equal(BagOfWords(n_words=4, patch=4, stride=4).fit_transform(x),
+                                  BagOfWords(n_words=4, patch=4, stride=4).fit(x).transform(x))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -257,7 +264,7 @@ def test_fit_transform_is_fit_then_transform():
     (dict(n_words=0), ValueError, "n_words must be >= 1"),
     (dict(n_words=2.5), TypeError, "n_words must be an int"),
     (dict(n_words=True), TypeError, "n_words must be an int"),
-    (dict(descriptor="sift"), ValueError, "descriptor must be one of 'patch', 'hog', got 'sift'"),
+    (dict(descriptor="sift"), ValueError, "descriptor must be one of 'hog', 'patch', got 'sift'"),
     (dict(descriptor=None), ValueError, "descriptor must be one of"),
     (dict(patch=0), ValueError, "patch must be >= 1"),
     (dict(stride=-2), ValueError, "stride must be >= 1"),
