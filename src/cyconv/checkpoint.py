@@ -4,7 +4,7 @@ A checkpoint holds numbers and strings only, never a pickle: it is written with 
 `np.load(..., allow_pickle=False)`, so opening one cannot run code. Its keys:
 
     format             int, CHECKPOINT_FORMAT (the layout version)
-    model_name         str, a name in cyconv.models.MODELS ("lenet5" or "mlp")
+    model_name         str, a name in cyconv.models.MODELS
     epoch              int, the number of completed epochs
     config             str, JSON: the training configuration (at least "model", and "hidden" for mlp)
     metrics            str, JSON: the list of per-epoch metrics so far
@@ -138,7 +138,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not isinstance(metrics, list) or not isinstance(info, dict):
         raise CheckpointError(f"{path}: metrics must be a JSON list and info a JSON object")
 
-    model_state = _section(arrays, _MODEL_PREFIX, "f", path)
+    model_state = _section(arrays, _MODEL_PREFIX, "fi", path)  # weights; buffers such as counters
     optimizer_state = _section(arrays, _OPTIMIZER_PREFIX, "biuf", path)
     if not model_state:
         raise CheckpointError(f"{path}: not a cyconv checkpoint: it holds no model weights")

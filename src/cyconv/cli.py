@@ -39,7 +39,7 @@ from . import __version__, compare, data, set_num_threads
 from . import predictor as predictor_module
 from ._files import atomic_write
 from .checkpoint import load_checkpoint, load_model
-from .models import MODELS, build_model
+from .models import MODELS, build_model, default_input
 from .models import summary
 from .train import (CHECKPOINT_NAME, SCHEDULES, TrainConfig, TrainingInterrupted, confusion_matrix,
                     predict_logits, train)
@@ -414,7 +414,9 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_summary(args) -> int:
-    print(summary(build_model(args.model, hidden=args.hidden, rng=np.random.default_rng(0))))
+    channels, size = default_input(args.model)
+    model = build_model(args.model, hidden=args.hidden, rng=np.random.default_rng(0))
+    print(summary(model, input_shape=(channels, size, size)))
     return 0
 
 
