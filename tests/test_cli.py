@@ -11,7 +11,6 @@ and fail without it; downloading is always disabled.
 import contextlib
 import io
 import json
-import shlex
 import struct
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from cyconv.models import MODELS, build_model
 from cyconv.models import summary
 from cyconv.data import load_mnist, prepare_digit, to_float32
 from cyconv.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, train
-from cli_helpers import assert_error, run
+from cli_helpers import assert_error, continue_command, ctrl_c_in_the_second_epoch, run
 
 
 @pytest.fixture(autouse=True)
@@ -498,28 +497,6 @@ def test_evaluate_prints_accuracy_and_confusion_matrix(capsys, trained_run, mnis
     counts = np.array([[int(v) for v in row[1:11]] for row in rows])
     assert [int(row[0]) for row in rows] == list(range(10))
     assert counts.sum() == 10000 and np.trace(counts) == correct
-
-
-@contextlib.contextmanager
-def ctrl_c_in_the_second_epoch():
-    """Ctrl-C as `cyconv train` starts its second epoch, after the first one's checkpoint is written."""
-    real = train_module.train_epoch
-
-    def stop_at_second_epoch(model, optimizer, x, y, config, epoch, *args):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(model, optimizer, x, y, config, epoch, *args)
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(train_module, "train_epoch", stop_at_second_epoch)
-        yield
-
-
-def continue_command(err):
-    """The command an interrupted `cyconv train` gave in its one line on stderr, as argv for cli.main."""
-    lines = err.splitlines()
-    assert len(lines) == 1 and "; continue with: cyconv " in lines[0], err
-    return shlex.split(lines[0].split("; continue with: cyconv ", 1)[1])
 
 
 def test_resume_continues_with_the_saved_options(capsys, tmp_path, mnist_dir):
