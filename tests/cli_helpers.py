@@ -2,6 +2,7 @@
 (shared by the CLI tests)."""
 
 import contextlib
+import io
 import shlex
 
 import pytest
@@ -10,11 +11,28 @@ import cyconv.train as train_module
 from cyconv import cli
 
 
+@pytest.fixture(autouse=True)
+def no_download(monkeypatch):
+    """No test downloads MNIST, and errors are one line (CYCONV_DEBUG unset). Autouse where imported."""
+    monkeypatch.setenv(cli.ENV_NO_DOWNLOAD, "1")
+    monkeypatch.delenv(cli.ENV_DEBUG, raising=False)
+
+
 def run(capsys, *argv):
     """cli.main(argv) -> (exit status, stdout, stderr)."""
     status = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return status, out, err
+
+
+def run_captured(*argv):
+    """run() for module-scoped fixtures, which cannot use capsys: cli.main(argv) with stdout and stderr
+    captured and downloads off -> (exit status, stdout, stderr)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), pytest.MonkeyPatch.context() as m:
+        m.setenv(cli.ENV_NO_DOWNLOAD, "1")
+        status = cli.main([str(a) for a in argv])
+    return status, stdout.getvalue(), stderr.getvalue()
 
 
 def assert_error(result, status, match):

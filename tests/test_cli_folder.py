@@ -7,8 +7,6 @@ the same split; predict classifies a picture as the model does in Python; --resu
 of a run that never stopped; --augment changes training and is reproducible; every misuse is one line.
 """
 
-import contextlib
-import io
 import json
 import shutil
 
@@ -17,11 +15,12 @@ import pytest
 from PIL import Image
 
 import cyconv.train as train_module
-from cyconv import cli, models, nn
+from cyconv import models, nn
 from cyconv.checkpoint import load_checkpoint, load_model
 from cyconv.data import SHAPES, ImageFolder, channel_stats, make_shapes, normalize, read_image
 from cyconv.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, train
-from cli_helpers import assert_error, continue_command, ctrl_c_in_the_second_epoch, run
+from cli_helpers import assert_error, continue_command, ctrl_c_in_the_second_epoch, run, run_captured
+from cli_helpers import no_download  # noqa: F401 (autouse)
 
 SIZE = 16
 RUN = ["--image-size", SIZE, "--epochs", 3, "--batch-size", 16, "--no-progress", "--threads", 1]
@@ -51,12 +50,6 @@ def small_cnn_stand_in():
         yield
 
 
-@pytest.fixture(autouse=True)
-def no_download(monkeypatch):
-    monkeypatch.setenv(cli.ENV_NO_DOWNLOAD, "1")
-    monkeypatch.delenv(cli.ENV_DEBUG, raising=False)
-
-
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory):
     return make_shapes(48, size=SIZE, seed=3).save(tmp_path_factory.mktemp("data") / "shapes")
@@ -66,12 +59,9 @@ def shapes_dir(tmp_path_factory):
 def trained(shapes_dir, tmp_path_factory):
     """`cyconv train --data-dir shapes` (small_cnn by default): (out dir, stdout)."""
     out = tmp_path_factory.mktemp("run")
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), pytest.MonkeyPatch.context() as m:
-        m.setenv(cli.ENV_NO_DOWNLOAD, "1")
-        status = cli.main([str(a) for a in ["train", "--data-dir", shapes_dir, "--out", out, *RUN]])
-    assert status == 0, stderr.getvalue()
-    return out, stdout.getvalue()
+    status, stdout, stderr = run_captured("train", "--data-dir", shapes_dir, "--out", out, *RUN)
+    assert status == 0, stderr
+    return out, stdout
 
 
 def test_train_records_what_evaluation_and_prediction_need(trained, shapes_dir):

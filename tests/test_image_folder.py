@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -282,6 +283,24 @@ def test_pillows_warning_range_is_refused_too(tmp_path, monkeypatch, never_decod
     assert len(raised.value.problems) == 2
     assert all("image too large to read (Image size (10000 pixels) exceeds limit of 6000" in p
                for p in raised.value.problems)
+
+
+def test_ctrl_c_while_reading_does_not_wait_for_the_rest(tmp_path, monkeypatch):
+    folder_of(tmp_path, {"a": 30, "b": 30})
+    first = min(ImageFolder(tmp_path, size=8).paths)
+    read = []
+
+    def slow_read(path, height, width, channels):
+        read.append(path)
+        if path == first:
+            raise KeyboardInterrupt
+        time.sleep(0.1)
+        return np.zeros((channels, height, width), np.uint8)
+
+    monkeypatch.setattr(data, "_read_image", slow_read)
+    with pytest.raises(KeyboardInterrupt):
+        ImageFolder(tmp_path, size=8)
+    assert len(read) < 10  # the pictures not yet started are dropped: 60 would take 3 s on 2 threads
 
 
 def test_read_image_names_the_file(tmp_path):

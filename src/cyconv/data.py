@@ -1007,9 +1007,13 @@ def _read_all(paths: list[Path], images: np.ndarray) -> list[str]:
 
 def _run_threaded(function, items) -> list:
     """[function(item) for item in items] in cyconv's threads: Pillow releases the GIL to decode, resize
-    and encode, so pictures are processed in parallel; the results keep the items' order."""
-    with ThreadPoolExecutor(max_workers=get_num_threads()) as pool:
+    and encode, so pictures are processed in parallel; the results keep the items' order. On an exception
+    (a Ctrl-C) the items not yet started are dropped, not waited for."""
+    pool = ThreadPoolExecutor(max_workers=get_num_threads())
+    try:
         return list(pool.map(function, items))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _remove_image_folder(directory: Path) -> None:
