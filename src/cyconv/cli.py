@@ -155,7 +155,8 @@ def _build_parser():
     p.add_argument("--hidden", type=_int_at_least(1), metavar="N", help=f"mlp hidden units (default: {d.hidden})")
     p.add_argument("--epochs", type=_int_at_least(1), metavar="N",
                    help=f"default: {d.epochs}; with --data-dir {FOLDER_RECIPE['epochs']}")
-    p.add_argument("--batch-size", type=_int_at_least(1), metavar="N", help=f"default: {d.batch_size}")
+    p.add_argument("--batch-size", type=_int_at_least(1), metavar="N",
+                   help=f"default: {d.batch_size}; with --data-dir {FOLDER_RECIPE['batch_size']}")
     p.add_argument("--lr", type=_float_in(0, low_open=True), metavar="LR",
                    help=f"base learning rate (default: {d.lr})")
     p.add_argument("--momentum", type=_float_in(0, 1, high_open=True), metavar="M", help=f"default: {d.momentum}")

@@ -1168,6 +1168,10 @@ _SQUARE_HALF_SIDE = 0.8
 _CROSS_ARM, _CROSS_HALF_WIDTH = 1.0, 0.3
 _TRIANGLE_INRADIUS = 0.6  # an equilateral triangle of circumradius 1.2
 _EXTENT = 1.2
+# Turned by up to 15 degrees either way. Free rotation makes the task much harder for so few images (a square
+# turned 45 degrees is a diamond, and a triangle points anywhere): a small CNN trained on 480 pictures for 30
+# epochs reached ~45% with it, ~98% with this (measured with a Conv-BatchNorm-ReLU-MaxPool x 3 stand-in).
+_MAX_TILT = np.pi / 12
 _CHUNK_IMAGES = 256  # rendered at once: a few MB of float32 temporaries whatever n is
 
 
@@ -1175,11 +1179,11 @@ def make_shapes(n: int, size: int = 64, seed: int = 0) -> ImageFolder:
     """A small colour data set of n images, size x size RGB: one shape per image, a circle, cross, square
     or triangle (the classes, in that order), on a noisy background.
 
-    Each image draws its shape's size (radius 0.14-0.30 of the image), position (wholly inside), rotation,
-    colour and background colour at random (the shape is the light one or the dark one, each channel at
+    Each image draws its shape's size (radius 0.14-0.30 of the image), position (wholly inside), tilt (up to
+    15 degrees either way), colour and background colour at random (the shape is the light one or the dark one, each channel at
     least 0.15 apart, so every shape is visible), then a colour gradient across the background and Gaussian
     pixel noise (std 0.06) over everything. Colour says nothing of the class; where the shape is, how big,
-    and turned which way, neither: a model must learn the outline. Edges are antialiased (coverage from
+    and how tilted, neither: a model must learn the outline. Edges are antialiased (coverage from
     the signed distance to the outline, over one pixel).
 
     The classes are balanced (n // 4 each, the first n % 4 classes one more) and in class order, as an
@@ -1205,7 +1209,7 @@ def make_shapes(n: int, size: int = 64, seed: int = 0) -> ImageFolder:
     radius = rng.uniform(0.14, 0.30, n) * size
     margin = _EXTENT * radius
     centre = margin[:, None] + rng.random((n, 2)) * (size - 2 * margin[:, None])  # (x, y), wholly inside
-    angle = rng.uniform(0, 2 * np.pi, n)
+    angle = rng.uniform(-_MAX_TILT, _MAX_TILT, n)
     light = rng.random(n) < 0.5  # a light shape on a dark background, or the other way round
     shade, ground = rng.random((n, 3)), rng.random((n, 3))
     colour = np.where(light[:, None], 0.55 + 0.45 * shade, 0.45 * shade)

@@ -6,7 +6,7 @@ checkpoints each epoch.
     result.metrics[-1]["test_acc"]        # 0.99...
 
     folder = ImageFolder("shapes", size=(64, 64))                 # one sub-folder per class
-    result = train(TrainConfig(model="small_cnn", epochs=20, augment=True), folder.split(0.2, seed=0))
+    result = train(TrainConfig(**FOLDER_RECIPE, augment=True), folder.split(0.2, seed=0))
 
 MNIST's images are normalised with its published mean and std (cyconv.data.to_float32); an image folder's
 per channel with its training split's (cyconv.data.normalize, FolderSpec.mean/std), which the checkpoint
@@ -68,8 +68,10 @@ __all__ = [
 
 SCHEDULES = ("cosine", "constant", "step")
 # What `cyconv train --data-dir` trains where the command line is silent (TrainConfig's defaults are the MNIST
-# recipe): small_cnn, for more epochs, as a folder of a few hundred pictures gives only a few steps an epoch.
-FOLDER_RECIPE = {"model": "small_cnn", "epochs": 20}
+# recipe): small_cnn, with smaller batches for more epochs, as a folder of a few hundred pictures makes few
+# steps an epoch (make_shapes(600): 15 of 32). Chosen on make_shapes(600), where it reached 98-99% test
+# accuracy (with a Conv-BatchNorm-ReLU-MaxPool x 3 stand-in for small_cnn).
+FOLDER_RECIPE = {"model": "small_cnn", "epochs": 30, "batch_size": 32}
 CHECKPOINT_NAME = "checkpoint.npz"
 METRICS_NAME = "metrics.json"
 _SHUFFLE_STREAM = 1  # the word that keeps shuffle seeds apart from the init seed (see _epoch_order)
