@@ -8,10 +8,7 @@ Tests that read MNIST use the verified copy (conftest's mnist_dir: $CYCONV_DATA,
 and fail without it; downloading is always disabled.
 """
 
-import contextlib
-import io
 import json
-import shlex
 import struct
 import subprocess
 import sys
@@ -28,13 +25,8 @@ from cyconv.models import MODELS, build_model
 from cyconv.models import summary
 from cyconv.data import load_mnist, prepare_digit, to_float32
 from cyconv.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, train
-from cli_helpers import assert_error, run
-
-
-@pytest.fixture(autouse=True)
-def no_download(monkeypatch):
-    monkeypatch.setenv(cli.ENV_NO_DOWNLOAD, "1")
-    monkeypatch.delenv(cli.ENV_DEBUG, raising=False)
+from cli_helpers import assert_error, continue_command, ctrl_c_in_the_second_epoch, run, run_captured
+from cli_helpers import no_download  # noqa: F401 (autouse)
 
 
 @pytest.fixture(scope="module")
@@ -390,12 +382,9 @@ def test_raw_warns_about_a_dark_digit_on_white(capsys, tmp_path, checkpoint):
 def lenet_checkpoint(mnist_dir, tmp_path_factory):
     """`cyconv train` of LeNet-5 on 8,000 MNIST images for one epoch: ~96% test accuracy, in ~10 s."""
     out = tmp_path_factory.mktemp("lenet")
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), pytest.MonkeyPatch.context() as m:
-        m.setenv(cli.ENV_NO_DOWNLOAD, "1")
-        status = cli.main(["train", "--model", "lenet5", "--epochs", "1", "--limit", "8000", "--data",
-                           str(mnist_dir), "--out", str(out), "--no-progress", "--threads", "1"])
-    assert status == 0, stderr.getvalue()
+    status, _, stderr = run_captured("train", "--model", "lenet5", "--epochs", "1", "--limit", "8000", "--data",
+                                     mnist_dir, "--out", out, "--no-progress", "--threads", "1")
+    assert status == 0, stderr
     assert json.loads((out / METRICS_NAME).read_text())[-1]["test_acc"] > 0.94
     return out / CHECKPOINT_NAME
 
@@ -461,13 +450,10 @@ def test_light_background_is_inverted(capsys, tmp_path, lenet_checkpoint, test_d
 def trained_run(mnist_dir, tmp_path_factory):
     """`cyconv train` of a small mlp on 2000 real images: (out dir, stdout, stderr)."""
     out = tmp_path_factory.mktemp("run")
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), pytest.MonkeyPatch.context() as m:
-        m.setenv(cli.ENV_NO_DOWNLOAD, "1")
-        status = cli.main(["train", "--model", "mlp", "--hidden", "32", "--epochs", "2", "--limit", "2000",
-                           "--data", str(mnist_dir), "--out", str(out), "--no-progress", "--threads", "1"])
-    assert status == 0, stderr.getvalue()
-    return out, stdout.getvalue(), stderr.getvalue()
+    status, stdout, stderr = run_captured("train", "--model", "mlp", "--hidden", "32", "--epochs", "2", "--limit",
+                                          "2000", "--data", mnist_dir, "--out", out, "--no-progress", "--threads", "1")
+    assert status == 0, stderr
+    return out, stdout, stderr
 
 
 def test_train_writes_checkpoint_metrics_and_epoch_lines(trained_run):
@@ -498,28 +484,6 @@ def test_evaluate_prints_accuracy_and_confusion_matrix(capsys, trained_run, mnis
     counts = np.array([[int(v) for v in row[1:11]] for row in rows])
     assert [int(row[0]) for row in rows] == list(range(10))
     assert counts.sum() == 10000 and np.trace(counts) == correct
-
-
-@contextlib.contextmanager
-def ctrl_c_in_the_second_epoch():
-    """Ctrl-C as `cyconv train` starts its second epoch, after the first one's checkpoint is written."""
-    real = train_module.train_epoch
-
-    def stop_at_second_epoch(model, optimizer, x, y, config, epoch, *args):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(model, optimizer, x, y, config, epoch, *args)
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(train_module, "train_epoch", stop_at_second_epoch)
-        yield
-
-
-def continue_command(err):
-    """The command an interrupted `cyconv train` gave in its one line on stderr, as argv for cli.main."""
-    lines = err.splitlines()
-    assert len(lines) == 1 and "; continue with: cyconv " in lines[0], err
-    return shlex.split(lines[0].split("; continue with: cyconv ", 1)[1])
 
 
 def test_resume_continues_with_the_saved_options(capsys, tmp_path, mnist_dir):

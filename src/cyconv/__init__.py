@@ -5,7 +5,7 @@
     cyconv.nn           PyTorch-shaped modules (Conv2d, MaxPool2d, ReLU, Flatten, Linear, Sequential)
     cyconv.optim        SGD with momentum and weight decay, learning-rate schedules
     cyconv.models       the course's LeNet-5 and two-layer MLP, and summary()
-    cyconv.data         MNIST: find, download, verify, load
+    cyconv.data         MNIST (find, download, verify, load), image folders, make_shapes
     cyconv.features     hand-crafted features: pixels, colour histograms, HOG (compiled)
     cyconv.compile      a model's inference pass as one compiled call (cyconv.predictor)
 

@@ -9,6 +9,9 @@ A checkpoint holds numbers and strings only, never a pickle: it is written with 
     config             str, JSON: the training configuration (at least "model", and "hidden" for mlp)
     metrics            str, JSON: the list of per-epoch metrics so far
     info               str, JSON: what the run does not depend on (cyconv version, threads, n_train)
+    data               str, JSON: null for MNIST; for an image folder its cyconv.data.FolderSpec (root,
+                       image size, channels, class names, split, normalisation), which evaluation and
+                       prediction need. Optional: a checkpoint without it is an MNIST one.
     model/<name>       each array of model.state_dict()
     optimizer/<name>   each value of optimizer.state_dict(), as an array (0-d for scalars)
 
@@ -35,8 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import models
 from ._files import atomic_write
-from .models import MODELS, build_model
+from .data import FolderSpec
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -45,6 +49,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_model",
+    "build_model_for",
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -71,6 +76,7 @@ class Checkpoint:
     info: dict
     model_state: dict[str, np.ndarray] = field(repr=False)
     optimizer_state: dict[str, np.ndarray] = field(repr=False)
+    data: FolderSpec | None = None  # None: trained on MNIST
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -78,10 +84,12 @@ class Checkpoint:
 
 
 def save_checkpoint(path, *, model, optimizer, model_name: str, epoch: int, config: dict,
-                    metrics: list, info: dict | None = None) -> Path:
-    """Write model and optimizer state and the run's bookkeeping to `path` (.npz), atomically."""
-    if model_name not in MODELS:
-        raise ValueError(f"save_checkpoint(): model_name must be one of {', '.join(MODELS)}, got {model_name!r}")
+                    metrics: list, info: dict | None = None, data: dict | None = None) -> Path:
+    """Write model and optimizer state and the run's bookkeeping to `path` (.npz), atomically.
+    data: the FolderSpec.to_dict() of an image folder's split, None for MNIST."""
+    if model_name not in models.MODELS:
+        raise ValueError(f"save_checkpoint(): model_name must be one of {', '.join(models.MODELS)}, "
+                         f"got {model_name!r}")
     arrays = {
         "format": np.array(CHECKPOINT_FORMAT, np.int64),
         "model_name": np.array(model_name),
@@ -89,6 +97,7 @@ def save_checkpoint(path, *, model, optimizer, model_name: str, epoch: int, conf
         "config": np.array(json.dumps(config, sort_keys=True)),
         "metrics": np.array(json.dumps(metrics)),
         "info": np.array(json.dumps(info or {}, sort_keys=True)),
+        "data": np.array(json.dumps(data, sort_keys=True)),
     }
     for name, value in model.state_dict().items():
         arrays[_MODEL_PREFIX + name] = np.asarray(value)
@@ -127,8 +136,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if fmt != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {fmt}, this cyconv reads format {CHECKPOINT_FORMAT}")
     model_name = _string(arrays, "model_name", path)
-    if model_name not in MODELS:
-        raise CheckpointError(f"{path}: unknown model {model_name!r}, expected one of {', '.join(MODELS)}")
+    if model_name not in models.MODELS:
+        raise CheckpointError(f"{path}: unknown model {model_name!r}, expected one of {', '.join(models.MODELS)}")
     epoch = _integer(arrays, "epoch", path)
     if epoch < 0:
         raise CheckpointError(f"{path}: epoch must be >= 0, got {epoch}")
@@ -138,11 +147,18 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not isinstance(metrics, list) or not isinstance(info, dict):
         raise CheckpointError(f"{path}: metrics must be a JSON list and info a JSON object")
 
+    data = _json(arrays, "data", path) if "data" in arrays else None
+    if data is not None:
+        try:
+            data = FolderSpec.from_dict(data)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: 'data' does not describe an image folder: {e}") from e
+
     model_state = _section(arrays, _MODEL_PREFIX, "fi", path)  # weights; buffers such as counters
     optimizer_state = _section(arrays, _OPTIMIZER_PREFIX, "biuf", path)
     if not model_state:
         raise CheckpointError(f"{path}: not a cyconv checkpoint: it holds no model weights")
-    return Checkpoint(path, model_name, epoch, config, metrics, info, model_state, optimizer_state)
+    return Checkpoint(path, model_name, epoch, config, metrics, info, model_state, optimizer_state, data)
 
 
 def load_model(checkpoint):
@@ -153,10 +169,31 @@ def load_model(checkpoint):
     """
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint)
-    model = build_model(checkpoint.model_name, hidden=_hidden(checkpoint))
+    spec = checkpoint.data
+    saved = sum(a.size for a in checkpoint.model_state.values())
+    if spec is not None and len(spec.classes) > saved:
+        # As for 'hidden' below: every class has weights of its own, so the file bounds what is built.
+        raise CheckpointError(f"{checkpoint.path}: 'data' names {len(spec.classes)} classes, but the saved weights "
+                              f"hold only {saved} values, too few for that many outputs")
+    try:
+        model = build_model_for(checkpoint.model_name, hidden=_hidden(checkpoint), spec=spec)
+    except ValueError as e:
+        raise CheckpointError(f"{checkpoint.path}: {e}") from e
     restore(model, checkpoint.model_state, checkpoint.path, f"saved weights do not fit a {checkpoint.model_name}")
     model.eval()
     return model, checkpoint
+
+
+def build_model_for(model_name: str, *, hidden: int, spec: FolderSpec | None, rng=None):
+    """A fresh models.build_model(model_name) for the data that `spec` describes: its channels, (square)
+    image size and number of classes; spec None: MNIST (models.build_model's defaults)."""
+    if spec is None:
+        return models.build_model(model_name, hidden=hidden, rng=rng)
+    height, width = spec.size
+    if height != width:
+        raise ValueError(f"the models take square images, not {height}x{width}")
+    return models.build_model(model_name, hidden=hidden, in_channels=spec.channels, num_classes=len(spec.classes),
+                              image_size=height, rng=rng)
 
 
 def restore(target, state: dict, path, problem: str) -> None:

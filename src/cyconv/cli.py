@@ -4,6 +4,9 @@
     cyconv train --resume                 continue that run where it stopped
     cyconv evaluate --checkpoint runs/lenet5/checkpoint.npz
     cyconv predict --checkpoint runs/lenet5/checkpoint.npz digit.png more.npy
+    cyconv train --data-dir photos        small_cnn on an image folder (one sub-folder per class)
+    cyconv evaluate --checkpoint runs/small_cnn/checkpoint.npz     on the same folder's test split
+    cyconv predict --checkpoint runs/small_cnn/checkpoint.npz cat.jpg
     cyconv summary --model lenet5
     cyconv compare --plot compare.png     hand-crafted features + simple classifiers vs LeNet-5
     cyconv download --data DIR
@@ -16,7 +19,9 @@ Images for `predict` may be pictures of any size and colour mode (PNG, JPEG, BMP
 by Pillow) or 2-D .npy arrays, a dark digit on a light background or a light one on dark: `load_image`
 turns each into an MNIST digit with cyconv.data.prepare_digit (inverted if need be, cropped to the ink,
 scaled to fit 20x20, centred by its centre of mass in 28x28). `--raw` skips that, for images that already
-are MNIST digits (28x28, white on black).
+are MNIST digits (28x28, white on black). A model trained on an image folder (`train --data-dir`) takes
+pictures as the folder's were read instead (cyconv.data.read_image: resized to its image size, grey or RGB)
+and normalised with its training split's mean and std, which the checkpoint keeps with the class names.
 """
 
 from __future__ import annotations
@@ -26,22 +31,21 @@ import contextlib
 import json
 import os
 import shlex
-import struct
 import sys
-import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from . import __version__, compare, data, set_num_threads
 from . import predictor as predictor_module
 from ._files import atomic_write
+from . import models
 from .checkpoint import load_checkpoint, load_model
-from .models import MODELS, build_model, default_input
+from .data import ImageError
+from .models import build_model, default_input
 from .models import summary
-from .train import (CHECKPOINT_NAME, SCHEDULES, TrainConfig, TrainingInterrupted, confusion_matrix,
+from .train import (CHECKPOINT_NAME, FOLDER_RECIPE, SCHEDULES, TrainConfig, TrainingInterrupted, confusion_matrix,
                     predict_logits, train)
 
 __all__ = ["main", "ImageError", "load_image"]
@@ -59,10 +63,6 @@ class UsageError(Exception):
 
 class _MissingDependency(Exception):
     """An optional package a command needs is not installed: one line, exit status 1."""
-
-
-class ImageError(ValueError):
-    """An image file that cannot be read, or holds no digit cyconv can use."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -118,6 +118,26 @@ def _build_parser():
         p.add_argument("--no-download", action="store_true",
                        help=f"fail instead of downloading missing MNIST files (also: {ENV_NO_DOWNLOAD}=1)")
 
+    def folder_options(p, training=False):
+        p.add_argument("--data-dir", metavar="DIR",
+                       help="an image folder: one sub-folder of PNG, JPEG or BMP pictures per class"
+                            + (" (instead of MNIST)" if training else
+                               " (default: the one the checkpoint was trained on)"))
+        if not training:
+            return
+        p.add_argument("--image-size", type=_int_at_least(1), metavar="N",
+                       help=f"--data-dir: resize the pictures to N x N (default: {data.DEFAULT_IMAGE_SIZE}, "
+                            f"at most {data.MAX_IMAGE_SIDE})")
+        p.add_argument("--channels", type=int, choices=(1, 3),
+                       help="--data-dir: 1 reads the pictures as grey, 3 as RGB (default: 3)")
+        p.add_argument("--test-fraction", type=_float_in(0, 1, low_open=True, high_open=True), metavar="F",
+                       help=f"--data-dir: the fraction of each class held out for testing (default: "
+                            f"{data.DEFAULT_TEST_FRACTION})")
+        p.add_argument("--split-seed", type=_int_at_least(0), metavar="N",
+                       help="--data-dir: the seed of the test split, apart from --seed (default: 0)")
+        p.add_argument("--augment", action="store_true", default=None,
+                       help="--data-dir: flip and crop every training batch at random")
+
     def threads_option(p):
         p.add_argument("--threads", type=_int_at_least(1), metavar="N",
                        help="cyconv's OpenMP threads, which run the compiled kernels (default: $OMP_NUM_THREADS, "
@@ -125,14 +145,18 @@ def _build_parser():
                             "inside them")
 
     p = commands.add_parser(
-        "train", help="train a model on MNIST",
-        description="Train on MNIST with SGD, evaluating on the test set and saving a checkpoint "
-                    "(OUT/checkpoint.npz) and metrics (OUT/metrics.json) after every epoch. With --resume, "
-                    "options not given are taken from the checkpoint.")
-    p.add_argument("--model", choices=MODELS, help=f"network (default: {d.model})")
+        "train", help="train a model on MNIST or an image folder",
+        description="Train on MNIST, or on an image folder (--data-dir: one sub-folder of pictures per class), "
+                    "with SGD, evaluating on the test set and saving a checkpoint (OUT/checkpoint.npz) and "
+                    "metrics (OUT/metrics.json) after every epoch. With --resume, options not given are taken "
+                    "from the checkpoint.")
+    p.add_argument("--model", choices=models.MODELS,
+                   help=f"network (default: {d.model}; with --data-dir {FOLDER_RECIPE['model']})")
     p.add_argument("--hidden", type=_int_at_least(1), metavar="N", help=f"mlp hidden units (default: {d.hidden})")
-    p.add_argument("--epochs", type=_int_at_least(1), metavar="N", help=f"default: {d.epochs}")
-    p.add_argument("--batch-size", type=_int_at_least(1), metavar="N", help=f"default: {d.batch_size}")
+    p.add_argument("--epochs", type=_int_at_least(1), metavar="N",
+                   help=f"default: {d.epochs}; with --data-dir {FOLDER_RECIPE['epochs']}")
+    p.add_argument("--batch-size", type=_int_at_least(1), metavar="N",
+                   help=f"default: {d.batch_size}; with --data-dir {FOLDER_RECIPE['batch_size']}")
     p.add_argument("--lr", type=_float_in(0, low_open=True), metavar="LR",
                    help=f"base learning rate (default: {d.lr})")
     p.add_argument("--momentum", type=_float_in(0, 1, high_open=True), metavar="M", help=f"default: {d.momentum}")
@@ -152,6 +176,7 @@ def _build_parser():
     p.add_argument("--resume", action="store_true", help="continue the run saved in OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
     data_options(p)
+    folder_options(p, training=True)
     threads_option(p)
     p.set_defaults(run=_cmd_train)
 
@@ -159,14 +184,16 @@ def _build_parser():
         which = p.add_mutually_exclusive_group(required=True)
         which.add_argument("--checkpoint", metavar="FILE", help="a checkpoint.npz from 'cyconv train'")
         which.add_argument("--model", metavar="FILE", dest="onnx_model",
-                           help="an ONNX model (.onnx) with a (N, 1, 28, 28) input, e.g. from 'cyconv export' "
-                                "or PyTorch (needs the onnx package: pip install 'cyconv[onnx]')")
+                           help="an ONNX model (.onnx) of MNIST digits, with a (N, 1, 28, 28) input, e.g. from "
+                                "'cyconv export' or PyTorch (needs the onnx package: pip install 'cyconv[onnx]')")
 
     p = commands.add_parser("evaluate", help="test-set accuracy and confusion matrix of a model",
-                            description="Evaluate a checkpoint or an ONNX model on the 10,000 MNIST test images.")
+                            description="Evaluate a checkpoint or an ONNX model on the 10,000 MNIST test images, "
+                                        "or a checkpoint trained on an image folder on that folder's test split.")
     model_options(p)
     p.add_argument("--batch-size", type=_int_at_least(1), default=1000, metavar="N", help="default: 1000")
     data_options(p)
+    folder_options(p)
     threads_option(p)
     p.set_defaults(run=_cmd_evaluate)
 
@@ -175,7 +202,9 @@ def _build_parser():
         description="Classify pictures of single digits: PNG, JPEG, BMP, GIF, TIFF or PPM of any size and "
                     "colour mode, or 2-D .npy arrays (uint8 0..255 or float 0..1). A dark digit on a light "
                     "background is inverted; the digit is cropped, scaled to fit 20x20 and centred by its "
-                    "centre of mass in 28x28, as MNIST's digits were.")
+                    "centre of mass in 28x28, as MNIST's digits were. With a checkpoint trained on an image "
+                    "folder, pictures are resized and normalised as the folder's were, and classified by its "
+                    "class names.")
     model_options(p)
     p.add_argument("--raw", action="store_true",
                    help="use the pixels as they are: each image must already be an MNIST digit, 28x28, "
@@ -194,7 +223,7 @@ def _build_parser():
 
     p = commands.add_parser("summary", help="print a model's layer table",
                             description="Print the layers, output sizes and weight sizes of a model.")
-    p.add_argument("--model", choices=MODELS, default=d.model, help=f"default: {d.model}")
+    p.add_argument("--model", choices=models.MODELS, default=d.model, help=f"default: {d.model}")
     p.add_argument("--hidden", type=_int_at_least(1), default=d.hidden, metavar="N",
                    help=f"mlp hidden units (default: {d.hidden})")
     p.set_defaults(run=_cmd_summary)
@@ -314,84 +343,184 @@ def _load_mnist(args):
 # Commands
 
 
+# The options that only an image folder takes (besides --augment, a TrainConfig field).
+_FOLDER_OPTIONS = ("image_size", "channels", "test_fraction", "split_seed")
+
+
 def _cmd_train(args) -> int:
     given = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__
              if getattr(args, name, None) is not None}
-    if "hidden" in given and given.get("model", TrainConfig.model) != "mlp":
+    if args.data is not None and args.data_dir is not None:
+        raise UsageError("train: --data is the MNIST directory, --data-dir an image folder: give one "
+                         "(see 'cyconv train --help')")
+    recipe = FOLDER_RECIPE if args.data_dir is not None else {}
+    model = given.get("model", recipe.get("model", TrainConfig.model))
+    if "hidden" in given and model != "mlp":
         raise UsageError("train: --hidden applies to --model mlp only (see 'cyconv train --help')")
-    out = Path(args.out) if args.out else _default_out(given.get("model", TrainConfig.model))
+    out = Path(args.out) if args.out else _default_out(model)
+    spec = None
     if args.resume:
         # What the command line does not say comes from the run being resumed, so a plain
         # `cyconv train --resume` continues it; what it does say must agree (train() checks).
         if not (out / CHECKPOINT_NAME).is_file():
             raise FileNotFoundError(f"nothing to resume: {out / CHECKPOINT_NAME} does not exist")
-        saved = load_checkpoint(out / CHECKPOINT_NAME).config
-        config = TrainConfig.from_dict({**saved, **given})
+        saved = load_checkpoint(out / CHECKPOINT_NAME)
+        config = TrainConfig.from_dict({**saved.config, **given})
+        spec = saved.data
     else:
-        config = TrainConfig(**given)
-    mnist = _load_mnist(args)
-    result = train(config, mnist, out_dir=out, resume=args.resume,
+        config = TrainConfig(**{**recipe, **given})
+    if args.data_dir is None and spec is None:
+        stray = [name for name in _FOLDER_OPTIONS + ("augment",) if getattr(args, name) is not None]
+        if stray:
+            raise UsageError(f"train: --{stray[0].replace('_', '-')} applies to image folders (--data-dir) "
+                             "only (see 'cyconv train --help')")
+        dataset = _load_mnist(args)
+    else:
+        dataset = _folder_split(args.data_dir, spec, **{name: getattr(args, name) for name in _FOLDER_OPTIONS})
+    result = train(config, dataset, out_dir=out, resume=args.resume,
                    progress=False if args.no_progress else None)
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")
     return 0
 
 
+def _folder_split(root, spec, image_size=None, channels=None, test_fraction=None, split_seed=None):
+    """The image folder's split for a run: from the command line's values, else those of `spec` (the
+    checkpoint's FolderSpec, None for a new run), else the defaults. Notes the files it ignored."""
+    if root is None and (spec is None or spec.root is None):
+        raise UsageError("the image folder is not recorded in the checkpoint; give --data-dir")
+
+    def pick(value, saved, default):
+        return value if value is not None else saved if spec is not None else default
+
+    root = pick(root, spec and spec.root, None)
+    folder = data.ImageFolder(root, size=pick(image_size, spec and spec.size[0], data.DEFAULT_IMAGE_SIZE),
+                              channels=pick(channels, spec and spec.channels, 3))
+    if folder.ignored:
+        print(f"{PROG}: note: ignored {len(folder.ignored)} files that are not {', '.join(data.FOLDER_EXTENSIONS)} "
+              f"pictures, e.g. {folder.ignored[0]}", file=sys.stderr)
+    return folder.split(pick(test_fraction, spec and spec.test_fraction, data.DEFAULT_TEST_FRACTION),
+                        pick(split_seed, spec and spec.seed, 0))
+
+
+def _test_set(args, ckpt):
+    """(normalised test images, labels, class names) to evaluate the checkpoint on: MNIST's test set, or
+    the test split of the image folder it was trained on (ckpt None: an ONNX model, MNIST's)."""
+    spec = None if ckpt is None else ckpt.data
+    if spec is None:
+        if args.data_dir is not None:
+            raise UsageError("evaluate: --data-dir is for a checkpoint trained on an image folder; this model was "
+                             "trained on MNIST (see 'cyconv evaluate --help')")
+        mnist = _load_mnist(args)
+        return data.to_float32(mnist.test_images), mnist.test_labels.astype(np.int64), None
+    if args.data is not None:
+        raise UsageError(f"evaluate: {ckpt.path} was trained on an image folder, not MNIST: give --data-dir, "
+                         "or nothing for the folder it was trained on")
+    split = _folder_split(args.data_dir, spec)
+    if split.classes != spec.classes:
+        raise ValueError(f"{split.spec.root}: holds the classes {list(split.classes)}, the model was trained on "
+                         f"{list(spec.classes)}")
+    if len(split.test_labels) != ckpt.info.get("n_test"):
+        print(f"{PROG}: warning: {split.spec.root} has changed since training: its test split has "
+              f"{len(split.test_labels)} images, the model was tested on {ckpt.info.get('n_test')}; some "
+              "of these may be images it was trained on", file=sys.stderr)
+    return data.normalize(split.test_images, spec.mean, spec.std), split.test_labels, list(spec.classes)
+
+
 def _cmd_evaluate(args) -> int:
-    predictor, description = _load_predictor(args)
-    mnist = _load_mnist(args)
-    labels = mnist.test_labels.astype(np.int64)
-    predictions = predict_logits(predictor, data.to_float32(mnist.test_images), args.batch_size).argmax(axis=1)
-    counts = confusion_matrix(labels, predictions, num_classes=10)
+    model, description, ckpt = _load_model(args)
+    x, labels, names = _test_set(args, ckpt)
+    predictor = _compiled(model, x.shape[1:], args)
+    predictions = predict_logits(predictor, x, args.batch_size).argmax(axis=1)
+    counts = confusion_matrix(labels, predictions, num_classes=10 if names is None else len(names))
     correct = int(np.trace(counts))
     print(description)
     print(f"test accuracy {100 * correct / len(labels):.2f}% ({correct}/{len(labels)})")
     print()
-    print(_confusion_table(counts))
+    print(_confusion_table(counts, names))
     return 0
 
 
-def _confusion_table(counts: np.ndarray) -> str:
-    """Rows are the true digits, columns the predicted ones, then each row's recall."""
+def _confusion_table(counts: np.ndarray, names: list[str] | None = None) -> str:
+    """Rows are the true classes (digits, or `names`), columns the predicted ones, then each row's recall."""
     k = counts.shape[0]
-    width = max(5, len(str(int(counts.max()))) + 1)
-    lines = ["confusion matrix (rows: true digit, columns: predicted digit)",
-             "true" + "".join(f"{c:>{width}}" for c in range(k)) + "   recall"]
+    what, align = ("digit", ">") if names is None else ("class", "<")  # digits right-aligned, names left
+    names = [str(c) for c in range(k)] if names is None else names
+    width = max(5, len(str(int(counts.max()))) + 1, *(len(n) + 1 for n in names))
+    first = max(4, *(len(n) for n in names))
+    lines = [f"confusion matrix (rows: true {what}, columns: predicted {what})",
+             f"{'true':<{first}}" + "".join(f"{n:>{width}}" for n in names) + "   recall"]
     for t in range(k):
         total = int(counts[t].sum())
         recall = f"{100 * counts[t, t] / total:7.2f}%" if total else "      -"
-        lines.append(f"{t:>4}" + "".join(f"{int(v):>{width}}" for v in counts[t]) + " " + recall)
+        lines.append(f"{names[t]:{align}{first}}" + "".join(f"{int(v):>{width}}" for v in counts[t]) + " " + recall)
     return "\n".join(lines)
 
 
 def _cmd_predict(args) -> int:
-    images = [load_image(path, raw=args.raw) for path in args.images]  # all read (and checked) before any output
-    predictor, _ = _load_predictor(args)
+    model, _, ckpt = _load_model(args)
+    spec = None if ckpt is None else ckpt.data
+    if spec is not None and args.raw:
+        raise UsageError("predict: --raw is for MNIST digits; this model was trained on an image folder "
+                         "(see 'cyconv predict --help')")
+    # All read (and checked) before any output.
+    images = [load_image(path, raw=args.raw) if spec is None else (_folder_image(path, spec), None)
+              for path in args.images]
     x = np.stack([image for image, _ in images])
-    logits = predict_logits(predictor, x).astype(np.float64)
+    logits = predict_logits(_compiled(model, x.shape[1:], args), x).astype(np.float64)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     for path, (_, warning) in zip(args.images, images):
         if warning:
             print(f"{PROG}: warning: {path}: {warning}", file=sys.stderr)
-    name_width = max(5, *(len(p) for p in args.images))
-    print(f"{'image':<{name_width}}  class  " + "  ".join(f"{f'p{c}':>6}" for c in range(probs.shape[1])))
-    for path, p in zip(args.images, probs):
-        print(f"{path:<{name_width}}  {int(p.argmax()):>5}  " + "  ".join(f"{v:6.4f}" for v in p))
+    print(_prediction_table(args.images, probs, None if spec is None else list(spec.classes)))
     return 0
 
 
-def _load_predictor(args):
-    """The model to run (a checkpoint's or an ONNX file's), compiled (cyconv.compile), and one line
-    that says which it is."""
+def _prediction_table(paths: list[str], probs: np.ndarray, names: list[str] | None) -> str:
+    """One row per image: its class (a digit, or a name) and the probability of each class (of the most
+    likely one only, beyond _MAX_COLUMNS classes)."""
+    name_width = max(5, *(len(p) for p in paths))
+    if names is None:
+        lines = [f"{'image':<{name_width}}  class  " + "  ".join(f"{f'p{c}':>6}" for c in range(probs.shape[1]))]
+        lines += [f"{path:<{name_width}}  {int(p.argmax()):>5}  " + "  ".join(f"{v:6.4f}" for v in p)
+                  for path, p in zip(paths, probs)]
+        return "\n".join(lines)
+    class_width = max(5, *(len(n) for n in names))
+    columns = names if len(names) <= _MAX_COLUMNS else ["probability"]
+    widths = [max(6, len(c)) for c in columns]
+    lines = [f"{'image':<{name_width}}  {'class':<{class_width}}  " + "  ".join(
+        f"{c:>{w}}" for c, w in zip(columns, widths))]
+    for path, p in zip(paths, probs):
+        values = p if len(names) <= _MAX_COLUMNS else [p.max()]
+        lines.append(f"{path:<{name_width}}  {names[int(p.argmax())]:<{class_width}}  " + "  ".join(
+            f"{v:{w}.4f}" for v, w in zip(values, widths)))
+    return "\n".join(lines)
+
+
+_MAX_COLUMNS = 10
+
+
+def _folder_image(path, spec) -> np.ndarray:
+    """A picture as the network's input for a model trained on an image folder: read as the folder's
+    pictures were (cyconv.data.read_image), normalised as they were, float32 (C, H, W)."""
+    return data.normalize(data.read_image(path, spec.size, spec.channels)[None], spec.mean, spec.std)[0]
+
+
+def _load_model(args):
+    """The model to run (a checkpoint's or an ONNX file's) in eval mode, one line that says which it is,
+    and the Checkpoint (None for an ONNX model)."""
     if args.onnx_model is not None:
         model = _onnx().load(args.onnx_model, final_softmax="drop")
-        description = f"{args.onnx_model}: ONNX model, {len(model)} layers"
-    else:
-        model, ckpt = load_model(args.checkpoint)
-        description = f"{ckpt.path}: {ckpt.model_name}, {ckpt.epoch} epochs"
+        return model, f"{args.onnx_model}: ONNX model, {len(model)} layers", None
+    model, ckpt = load_model(args.checkpoint)
+    return model, f"{ckpt.path}: {ckpt.model_name}, {ckpt.epoch} epochs", ckpt
+
+
+def _compiled(model, input_shape, args):
+    """The model's inference pass compiled (cyconv.compile) for images of input_shape (C, H, W)."""
     try:
-        return predictor_module.compile(model.eval(), input_shape=(1, IMAGE_SIZE, IMAGE_SIZE)), description
+        return predictor_module.compile(model.eval(), input_shape=tuple(input_shape))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{args.onnx_model or args.checkpoint}: {e}") from None
 
@@ -408,7 +537,9 @@ def _onnx():
 
 def _cmd_export(args) -> int:
     model, ckpt = load_model(args.checkpoint)
-    _onnx().export(model, args.output, input_shape=(1, IMAGE_SIZE, IMAGE_SIZE))
+    spec = ckpt.data
+    _onnx().export(model, args.output,
+                   input_shape=(1, IMAGE_SIZE, IMAGE_SIZE) if spec is None else (spec.channels, *spec.size))
     print(f"{args.output}: {ckpt.model_name} from {ckpt.path} as ONNX (opset {_onnx().OPSET})")
     return 0
 
@@ -528,36 +659,16 @@ def _read_npy(path: Path) -> np.ndarray:
 
 def _read_picture(path: Path) -> np.ndarray:
     """A picture file as uint8 (H, W) grey, its size checked before its pixels are decoded."""
-    try:
-        with warnings.catch_warnings():
-            # Pillow refuses more than 2 * Image.MAX_IMAGE_PIXELS and only warns above it: refuse both.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=IMAGE_FORMATS) as picture:  # reads the header only
-                width, height = picture.size
-                if width * height > MAX_IMAGE_PIXELS:
-                    raise ImageError(f"{path}: image is {width}x{height}, too large to read (at most "
-                                     f"{MAX_IMAGE_PIXELS:,} pixels)")
-                # A phone's photo is stored as the sensor saw it, with the rotation to show it in EXIF.
-                ImageOps.exif_transpose(picture, in_place=True)
-                return _grey(picture)
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not a .npy file or an image cyconv reads ({', '.join(IMAGE_FORMATS)}), "
-                         "or damaged") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{path}: image too large to read ({e})") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
-        # Pillow reports damaged files as any of these; the reason is in the message.
-        raise ImageError(f"{path}: cannot decode the image: {_one_line(e)}") from None
+    with data.refusing_decompression_bombs():
+        return data.decode_picture(path, _grey, formats=IMAGE_FORMATS, max_pixels=MAX_IMAGE_PIXELS,
+                                   kind="a .npy file or an image")
 
 
 def _grey(picture: Image.Image) -> np.ndarray:
     """Any Pillow mode as uint8 grey: luma 0.299 R + 0.587 G + 0.114 B (Pillow's "L"), 16-bit scaled to
     8, transparency flattened onto black or white (_flatten)."""
     if picture.mode.startswith("I"):  # 16-bit grey ("I;16" and, from older Pillows, "I"): 0..65535
-        wide = np.clip(np.asarray(picture), 0, 65535).astype(np.uint32)
-        return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        return data.wide_grey_to_uint8(picture)
     if picture.has_transparency_data:
         rgba = picture.convert("RGBA")
         return _flatten(np.asarray(rgba.convert("L")), np.asarray(rgba.getchannel("A")))
