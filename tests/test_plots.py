@@ -1,6 +1,9 @@
-"""cyconv.plots: every picture is drawn (into tmp_path) and checked to be a PNG of a sensible size, and
-every error path gives a clear exception. The command-line side (`cyconv plot ...`, `evaluate
---confusion-plot`) is in test_cli_plots.py."""
+"""cyconv.plots and the commands that draw: every picture is drawn (into tmp_path) and checked to be a PNG of
+a sensible size, and every error path gives a clear exception, or one line from the command.
+
+The commands run on tiny checkpoints trained here: LeNet-5 and an mlp on random MNIST-shaped arrays, and
+small_cnn on a make_shapes folder of 16x16 pictures (`cyconv train --data-dir`); `evaluate` reads the
+verified MNIST copy for the MNIST checkpoint."""
 
 import json
 import sys
@@ -13,7 +16,11 @@ pytest.importorskip("matplotlib")  # an optional extra; the test extra installs 
 
 from cyconv import models, plots  # noqa: E402
 from cyconv.compare import Row  # noqa: E402
+from cyconv.data import make_shapes  # noqa: E402
 from cyconv.nn import Conv2d, Flatten, Linear, ReLU, Sequential  # noqa: E402
+from cyconv.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, train  # noqa: E402
+from cli_helpers import assert_error, run, run_captured  # noqa: E402
+from cli_helpers import no_download  # noqa: E402,F401 (autouse)
 
 METRICS = [
     {"epoch": 1, "train_loss": 0.42, "train_acc": 0.88, "test_acc": 0.95, "lr": 0.03},
@@ -216,3 +223,130 @@ def test_without_matplotlib_the_error_says_how_to_install_it(tmp_path, monkeypat
         plots.curves(METRICS, tmp_path / "c.png")
     with pytest.raises(ImportError, match="cyconv"):
         plots.formats()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The command line
+
+
+def mnist_like(n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 28, 28)).astype(np.uint8), rng.integers(0, 10, n)
+
+
+@pytest.fixture(scope="module")
+def lenet_run(tmp_path_factory):
+    """A LeNet-5 run of 2 epochs on 64 random 28x28 images: its output directory."""
+    images, labels = mnist_like(64, 0)
+    out = tmp_path_factory.mktemp("lenet5")
+    train(TrainConfig(model="lenet5", epochs=2), (images, labels, images[:16], labels[:16]), out_dir=out,
+          progress=False, log=lambda line: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def mlp_checkpoint(tmp_path_factory):
+    images, labels = mnist_like(32, 1)
+    out = tmp_path_factory.mktemp("mlp")
+    train(TrainConfig(model="mlp", hidden=8, epochs=1), (images, labels, images[:8], labels[:8]), out_dir=out,
+          progress=False, log=lambda line: None)
+    return out / CHECKPOINT_NAME
+
+
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory):
+    """`cyconv train --data-dir` (small_cnn) on 32 make_shapes pictures of 16x16: (the folder, the run)."""
+    root = make_shapes(32, size=16, seed=2).save(tmp_path_factory.mktemp("data") / "shapes")
+    out = tmp_path_factory.mktemp("small_cnn")
+    status, _, stderr = run_captured("train", "--data-dir", root, "--image-size", 16, "--epochs", 1,
+                                     "--batch-size", 8, "--out", out, "--no-progress", "--threads", 1)
+    assert status == 0, stderr
+    return root, out
+
+
+def test_plot_curves_command(capsys, lenet_run, tmp_path):
+    status, out, err = run(capsys, "plot", "curves", lenet_run, "-o", tmp_path / "curves.png")
+    assert status == 0, err
+    assert out == f"{tmp_path / 'curves.png'}: loss and accuracy over 2 epochs\n"
+    assert_png(tmp_path / "curves.png")
+    status, _, err = run(capsys, "plot", "curves", lenet_run / METRICS_NAME, "--output", tmp_path / "c.svg")
+    assert status == 0 and (tmp_path / "c.svg").stat().st_size > 1000, err
+
+
+def test_plot_filters_command(capsys, lenet_run, shapes_run, tmp_path):
+    status, out, err = run(capsys, "plot", "filters", "--checkpoint", lenet_run / CHECKPOINT_NAME, "-o",
+                           tmp_path / "grey.png")
+    assert status == 0 and out.startswith(f"{tmp_path / 'grey.png'}: the first-layer filters of lenet5"), err
+    grey = assert_png(tmp_path / "grey.png")
+    assert np.array_equal(grey[..., 0], grey[..., 2])
+    status, _, err = run(capsys, "plot", "filters", "--checkpoint", shapes_run[1] / CHECKPOINT_NAME, "-o",
+                         tmp_path / "rgb.png")
+    assert status == 0, err
+    assert np.count_nonzero(np.ptp(assert_png(tmp_path / "rgb.png").astype(int), axis=2) > 30) > 100
+
+
+def test_plot_maps_command_prepares_the_image_as_predict_does(capsys, lenet_run, shapes_run, tmp_path):
+    digit = np.full((60, 40), 255, np.uint8)
+    digit[10:50, 18:23] = 0  # a dark "1" on white paper: predict inverts, crops and centres it
+    Image.fromarray(digit).save(tmp_path / "one.png")
+    status, out, err = run(capsys, "plot", "maps", "--checkpoint", lenet_run / CHECKPOINT_NAME, tmp_path / "one.png",
+                           "-o", tmp_path / "maps.png", "--threads", 1)
+    assert status == 0 and out.startswith(f"{tmp_path / 'maps.png'}: the feature maps of lenet5"), err
+    assert_png(tmp_path / "maps.png")
+    # A model trained on a folder reads the picture as the folder's were (any size, RGB, normalised).
+    picture = next((shapes_run[0] / "circle").iterdir())
+    status, _, err = run(capsys, "plot", "maps", "--checkpoint", shapes_run[1] / CHECKPOINT_NAME, picture,
+                         "-o", tmp_path / "shape.png")
+    assert status == 0, err
+    assert_png(tmp_path / "shape.png")
+
+
+def test_evaluate_confusion_plot(capsys, lenet_run, shapes_run, mnist_dir, tmp_path):
+    status, out, err = run(capsys, "evaluate", "--checkpoint", lenet_run / CHECKPOINT_NAME, "--data", mnist_dir,
+                           "--confusion-plot", tmp_path / "cm.png")
+    assert status == 0, err
+    assert out.splitlines()[-1] == f"confusion plot: {tmp_path / 'cm.png'}"
+    assert_png(tmp_path / "cm.png")
+    status, out, err = run(capsys, "evaluate", "--checkpoint", shapes_run[1] / CHECKPOINT_NAME,
+                           "--confusion-plot", tmp_path / "shapes.png")
+    assert status == 0, err
+    assert "circle" in out
+    assert_png(tmp_path / "shapes.png")
+
+
+def test_plot_commands_fail_in_one_line(capsys, lenet_run, mlp_checkpoint, tmp_path):
+    png = tmp_path / "p.png"
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes((lenet_run / CHECKPOINT_NAME).read_bytes()[:5000])
+    cases = [
+        (["plot"], 2, "plot: the following arguments are required: PICTURE"),
+        (["plot", "curves", lenet_run], 2, "the following arguments are required: -o/--output"),
+        (["plot", "curves", lenet_run, "-o", tmp_path / "p.txt"], 2, "plot curves: --output "),
+        (["plot", "curves", tmp_path, "-o", png], 1, "metrics.json: no such file"),
+        (["plot", "curves", lenet_run, "-o", tmp_path / "no" / "p.png"], 1, "No such directory"),
+        (["plot", "filters", "--checkpoint", tmp_path / "none.npz", "-o", png], 1, "none.npz: no such checkpoint"),
+        (["plot", "filters", "--checkpoint", broken, "-o", png], 1, "broken.npz: "),
+        (["plot", "filters", "--checkpoint", mlp_checkpoint, "-o", png], 1, "mlp: the model has no convolution layer"),
+        (["plot", "maps", "--checkpoint", mlp_checkpoint, tmp_path / "x.png", "-o", png], 1, "x.png"),
+        (["plot", "maps", "--checkpoint", lenet_run / CHECKPOINT_NAME, tmp_path / "x.png", "-o", png], 1, "x.png"),
+        (["evaluate", "--checkpoint", tmp_path / "none.npz", "--confusion-plot", tmp_path / "cm.txt"], 2,
+         "evaluate: --confusion-plot "),
+    ]
+    for argv, status, match in cases:
+        assert_error(run(capsys, *argv), status, match)
+    assert not png.exists()
+
+
+def test_maps_of_a_model_without_convolutions(capsys, mlp_checkpoint, tmp_path):
+    Image.fromarray(np.eye(28, dtype=np.uint8) * 255).save(tmp_path / "line.png")
+    result = run(capsys, "plot", "maps", "--checkpoint", mlp_checkpoint, tmp_path / "line.png", "-o",
+                 tmp_path / "m.png")
+    assert_error(result, 1, "mlp: the model has no convolution layer")
+
+
+def test_plot_commands_without_matplotlib(capsys, monkeypatch, lenet_run, tmp_path):
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backend_bases"):
+        monkeypatch.setitem(sys.modules, name, None)
+    for argv in (["plot", "curves", lenet_run, "-o", tmp_path / "c.png"],
+                 ["evaluate", "--checkpoint", lenet_run / CHECKPOINT_NAME, "--confusion-plot", tmp_path / "c.png"]):
+        assert_error(run(capsys, *argv), 1, "needs matplotlib; install it with pip install 'cyconv[plot]'")

@@ -9,6 +9,11 @@
     cyconv predict --checkpoint runs/small_cnn/checkpoint.npz cat.jpg
     cyconv summary --model lenet5
     cyconv compare --plot compare.png     hand-crafted features + simple classifiers vs LeNet-5
+    cyconv compare --data-dir photos      the same on an image folder: ... bag of visual words vs small_cnn
+    cyconv plot curves runs/lenet5 -o curves.png                   pictures (needs matplotlib)
+    cyconv plot filters --checkpoint runs/lenet5/checkpoint.npz -o filters.png
+    cyconv plot maps --checkpoint runs/lenet5/checkpoint.npz digit.png -o maps.png
+    cyconv evaluate --checkpoint runs/lenet5/checkpoint.npz --confusion-plot cm.png
     cyconv download --data DIR
 
 Errors a user can cause (a missing file, a bad option, a corrupt checkpoint or image, MNIST not found)
@@ -118,7 +123,7 @@ def _build_parser():
         p.add_argument("--no-download", action="store_true",
                        help=f"fail instead of downloading missing MNIST files (also: {ENV_NO_DOWNLOAD}=1)")
 
-    def folder_options(p, training=False):
+    def folder_options(p, training=False, augment=True):
         p.add_argument("--data-dir", metavar="DIR",
                        help="an image folder: one sub-folder of PNG, JPEG or BMP pictures per class"
                             + (" (instead of MNIST)" if training else
@@ -135,8 +140,9 @@ def _build_parser():
                             f"{data.DEFAULT_TEST_FRACTION})")
         p.add_argument("--split-seed", type=_int_at_least(0), metavar="N",
                        help="--data-dir: the seed of the test split, apart from --seed (default: 0)")
-        p.add_argument("--augment", action="store_true", default=None,
-                       help="--data-dir: flip and crop every training batch at random")
+        if augment:
+            p.add_argument("--augment", action="store_true", default=None,
+                           help="--data-dir: flip and crop every training batch at random")
 
     def threads_option(p):
         p.add_argument("--threads", type=_int_at_least(1), metavar="N",
@@ -180,6 +186,8 @@ def _build_parser():
     threads_option(p)
     p.set_defaults(run=_cmd_train)
 
+    plot_install = "pip install 'cyconv[plot]'"
+
     def model_options(p):
         which = p.add_mutually_exclusive_group(required=True)
         which.add_argument("--checkpoint", metavar="FILE", help="a checkpoint.npz from 'cyconv train'")
@@ -192,6 +200,9 @@ def _build_parser():
                                         "or a checkpoint trained on an image folder on that folder's test split.")
     model_options(p)
     p.add_argument("--batch-size", type=_int_at_least(1), default=1000, metavar="N", help="default: 1000")
+    p.add_argument("--confusion-plot", metavar="FILE",
+                   help="also draw the confusion matrix, class names on the axes, to FILE (e.g. a .png; "
+                        f"needs matplotlib: {plot_install})")
     data_options(p)
     folder_options(p)
     threads_option(p)
@@ -229,23 +240,56 @@ def _build_parser():
     p.set_defaults(run=_cmd_summary)
 
     p = commands.add_parser(
-        "compare", help="hand-crafted features + simple classifiers vs LeNet-5",
-        description="Train softmax regression on pixels, an intensity histogram and HOG, the two-layer MLP "
-                    "on pixels, and LeNet-5 on the images, all with the same SGD recipe as 'cyconv train'; "
-                    "print each one's test accuracy, training time and feature-extraction time.")
+        "compare", help="hand-crafted features + simple classifiers vs a CNN",
+        description="On MNIST: train softmax regression on pixels, an intensity histogram and HOG, the two-layer "
+                    "MLP on pixels, and LeNet-5 on the images. On an image folder (--data-dir): softmax "
+                    "regression on pixels, a colour histogram (256 bins per channel), HOG and a bag of visual "
+                    "words, the MLP on pixels, and small_cnn. All with the recipe of 'cyconv train'; print "
+                    "each one's test accuracy, training time and feature-extraction time.")
     p.add_argument("--epochs", type=_int_at_least(1), metavar="N",
                    help=f"epochs for every model (default: {compare.DEFAULT_EPOCHS} for the feature classifiers, "
-                        f"{compare.DEFAULT_CNN_EPOCHS} for LeNet-5)")
+                        f"{compare.DEFAULT_CNN_EPOCHS} for LeNet-5; with --data-dir {compare.FOLDER_EPOCHS} and "
+                        f"{FOLDER_RECIPE['epochs']})")
     p.add_argument("--seed", type=_int_at_least(0), default=0, metavar="N", help="default: 0")
     p.add_argument("--limit", type=_int_at_least(1), metavar="N", help="use the first N training images only")
     p.add_argument("--test-limit", type=_int_at_least(1), metavar="N", help="use the first N test images only")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
     p.add_argument("--plot", metavar="FILE", help="draw test accuracy against training time to FILE (e.g. a .png; "
-                   "needs matplotlib: pip install 'cyconv[plot]')")
+                   f"needs matplotlib: {plot_install})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
     data_options(p)
+    folder_options(p, training=True, augment=False)
     threads_option(p)
     p.set_defaults(run=_cmd_compare)
+
+    p = commands.add_parser("plot", help="draw training curves, filters or feature maps",
+                            description=f"Draw a picture (needs matplotlib: {plot_install}); the format is the "
+                                        "output name's ending (.png, .pdf, .svg, ...).")
+    pictures = p.add_subparsers(dest="picture", metavar="PICTURE", required=True)
+
+    def picture(name, help, description, run, *, checkpoint):
+        p = pictures.add_parser(name, help=help, description=description)
+        if checkpoint:
+            p.add_argument("--checkpoint", required=True, metavar="FILE", help="a checkpoint.npz from 'cyconv train'")
+        p.add_argument("-o", "--output", required=True, metavar="FILE", help="the picture to write, e.g. a .png")
+        p.set_defaults(run=run)
+        return p
+
+    p = picture("curves", "loss and accuracy per epoch of a training run",
+                "Draw the training loss and the training and test accuracy per epoch of a run of 'cyconv train', "
+                "from its metrics.json.", _cmd_plot_curves, checkpoint=False)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run's output directory (--out of 'cyconv train'), or its "
+                   "metrics.json")
+    picture("filters", "a model's first-layer filters",
+            "Draw the filters of a checkpoint's first convolution as a grid of small images (in colour for a model "
+            "of RGB pictures).", _cmd_plot_filters, checkpoint=True)
+    p = picture("maps", "a model's feature maps for one image",
+                "Draw what each convolution of a checkpoint's model computes for one picture, prepared as "
+                "'cyconv predict' prepares it.", _cmd_plot_maps, checkpoint=True)
+    p.add_argument("image", metavar="IMAGE", help="a picture (or, for MNIST models, a .npy file)")
+    p.add_argument("--raw", action="store_true", help="MNIST models: use the pixels as they are, as "
+                   "'cyconv predict --raw' does")
+    threads_option(p)
 
     p = commands.add_parser("download", help="fetch MNIST",
                             description="Download the missing MNIST files (MD5-checked) and verify all four.")
@@ -264,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            raise UsageError(f"no command given; choose one of train, evaluate, predict, summary, compare, "
-                             f"download (see '{PROG} --help')")
+            raise UsageError(f"no command given; choose one of train, evaluate, predict, export, summary, "
+                             f"compare, plot, download (see '{PROG} --help')")
     except UsageError as e:
         return _fail(e, EXIT_USAGE)
     except SystemExit as e:  # --help
@@ -428,6 +472,8 @@ def _test_set(args, ckpt):
 
 
 def _cmd_evaluate(args) -> int:
+    plots = None if args.confusion_plot is None else _picture_output("evaluate", "--confusion-plot",
+                                                                      args.confusion_plot)
     model, description, ckpt = _load_model(args)
     x, labels, names = _test_set(args, ckpt)
     predictor = _compiled(model, x.shape[1:], args)
@@ -438,6 +484,10 @@ def _cmd_evaluate(args) -> int:
     print(f"test accuracy {100 * correct / len(labels):.2f}% ({correct}/{len(labels)})")
     print()
     print(_confusion_table(counts, names))
+    if plots is not None:
+        plots.confusion(counts, [str(c) for c in range(10)] if names is None else names, args.confusion_plot,
+                        title=description)
+        print(f"confusion plot: {args.confusion_plot}")
     return 0
 
 
@@ -553,21 +603,22 @@ def _cmd_summary(args) -> int:
 
 def _cmd_compare(args) -> int:
     # Everything that can fail fast does so before minutes of training.
-    if args.plot is not None:
-        try:
-            from matplotlib.backend_bases import FigureCanvasBase
-        except ImportError:
-            raise _MissingDependency("compare: --plot needs matplotlib; install cyconv[plot] "
-                                     "(pip install 'cyconv[plot]')") from None
-        formats = FigureCanvasBase.get_supported_filetypes()
-        if Path(args.plot).suffix.lower().lstrip(".") not in formats:
-            raise UsageError(f"compare: --plot {args.plot}: the name must end in one of "
-                             f"{', '.join('.' + f for f in sorted(formats))} (see 'cyconv compare --help')")
-    for path in (args.json, args.plot):
-        if path is not None and not Path(path).resolve().parent.is_dir():
-            raise FileNotFoundError(2, "No such directory", str(Path(path).resolve().parent))
-    mnist = _load_mnist(args)
-    rows = compare.compare(mnist, epochs=args.epochs, cnn_epochs=args.epochs, limit=args.limit,
+    plots = None if args.plot is None else _picture_output("compare", "--plot", args.plot)
+    if args.json is not None and not Path(args.json).resolve().parent.is_dir():
+        raise FileNotFoundError(2, "No such directory", str(Path(args.json).resolve().parent))
+    folder_options = {name: getattr(args, name) for name in _FOLDER_OPTIONS}
+    if args.data_dir is not None:
+        if args.data is not None:
+            raise UsageError("compare: --data is the MNIST directory, --data-dir an image folder: give one "
+                             "(see 'cyconv compare --help')")
+        dataset = _folder_split(args.data_dir, None, **folder_options)
+    else:
+        stray = [name for name, value in folder_options.items() if value is not None]
+        if stray:
+            raise UsageError(f"compare: --{stray[0].replace('_', '-')} applies to image folders (--data-dir) "
+                             "only (see 'cyconv compare --help')")
+        dataset = _load_mnist(args)
+    rows = compare.compare(dataset, epochs=args.epochs, cnn_epochs=args.epochs, limit=args.limit,
                            test_limit=args.test_limit, seed=args.seed,
                            progress=False if args.no_progress else None,
                            log=lambda line: print(line, file=sys.stderr))
@@ -575,9 +626,67 @@ def _cmd_compare(args) -> int:
     if args.json is not None:
         text = json.dumps(compare.as_dicts(rows), indent=2) + "\n"
         atomic_write(Path(args.json), lambda f: f.write(text.encode()))
-    if args.plot is not None:
-        compare.plot(rows, args.plot)
+    if plots is not None:
+        plots.comparison(rows, args.plot, compare.plot_title(dataset))
         print(f"plot: {args.plot}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pictures
+
+
+def _picture_output(command: str, option: str, path):
+    """cyconv.plots, after checking what can be checked before any work: matplotlib is installed, it
+    writes the format the name of `path` ends in, and the directory exists."""
+    from . import plots
+
+    try:
+        plots.check_path(path)
+    except ImportError:
+        raise _MissingDependency(f"{command}: {option} needs matplotlib; install it with "
+                                 f"{plots.INSTALL_HINT}") from None
+    except ValueError as e:
+        raise UsageError(f"{command}: {option} {e} (see '{PROG} {command} --help')") from None
+    return plots
+
+
+def _cmd_plot_curves(args) -> int:
+    plots = _picture_output("plot curves", "--output", args.output)
+    metrics = plots.read_metrics(args.run_dir)
+    run = Path(args.run_dir).resolve()
+    plots.curves(metrics, args.output, title=(run.parent if run.is_file() else run).name)
+    print(f"{args.output}: loss and accuracy over {len(metrics)} epochs")
+    return 0
+
+
+def _cmd_plot_filters(args) -> int:
+    plots = _picture_output("plot filters", "--output", args.output)
+    model, ckpt = load_model(args.checkpoint)
+    try:
+        plots.filters(model, args.output)
+    except ValueError as e:
+        raise ValueError(f"{ckpt.path}: {ckpt.model_name}: {e}") from None
+    print(f"{args.output}: the first-layer filters of {ckpt.model_name} from {ckpt.path}")
+    return 0
+
+
+def _cmd_plot_maps(args) -> int:
+    plots = _picture_output("plot maps", "--output", args.output)
+    model, ckpt = load_model(args.checkpoint)
+    spec = ckpt.data
+    if spec is not None and args.raw:
+        raise UsageError("plot maps: --raw is for MNIST digits; this model was trained on an image folder "
+                         "(see 'cyconv plot maps --help')")
+    # The picture as `cyconv predict` prepares it for this model.
+    image, warning = load_image(args.image, raw=args.raw) if spec is None else (_folder_image(args.image, spec), None)
+    if warning:
+        print(f"{PROG}: warning: {args.image}: {warning}", file=sys.stderr)
+    try:
+        plots.feature_maps(model, image, args.output, title=f"{ckpt.model_name} on {Path(args.image).name}")
+    except ValueError as e:
+        raise ValueError(f"{ckpt.path}: {ckpt.model_name}: {e}") from None
+    print(f"{args.output}: the feature maps of {ckpt.model_name} for {args.image}")
     return 0
 
 

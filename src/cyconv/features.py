@@ -569,12 +569,19 @@ def _kmeans_plus_plus(points, k, rng):
     point drawn with probability proportional to its squared distance to the nearest centre so far."""
     m = len(points)
     norms = np.einsum("ij,ij->i", points, points)
+
+    def squared_distances(i):
+        # einsum, not a BLAS matrix-vector product (points @ points[i]): k of those, each too small to share
+        # among threads, leave a multi-threaded BLAS waking and spinning its threads, 15x slower on a busy
+        # 2-core machine. einsum without `optimize` is one plain pass.
+        return np.maximum(norms - 2 * np.einsum("ij,j->i", points, points[i]) + norms[i], 0)
+
     chosen = [int(rng.integers(m))]
-    d2 = np.maximum(norms - 2 * (points @ points[chosen[0]]) + norms[chosen[0]], 0)
+    d2 = squared_distances(chosen[0])
     for _ in range(1, k):
         cumulative = np.cumsum(d2, dtype=np.float64)
         # All distances 0 (fewer distinct points than k): any point will do; duplicates stay empty words.
         i = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), m - 1)
         chosen.append(i)
-        np.minimum(d2, np.maximum(norms - 2 * (points @ points[i]) + norms[i], 0), out=d2)
+        np.minimum(d2, squared_distances(i), out=d2)
     return points[chosen].astype(np.float32)
