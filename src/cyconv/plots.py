@@ -299,13 +299,15 @@ def comparison(rows, path, title: str) -> Path:
     """Test accuracy against training time (log x), one labelled point per row of cyconv.compare."""
     fig = _figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
-    slowest = max(r.train_time_s for r in rows)
+    times = [r.train_time_s for r in rows]
+    # The middle of the log axis: labels of points right of it go to their left, or they would run off it.
+    middle = math.sqrt(max(min(times), 1e-9) * max(max(times), 1e-9))
     for r in rows:
         ax.scatter(r.train_time_s, 100 * r.test_acc)
-        # The slowest point's label goes to its left, or it would run off the axes.
-        left = r.train_time_s == slowest
+        left = r.train_time_s > middle
+        below = r.train_time_s == max(times)  # below the slowest point, clear of its neighbours' labels
         ax.annotate(f"{r.features} + {r.classifier}", (r.train_time_s, 100 * r.test_acc),
-                    textcoords="offset points", xytext=(-5 if left else 5, -12 if left else 4),
+                    textcoords="offset points", xytext=(-5 if left else 5, -12 if below else 4),
                     ha="right" if left else "left", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("training time (s, log scale)")
