@@ -94,8 +94,9 @@ class BuildExt(build_ext):
                 opt = ["-O3"]
             # -ffp-contract=off: no fused multiply-add where the C does not ask
             # for one (clang contracts by default), so the elementwise kernels
-            # round exactly as their NumPy twins do.
-            opt += ["-std=c11", "-ffp-contract=off", "-Wno-unused-function", "-Wno-unreachable-code"]
+            # round exactly as their NumPy twins do. -fno-math-errno: nothing reads
+            # errno, and a sqrt that may set it is a libm call the loop cannot vectorise.
+            opt += ["-std=c11", "-ffp-contract=off", "-fno-math-errno", "-Wno-unused-function", "-Wno-unreachable-code"]
         if san_cflags:
             print(f"cyconv: sanitizers on ({' '.join(san_cflags)}); the README says how to run the tests")
 
@@ -130,7 +131,8 @@ def extensions():
     ext = Extension(
         "cyconv._kernels",
         sources=["src/cyconv/_kernels.pyx", "csrc/isa.c", "csrc/im2col.c", "csrc/gemm.c", "csrc/maxpool.c",
-                 "csrc/avgpool.c", "csrc/relu.c", "csrc/activations.c", "csrc/sgd.c", "csrc/hog.c"],
+                 "csrc/avgpool.c", "csrc/relu.c", "csrc/activations.c", "csrc/dropout.c", "csrc/batchnorm.c",
+                 "csrc/optim.c", "csrc/hog.c"],
         include_dirs=["csrc"],
     )
     directives = {

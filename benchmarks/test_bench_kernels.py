@@ -1,5 +1,8 @@
 """Kernel benchmarks at the course's LeNet-5 layer shapes (batch 64, float32):
-cyconv vs its NumPy reference vs PyTorch (rows skipped when torch is absent).
+cyconv vs its NumPy reference vs PyTorch (rows skipped when torch is absent);
+the layers of deeper CNNs at the shapes of lenet5_classic (average pooling,
+sigmoid, tanh) and small_cnn on 64x64x3 images (batch norm, training mode); and
+one Adam step over LeNet-5's parameters against torch.optim.Adam (foreach).
 Convolutions also run as "cyconv-blas" (cyconv with its GEMMs on OpenBLAS instead
 of its own kernel for the tier), and ReLU + max pooling as "cyconv-unfused" (the
 two ops one after the other instead of relu_max_pool2d). --isa picks the tier
@@ -146,4 +149,101 @@ def test_relu_max_pool2d(benchmark, impl, layer, phase, threads):
             y, ind = mod.max_pool2d(r, 2, return_indices=True)
             if phase == "fwd+bwd":
                 mod.relu_backward(mod.max_pool2d_backward(y, ind, x.shape), r)
+    benchmark(step)
+
+
+# lenet5_classic's activations (after conv1 and conv2) and small_cnn's convolution outputs, batch 64
+CLASSIC = {"1": (BATCH, 6, 28, 28), "2": (BATCH, 16, 10, 10)}
+SMALL_CNN = {"1": (BATCH, 16, 64, 64), "2": (BATCH, 32, 32, 32), "3": (BATCH, 64, 16, 16)}
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("layer", CLASSIC)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_avg_pool2d(benchmark, impl, layer, phase, threads):
+    mod = _setup(benchmark, f"avg_pool2d-classic{layer}", impl, phase, threads)
+    x = np.random.default_rng(0).standard_normal(CLASSIC[layer], dtype=np.float32)
+    if impl == "torch":
+        tx = mod.from_numpy(x).requires_grad_()
+        gy = mod.ones(x.shape[:2] + (x.shape[2] // 2, x.shape[3] // 2))
+        step = _torch_step(mod, phase, lambda: mod.nn.functional.avg_pool2d(tx, 2), (tx,), gy)
+    else:
+        def step():
+            y = mod.avg_pool2d(x, 2)
+            if phase == "fwd+bwd":
+                mod.avg_pool2d_backward(y, x.shape, 2)
+    benchmark(step)
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("layer", CLASSIC)
+@pytest.mark.parametrize("op", ["sigmoid", "tanh"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_saturating(benchmark, impl, op, layer, phase, threads):
+    mod = _setup(benchmark, f"{op}-classic{layer}", impl, phase, threads)
+    x = np.random.default_rng(0).standard_normal(CLASSIC[layer], dtype=np.float32)
+    if impl == "torch":
+        tx = mod.from_numpy(x).requires_grad_()
+        step = _torch_step(mod, phase, lambda: getattr(mod, op)(tx), (tx,), mod.ones(x.shape))
+    else:
+        forward, backward = getattr(mod, op), getattr(mod, f"{op}_backward")
+
+        def step():
+            y = forward(x)
+            if phase == "fwd+bwd":
+                backward(y, y)
+    benchmark(step)
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("layer", SMALL_CNN)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_batch_norm(benchmark, impl, layer, phase, threads):
+    """Training mode: batch statistics, running averages updated, and the backward through them."""
+    mod = _setup(benchmark, f"batch_norm-small_cnn{layer}", impl, phase, threads)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(SMALL_CNN[layer], dtype=np.float32)
+    C = x.shape[1]
+    if impl == "torch":
+        bn = mod.nn.BatchNorm2d(C)
+        tx = mod.from_numpy(x).requires_grad_()
+        step = _torch_step(mod, phase, lambda: bn(tx), (tx, bn.weight, bn.bias), mod.ones(x.shape))
+    else:
+        weight, bias = np.ones(C, np.float32), np.zeros(C, np.float32)
+        running_mean, running_var = np.zeros(C, np.float32), np.ones(C, np.float32)
+        grad = np.ones_like(x)
+
+        def step():
+            y, mean, invstd = mod.batch_norm(x, running_mean, running_var, weight, bias, True, return_stats=True)
+            if phase == "fwd+bwd":
+                mod.batch_norm_backward(grad, x, weight, mean, invstd, True)
+    benchmark(step)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_adam_step(benchmark, impl, threads):
+    """One Adam step over LeNet-5's 1.26 M parameters (10 arrays), gradients given."""
+    mod = _setup(benchmark, "adam-lenet5", impl, "step", threads)
+    from cyconv import models, optim
+
+    params = models.lenet5(rng=np.random.default_rng(0)).parameters()
+    rng = np.random.default_rng(1)
+    grads = [rng.standard_normal(p.data.shape, dtype=np.float32) for p in params]
+    if impl == "torch":
+        tparams = [mod.nn.Parameter(mod.from_numpy(p.data.copy())) for p in params]
+        for tp, g in zip(tparams, grads):
+            tp.grad = mod.from_numpy(g)
+        step = mod.optim.Adam(tparams, lr=1e-3, foreach=True).step
+    elif impl == "cyconv":
+        for p, g in zip(params, grads):
+            p.grad = g
+        step = optim.Adam(params, lr=1e-3).step
+    else:
+        state = [(p.data.copy(), g, np.zeros_like(g), np.zeros_like(g)) for p, g in zip(params, grads)]
+        count = [0]
+
+        def step():
+            count[0] += 1
+            for p, g, m, v in state:
+                mod.adam_update(p, g, m, v, count[0])
     benchmark(step)

@@ -136,6 +136,42 @@ void sgd_update_f32(float *p, float *buf, const float *grad, ptrdiff_t n,
                     float lr, float momentum, float weight_decay, int first_step);
 void sgd_update_f64(double *p, double *buf, const double *grad, ptrdiff_t n,
                     double lr, double momentum, double weight_decay, int first_step);
+/* One in-place Adam (decoupled=0) or AdamW (decoupled=1) step on n elements; step_size and
+ * sqrt_bc2 carry the step's bias corrections (optim.c). */
+void adam_update_f32(float *p, float *m, float *v, const float *grad, ptrdiff_t n, float lr, float beta1,
+                     float beta2, float eps, float weight_decay, int decoupled, float step_size, float sqrt_bc2);
+void adam_update_f64(double *p, double *m, double *v, const double *grad, ptrdiff_t n, double lr, double beta1,
+                     double beta2, double eps, double weight_decay, int decoupled, double step_size,
+                     double sqrt_bc2);
+
+/* Dropout (dropout.c): y = x * (keep ? scale : 0) for elements start .. start+n-1 of a call, keep from a
+ * hash of (seed, index); dropout_keys turns the seed into the hash's keys. */
+void dropout_keys(uint64_t seed, uint32_t *k0, uint32_t *k1);
+void dropout_apply_f32(float *y, const float *x, ptrdiff_t n, uint32_t start, uint32_t k0, uint32_t k1,
+                       uint32_t threshold, float scale);
+void dropout_apply_f64(double *y, const double *x, ptrdiff_t n, uint32_t start, uint32_t k0, uint32_t k1,
+                       uint32_t threshold, double scale);
+
+/* Batch normalisation on (N, C, L) (batchnorm.c): per-channel statistics and sums over channels
+ * [c0, c1), in double; per-channel affine maps over images [n0, n1). */
+void batchnorm_stats_f32(double *mean, double *var, const float *x, ptrdiff_t N, ptrdiff_t C, ptrdiff_t L,
+                         ptrdiff_t c0, ptrdiff_t c1);
+void batchnorm_stats_f64(double *mean, double *var, const double *x, ptrdiff_t N, ptrdiff_t C, ptrdiff_t L,
+                         ptrdiff_t c0, ptrdiff_t c1);
+void batchnorm_backward_sums_f32(double *sum_dy, double *sum_dy_xmu, const float *dy, const float *x,
+                                 const float *mean, ptrdiff_t N, ptrdiff_t C, ptrdiff_t L, ptrdiff_t c0,
+                                 ptrdiff_t c1);
+void batchnorm_backward_sums_f64(double *sum_dy, double *sum_dy_xmu, const double *dy, const double *x,
+                                 const double *mean, ptrdiff_t N, ptrdiff_t C, ptrdiff_t L, ptrdiff_t c0,
+                                 ptrdiff_t c1);
+void channel_affine_f32(float *y, const float *x, const float *a, const float *b, ptrdiff_t C, ptrdiff_t L,
+                        ptrdiff_t n0, ptrdiff_t n1);
+void channel_affine_f64(double *y, const double *x, const double *a, const double *b, ptrdiff_t C, ptrdiff_t L,
+                        ptrdiff_t n0, ptrdiff_t n1);
+void channel_affine_grad_f32(float *dx, const float *dy, const float *x, const float *a, const float *b,
+                             const float *d, ptrdiff_t C, ptrdiff_t L, ptrdiff_t n0, ptrdiff_t n1);
+void channel_affine_grad_f64(double *dx, const double *dy, const double *x, const double *a, const double *b,
+                             const double *d, ptrdiff_t C, ptrdiff_t L, ptrdiff_t n0, ptrdiff_t n1);
 
 /* HOG of one image img (H,W,C), channels last, as skimage.feature.hog with
  * block_norm='L2-Hys': out is (H/cr - br + 1, W/cc - bc + 1, br, bc, n_orient),

@@ -78,3 +78,29 @@ def test_the_public_ops_size_them_right():
     F.conv2d_backward(np.ones_like(y), x, w, 1, 1)
     p, i = F.conv2d_relu_max_pool2d(x, w, None, 1, 1, return_indices=True)
     F.conv2d_relu_max_pool2d_backward(np.ones_like(p), p, i, x, w, 1, 1)
+
+
+@pytest.mark.parametrize("short", ["mean", "var", "x"])
+def test_batchnorm_stats_checks_its_buffers(short):
+    sizes = {"mean": C, "var": C, "x": N * C * H * W}
+    sizes[short] -= 1
+    mean, var = np.empty(sizes["mean"]), np.empty(sizes["var"])
+    with pytest.raises(ValueError, match=f"batchnorm_stats: {short} has"):
+        K.batchnorm_stats(mean, var, np.zeros(sizes["x"], np.float32), N, C, H * W, 2)
+
+
+@pytest.mark.parametrize("kernel, short", [("channel_affine", "y"), ("channel_affine", "b"),
+                                           ("channel_affine_grad", "grad_y"), ("channel_affine_grad", "d"),
+                                           ("batchnorm_backward_sums", "x")])
+def test_batchnorm_passes_check_their_buffers(kernel, short):
+    full = N * C * H * W
+    sizes = {"y": full, "grad_x": full, "grad_y": full, "x": full, "a": C, "b": C, "d": C, "mean": C}
+    sizes[short] -= 1
+    f32 = {k: np.zeros(v, np.float32) for k, v in sizes.items()}
+    args = {
+        "channel_affine": (f32["y"], f32["x"], f32["a"], f32["b"], N, C, H * W, 2),
+        "channel_affine_grad": (f32["grad_x"], f32["grad_y"], f32["x"], f32["a"], f32["b"], f32["d"], N, C, H * W, 2),
+        "batchnorm_backward_sums": (np.empty(C), np.empty(C), f32["grad_y"], f32["x"], f32["mean"], N, C, H * W, 2),
+    }[kernel]
+    with pytest.raises(ValueError, match=f"{kernel}: {short} has"):
+        getattr(K, kernel)(*args)

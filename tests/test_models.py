@@ -75,11 +75,22 @@ def test_builders_validate_and_use_one_generator():
 # The whole network's gradient, by central differences in float64
 
 
-def test_lenet5_gradient_matches_finite_differences():
+GRADIENT_MODELS = {
+    "lenet5": (lambda rng: models.lenet5(dtype=np.float64, rng=rng), (2, 1, 28, 28)),
+    "lenet5_classic": (lambda rng: models.lenet5_classic(dtype=np.float64, rng=rng), (2, 1, 28, 28)),
+    # BatchNorm in training mode (the batch statistics depend on x); no Dropout, whose mask
+    # changes with every forward pass.
+    "small_cnn": (lambda rng: models.small_cnn(3, 10, 16, dropout=0, dtype=np.float64, rng=rng), (3, 3, 16, 16)),
+}
+
+
+@pytest.mark.parametrize("name", GRADIENT_MODELS)
+def test_gradient_matches_finite_differences(name):
     rng = seeded(5)
-    model = models.lenet5(dtype=np.float64, rng=rng)
-    x = rng.standard_normal((2, 1, 28, 28))
-    target = np.array([3, 7])
+    build, shape = GRADIENT_MODELS[name]
+    model = build(rng)
+    x = rng.standard_normal(shape)
+    target = np.array([3, 7, 1])[:shape[0]]
 
     def loss(x_):
         return F.softmax_cross_entropy(model(x_), target)[0]
@@ -92,12 +103,12 @@ def test_lenet5_gradient_matches_finite_differences():
     # every parameter; the parameters are perturbed in place, so the model sees the change.
     checks = [(grad_x, x, tuple(i)) for i in zip(*(rng.integers(0, n, 20) for n in x.shape))]
     for p in model.parameters():
-        for flat in rng.choice(p.data.size, 10, replace=False):
+        for flat in rng.choice(p.data.size, min(10, p.data.size), replace=False):
             checks.append((p.grad, p.data, np.unravel_index(flat, p.data.shape)))
 
     step = 1e-6
     analytic, numeric = [], []
-    # Hundreds of forward passes over 2 images: threads buy nothing there, and on
+    # Hundreds of forward passes over 2 or 3 images: threads buy nothing there, and on
     # busy shared cores their barriers cost 10x (results do not depend on the count).
     with set_num_threads(1):
         for grad, array, index in checks:
@@ -116,6 +127,66 @@ def test_lenet5_gradient_matches_finite_differences():
     assert np.abs(analytic).max() > 1e-3  # the sample is not all zeros
     error = np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), 1e-4)
     assert error.max() < 1e-5, (error.max(), checks[int(error.argmax())][2])
+
+
+# ---------------------------------------------------------------------------
+# The other networks
+
+
+def test_lenet5_classic_is_lecuns_network():
+    model = models.lenet5_classic(rng=seeded(1))
+    kinds = [type(m).__name__ for m in model]
+    assert kinds == ["Conv2d", "Tanh", "AvgPool2d", "Conv2d", "Tanh", "AvgPool2d", "Flatten", "Linear", "Tanh",
+                     "Linear", "Tanh", "Linear"]
+    assert (model[0].out_channels, model[0].padding, model[3].out_channels, model[3].padding) == (6, (2, 2), 16, (0, 0))
+    assert [m.out_features for m in model if isinstance(m, nn.Linear)] == [120, 84, 10]
+    assert sum(p.data.size for p in model.parameters()) == 61_706
+    assert model(np.zeros((3, 1, 28, 28), np.float32)).shape == (3, 10)
+
+
+def test_small_cnn_blocks_and_sizes():
+    model = models.small_cnn(3, 5, 64, rng=seeded(2))
+    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == list(models.SMALL_CNN_WIDTHS)
+    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) and c.bias is None for c in convs)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model) == 3
+    assert model[-1].in_features == 64 * 8 * 8 and model[-1].out_features == 5
+    assert model(np.zeros((2, 3, 64, 64), np.float32)).shape == (2, 5)
+    small = models.small_cnn(1, 2, 24, dropout=0, rng=seeded(2))
+    assert not any(isinstance(m, nn.Dropout) for m in small) and small[-1].in_features == 64 * 3 * 3
+    with pytest.raises(ValueError, match=r"small_cnn\(\): image_size must be a multiple of 8"):
+        models.small_cnn(image_size=28)
+
+
+def test_build_model_sizes_each_network_for_its_images():
+    for name in models.MODELS:
+        channels, size = models.default_input(name)
+        model = models.build_model(name, num_classes=4, rng=seeded(0))
+        assert model(np.zeros((2, channels, size, size), np.float32)).shape == (2, 4)
+    assert models.build_model("mlp", in_channels=3, image_size=8, hidden=7)[1].in_features == 192
+    with pytest.raises(ValueError, match=r"build_model\(\): lenet5 takes 1 x 28 x 28 images, got 3 x 64 x 64"):
+        models.build_model("lenet5", in_channels=3, image_size=64)
+    with pytest.raises(ValueError, match=r"build_model\(\): name must be one of"):
+        models.build_model("resnet")
+    with pytest.raises(ValueError, match=r"default_input\(\): name"):
+        models.default_input("resnet")
+
+
+def test_small_cnn_learns_a_small_batch_with_adam():
+    from cyconv.optim import Adam
+
+    rng = seeded(7)
+    model = models.small_cnn(3, 4, 16, rng=rng)
+    x = rng.standard_normal((16, 3, 16, 16)).astype(np.float32)
+    target = rng.integers(0, 4, 16)
+    optimizer = Adam(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        _, grad_logits = F.softmax_cross_entropy(model(x), target)
+        optimizer.zero_grad()
+        model.backward(grad_logits)
+        optimizer.step()
+    model.eval()  # running statistics and no dropout
+    assert np.array_equal(model(x).argmax(axis=1), target)
 
 
 # ---------------------------------------------------------------------------
@@ -221,3 +292,12 @@ def test_summary_rejects_an_input_the_model_cannot_take():
         models.summary(models.lenet5(rng=seeded()), (3, 28, 28))
     with pytest.raises(ValueError, match="Linear"):
         models.summary(models.mlp(rng=seeded()), (1, 32, 32))
+
+
+def test_summary_of_the_newer_layers():
+    text = models.summary(models.small_cnn(rng=seeded(0)), input_shape=(3, 64, 64))
+    assert "BatchNorm (C=16)               | 16 x 64 x 64 | 2 x 16" in text
+    assert "Dropout (p=0.25)               | 4096" in text
+    assert text.endswith(f"Total parameters: {sum(p.data.size for p in models.small_cnn().parameters()):,}")
+    classic = models.summary(models.lenet5_classic(rng=seeded(0)))
+    assert "AvgPool (K=2, S=2)             | 16 x 5 x 5" in classic and "Tanh" in classic

@@ -28,14 +28,23 @@ def run_ort(path, x):
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
+def batch_norm(cls, channels, dtype, g):
+    layer = cls(channels, eps=1e-3, momentum=0.2, dtype=dtype)
+    for a in (layer.running_mean, layer.weight.data, layer.bias.data):
+        a[...] = g.standard_normal(channels)
+    layer.running_var[...] = g.random(channels) + 0.5
+    return layer
+
+
 def every_layer(dtype=np.float32):
     g = rng(1)
     return nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1, dtype=dtype, rng=g), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 5, (3, 2), stride=(1, 2), padding=(1, 0), dtype=dtype, rng=g), nn.Tanh(),
+        nn.Conv2d(2, 4, 3, padding=1, dtype=dtype, rng=g), batch_norm(nn.BatchNorm2d, 4, dtype, g), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Conv2d(4, 5, (3, 2), stride=(1, 2), padding=(1, 0), dtype=dtype, rng=g), nn.Tanh(),
         nn.AvgPool2d(3, 1, 1, count_include_pad=False), nn.Conv2d(5, 6, 1, dtype=dtype, rng=g, bias=False),
-        nn.Sigmoid(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(12, 7, dtype=dtype, rng=g), nn.ReLU(),
-        nn.Linear(7, 5, dtype=dtype, rng=g), nn.LogSoftmax(dim=1)).eval()
+        nn.Sigmoid(), nn.AvgPool2d(2), nn.Flatten(), nn.Dropout(0.25, rng=g), nn.Linear(12, 7, dtype=dtype, rng=g),
+        batch_norm(nn.BatchNorm1d, 7, dtype, g), nn.ReLU(), nn.Linear(7, 5, dtype=dtype, rng=g),
+        nn.LogSoftmax(dim=1)).eval()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -78,7 +87,21 @@ def test_every_layer_round_trip(tmp_path):
     path = tmp_path / "every.onnx"
     conx.export(model, path)
     x = random_array(rng(4), (3, 2, 8, 8), np.float32)
-    np.testing.assert_array_equal(conx.load(path)(x), model(x))
+    loaded = conx.load(path).eval()
+    assert [type(m) for m in loaded] == [type(m) for m in model]
+    np.testing.assert_array_equal(loaded(x), model(x))
+    for a, b in zip(loaded, model):
+        if isinstance(a, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            assert (a.eps, a.momentum) == pytest.approx((b.eps, b.momentum))
+            np.testing.assert_array_equal(a.running_var, b.running_var)
+        if isinstance(a, nn.Dropout):
+            assert a.p == b.p
+
+
+def test_batch_norm_without_running_statistics_has_no_onnx_form(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, rng=rng()), nn.BatchNorm2d(2, track_running_stats=False))
+    with pytest.raises(TypeError, match="no running statistics"):
+        conx.export(model, tmp_path / "bn.onnx")
 
 
 def test_export_writes_atomically_and_refuses_what_it_cannot_write(tmp_path):
@@ -156,6 +179,40 @@ def test_matmul_add_gemm_transb0_reshape_dropout_identity_softmax(tmp_path):
     np.testing.assert_allclose(cyconv.functional.softmax(dropped(x)), run_ort(path, x), rtol=1e-5, atol=1e-6)
 
 
+def test_batch_normalization_after_conv_and_after_gemm(tmp_path):
+    g = rng(20)
+    c1 = {f"{k}1": v for k, v in zip(("s", "b", "m"), g.standard_normal((3, 3)).astype(np.float32))}
+    c1["v1"] = (g.random(3) + 0.5).astype(np.float32)
+    c2 = {f"{k}2": v for k, v in zip(("s", "b", "m"), g.standard_normal((3, 4)).astype(np.float32))}
+    c2["v2"] = (g.random(4) + 0.5).astype(np.float32)
+    w2 = random_array(g, (4, 3 * 5 * 4), np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"]),
+             helper.make_node("BatchNormalization", ["c", "s1", "b1", "m1", "v1"], ["n1"], epsilon=1e-3),
+             helper.make_node("Flatten", ["n1"], ["f"]), helper.make_node("Gemm", ["f", "w2"], ["l"], transB=1),
+             helper.make_node("BatchNormalization", ["l", "s2", "b2", "m2", "v2"], ["y"], momentum=0.8)]
+    path = save(tmp_path, make_model(nodes, {"w": W, "b": B, "w2": w2, **c1, **c2}, [None, 2, 7, 6]))
+    model = conx.load(path)
+    assert [type(m) for m in model] == [nn.Conv2d, nn.BatchNorm2d, nn.Flatten, nn.Linear, nn.BatchNorm1d]
+    assert model[1].eps == pytest.approx(1e-3) and model[4].momentum == pytest.approx(0.2)
+    x = random_array(rng(21), (2, 2, 7, 6), np.float32)
+    np.testing.assert_allclose(model.eval()(x), run_ort(path, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cyconv.compile(model)(x), run_ort(path, x), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_normalization_refusals(tmp_path):
+    stats = {k: np.ones(2, np.float32) for k in ("s", "b", "m", "v")}
+    bn = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], training_mode=1, name="bn")
+    with pytest.raises(conx.UnsupportedModelError, match=r"node bn \(BatchNormalization\): training_mode 1"):
+        conx.load(save(tmp_path, make_model([bn], stats, [None, 2, 4, 4])))
+    bn = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"])
+    with pytest.raises(conx.UnsupportedModelError, match=r"cannot tell whether its input is \(N, C\)"):
+        conx.load(save(tmp_path, make_model([bn], stats, None)))
+    with pytest.raises(conx.InvalidModelError, match=r"negative variance"):
+        conx.load(save(tmp_path, make_model([bn], {**stats, "v": -np.ones(2, np.float32)}, [None, 2, 4, 4])))
+    with pytest.raises(conx.InvalidModelError, match=r"must all have shape \(2,\)"):
+        conx.load(save(tmp_path, make_model([bn], {**stats, "m": np.ones(3, np.float32)}, [None, 2, 4, 4])))
+
+
 @pytest.mark.parametrize("op, attrs, cls", [
     ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), nn.MaxPool2d),
     ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 2]), nn.AvgPool2d),
@@ -176,8 +233,9 @@ def test_a_pytorch_model_loads_and_matches_pytorch(tmp_path):
     torch.manual_seed(0)
     net = torch.nn.Sequential(
         torch.nn.Conv2d(1, 20, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(20, 50, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
-        torch.nn.Linear(2450, 500), torch.nn.ReLU(), torch.nn.Linear(500, 10))
+        torch.nn.Conv2d(20, 50, 5, padding=2), torch.nn.BatchNorm2d(50), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Dropout(0.3), torch.nn.Linear(2450, 500), torch.nn.BatchNorm1d(500),
+        torch.nn.ReLU(), torch.nn.Linear(500, 10))
     # A few training steps, so the weights are trained ones, not the initial draw.
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
     data = torch.randn(32, 1, 28, 28)

@@ -1,4 +1,4 @@
-"""cyconv.optim: SGD against a hand-written PyTorch-semantics update, in-place
+"""cyconv.optim: SGD against a hand-written PyTorch-semantics update, Adam and AdamW against PyTorch, in-place
 updates, state dicts, argument validation, and the learning-rate schedules."""
 
 import math
@@ -9,6 +9,7 @@ import pytest
 
 from conftest import DTYPES
 from cyconv.nn import Parameter
+from cyconv import optim
 from cyconv.optim import SGD, cosine_lr, step_lr
 
 SHAPES = [(3, 4), (5,), (2, 1, 3, 3)]
@@ -240,3 +241,95 @@ def test_step_lr():
         step_lr(0, 1, -0.1, 1.0)
     with pytest.raises(TypeError, match="step must be an int"):
         step_lr(1.5, 1, 0.1, 1.0)
+
+
+# ---------------------------------------------------------------------------
+# Adam and AdamW
+
+
+@pytest.mark.parametrize("cls_name", ["Adam", "AdamW"])
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_adam_matches_pytorch(cls_name, weight_decay):
+    torch = pytest.importorskip("torch")
+    params = make_params(np.float32)
+    tparams = [torch.nn.Parameter(torch.from_numpy(p.data.copy())) for p in params]
+    grads = gradients(np.float32, 5)
+    optimizer = getattr(optim, cls_name)(params, lr=1e-2, weight_decay=weight_decay)
+    toptimizer = getattr(torch.optim, cls_name)(tparams, lr=1e-2, weight_decay=weight_decay)
+    for step_grads in grads:
+        for tp, g in zip(tparams, step_grads):
+            tp.grad = torch.from_numpy(g)
+        toptimizer.step()
+    run(optimizer, params, grads)
+    for p, tp in zip(params, tparams):
+        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert optimizer.step_count == 5
+
+
+def test_adamw_defaults_are_pytorchs():
+    a, w = optim.Adam(make_params(np.float32)), optim.AdamW(make_params(np.float32))
+    assert (a.lr, a.betas, a.eps, a.weight_decay) == (1e-3, (0.9, 0.999), 1e-8, 0.0)
+    assert (w.lr, w.betas, w.eps, w.weight_decay) == (1e-3, (0.9, 0.999), 1e-8, 1e-2)
+
+
+@pytest.mark.parametrize("cls_name", ["Adam", "AdamW"])
+def test_adam_state_dict_round_trip_continues_identically(cls_name, tmp_path):
+    cls = getattr(optim, cls_name)
+    params = make_params(np.float32)
+    grads = gradients(np.float32, 6)
+    optimizer = cls(params, lr=3e-3, weight_decay=1e-3)
+    run(optimizer, params, grads[:3])
+    state = optimizer.state_dict()
+    assert sorted(state) == sorted(["lr", "beta1", "beta2", "eps", "weight_decay", "step"]
+                                   + [f"{k}.{i}" for i in range(3) for k in ("exp_avg", "exp_avg_sq")])
+    np.savez(tmp_path / "optim.npz", **state)
+    copies = [Parameter(p.data.copy()) for p in params]
+    resumed = cls(copies, lr=1.0)
+    with np.load(tmp_path / "optim.npz", allow_pickle=False) as saved:
+        resumed.load_state_dict(saved)
+    assert (resumed.lr, resumed.weight_decay, resumed.step_count) == (3e-3, 1e-3, 3)
+    run(optimizer, params, grads[3:])
+    run(resumed, copies, grads[3:])
+    for p, q in zip(params, copies):
+        np.testing.assert_array_equal(p.data, q.data)
+
+
+def test_adam_load_state_dict_rejects_a_mismatch():
+    params = make_params(np.float64)
+    optimizer = optim.Adam(params)
+    run(optimizer, params, gradients(np.float64, 1))
+    state = optimizer.state_dict()
+    other = optim.Adam(make_params(np.float64))
+    with pytest.raises(ValueError, match=r"exp_avg\.1 is float64 \(4,\), the parameter is float64 \(5,\)"):
+        other.load_state_dict({**state, "exp_avg.1": np.zeros(4)})
+    with pytest.raises(ValueError, match=r"moments missing for some parameters: exp_avg_sq\.0"):
+        other.load_state_dict({k: v for k, v in state.items() if k != "exp_avg_sq.0"})
+    with pytest.raises(ValueError, match="no moment estimates"):
+        other.load_state_dict({k: v for k, v in state.items() if not k.startswith("exp_avg")})
+    with pytest.raises(ValueError, match="beta2"):
+        other.load_state_dict({**state, "beta2": np.float64(1.0)})
+    with pytest.raises(ValueError, match="unexpected keys: momentum_buffer.0"):
+        other.load_state_dict({**state, "momentum_buffer.0": np.zeros(1)})
+    assert other.step_count == 0
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(lr=-1e-3), ValueError, r"Adam\(\): lr must be in"),
+    (dict(betas=(0.9,)), TypeError, r"Adam\(\): betas must be a pair"),
+    (dict(betas=(0.9, 1.0)), ValueError, r"Adam\(\): betas\[1\] must be in"),
+    (dict(eps=-1.0), ValueError, r"Adam\(\): eps must be in"),
+    (dict(weight_decay=math.nan), ValueError, r"Adam\(\): weight_decay must be in"),
+])
+def test_adam_rejects_bad_hyperparameters(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        optim.Adam(make_params(np.float32), **kwargs)
+
+
+def test_build_optimizer():
+    params = make_params(np.float32)
+    assert isinstance(optim.build_optimizer("sgd", params, lr=0.1, momentum=0.9), SGD)
+    assert type(optim.build_optimizer("adam", params, lr=1e-3)) is optim.Adam
+    w = optim.build_optimizer("adamw", params, lr=1e-3, weight_decay=0.05)
+    assert type(w) is optim.AdamW and w.weight_decay == 0.05
+    with pytest.raises(ValueError, match="build_optimizer\\(\\): name must be one of sgd, adam, adamw"):
+        optim.build_optimizer("rmsprop", params, lr=1e-3)

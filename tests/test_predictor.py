@@ -21,17 +21,32 @@ def rng_(seed=0):
     return np.random.default_rng(seed)
 
 
+def batch_norm(cls, channels, dtype, rng):
+    """A BatchNorm with statistics and affine parameters far from the identity's."""
+    layer = cls(channels, dtype=dtype)
+    layer.running_mean[...] = rng.standard_normal(channels)
+    layer.running_var[...] = rng.random(channels) + 0.5
+    layer.weight.data[...] = rng.standard_normal(channels)
+    layer.bias.data[...] = rng.standard_normal(channels)
+    return layer
+
+
 def every_layer(dtype, rng):
     """A network with every compilable layer, in the orders the planner fuses and in the ones it does not."""
     return nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1, dtype=dtype, rng=rng), nn.ReLU(), nn.MaxPool2d(2),      # conv+relu+max
+        nn.Conv2d(2, 4, 3, padding=1, dtype=dtype, rng=rng), batch_norm(nn.BatchNorm2d, 4, dtype, rng),  # folded
+        nn.ReLU(), nn.MaxPool2d(2),                                                           # conv+relu+max
         nn.Conv2d(4, 5, (3, 2), stride=(1, 2), padding=(1, 0), dtype=dtype, rng=rng), nn.Tanh(),  # conv+tanh
+        nn.Dropout(0.5, rng=rng),                                                             # nothing
         nn.AvgPool2d(3, 1, 1, count_include_pad=False),                                       # pool alone
+        batch_norm(nn.BatchNorm2d, 5, dtype, rng), nn.Tanh(),                                 # affine+tanh
         nn.Conv2d(5, 6, 1, dtype=dtype, rng=rng, bias=False), nn.Sigmoid(),                   # direct 1x1
         nn.AvgPool2d(2),                                                                      # ... + avg (sigmoid)
         nn.ReLU(), nn.MaxPool2d(1),                                                           # relu+max alone
         nn.Sigmoid(),                                                                         # activation alone
-        nn.Flatten(), nn.Linear(6 * 2 * 1, 7, dtype=dtype, rng=rng), nn.ReLU(),               # linear+relu
+        nn.Flatten(), nn.Linear(6 * 2 * 1, 7, dtype=dtype, rng=rng),
+        batch_norm(nn.BatchNorm1d, 7, dtype, rng), nn.ReLU(),                                 # linear(+bn)+relu
+        batch_norm(nn.BatchNorm1d, 7, dtype, rng),                                            # affine on (N, C)
         nn.Linear(7, 5, dtype=dtype, rng=rng), nn.LogSoftmax(dim=1),
     )
 
@@ -138,6 +153,22 @@ def test_concurrent_calls_from_python_threads():
 def test_compile_rejects(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+def test_batch_norm_without_running_statistics_is_refused():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False))
+    with pytest.raises(TypeError, match="BatchNorm2d without running statistics"):
+        cyconv.compile(model)
+
+
+def test_small_cnn_and_lenet5_classic():
+    for model, shape in ((models.small_cnn(3, 4, 32, rng=rng_(8)), (3, 32, 32)),
+                         (models.lenet5_classic(rng=rng_(9)), (1, 28, 28))):
+        model.train()
+        model(random_array(rng_(10), (8,) + shape, np.float32))  # running statistics away from 0 and 1
+        model.eval()
+        x = random_array(rng_(11), (5,) + shape, np.float32)
+        assert_close(cyconv.compile(model)(x), model(x), np.float32)
 
 
 def test_unsupported_layer_is_named():

@@ -22,7 +22,7 @@ import numpy as np
 
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport exp, log
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint32_t
 from libc.stdlib cimport malloc, free
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
@@ -115,6 +115,36 @@ cdef extern from "cyconv.h" nogil:
     void im2row_f32(float *rows, const float *img, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
                     Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo) noexcept
+    void adam_update_f32(float *p, float *m, float *v, const float *grad, Py_ssize_t n, float lr, float beta1,
+                         float beta2, float eps, float weight_decay, int decoupled, float step_size,
+                         float sqrt_bc2) noexcept
+    void adam_update_f64(double *p, double *m, double *v, const double *grad, Py_ssize_t n, double lr,
+                         double beta1, double beta2, double eps, double weight_decay, int decoupled,
+                         double step_size, double sqrt_bc2) noexcept
+    void dropout_keys(unsigned long long seed, uint32_t *k0, uint32_t *k1) noexcept
+    void dropout_apply_f32(float *y, const float *x, Py_ssize_t n, uint32_t start, uint32_t k0, uint32_t k1,
+                           uint32_t threshold, float scale) noexcept
+    void dropout_apply_f64(double *y, const double *x, Py_ssize_t n, uint32_t start, uint32_t k0, uint32_t k1,
+                           uint32_t threshold, double scale) noexcept
+    void batchnorm_stats_f32(double *mean, double *var, const float *x, Py_ssize_t N, Py_ssize_t C,
+                             Py_ssize_t L, Py_ssize_t c0, Py_ssize_t c1) noexcept
+    void batchnorm_stats_f64(double *mean, double *var, const double *x, Py_ssize_t N, Py_ssize_t C,
+                             Py_ssize_t L, Py_ssize_t c0, Py_ssize_t c1) noexcept
+    void batchnorm_backward_sums_f32(double *sum_dy, double *sum_dy_xmu, const float *dy, const float *x,
+                                     const float *mean, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, Py_ssize_t c0,
+                                     Py_ssize_t c1) noexcept
+    void batchnorm_backward_sums_f64(double *sum_dy, double *sum_dy_xmu, const double *dy, const double *x,
+                                     const double *mean, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L,
+                                     Py_ssize_t c0, Py_ssize_t c1) noexcept
+    void channel_affine_f32(float *y, const float *x, const float *a, const float *b, Py_ssize_t C,
+                            Py_ssize_t L, Py_ssize_t n0, Py_ssize_t n1) noexcept
+    void channel_affine_f64(double *y, const double *x, const double *a, const double *b, Py_ssize_t C,
+                            Py_ssize_t L, Py_ssize_t n0, Py_ssize_t n1) noexcept
+    void channel_affine_grad_f32(float *dx, const float *dy, const float *x, const float *a, const float *b,
+                                 const float *d, Py_ssize_t C, Py_ssize_t L, Py_ssize_t n0, Py_ssize_t n1) noexcept
+    void channel_affine_grad_f64(double *dx, const double *dy, const double *x, const double *a,
+                                 const double *b, const double *d, Py_ssize_t C, Py_ssize_t L, Py_ssize_t n0,
+                                 Py_ssize_t n1) noexcept
 
 
 cdef extern from "isa.h" nogil:
@@ -1010,6 +1040,138 @@ def sgd_update(floating[::1] param, floating[::1] momentum_buffer, const floatin
                                min(ELEMENTWISE_BLOCK, n - lo), lr, momentum, weight_decay, first_step)
 
 
+
+def adam_update(floating[::1] param, floating[::1] exp_avg, floating[::1] exp_avg_sq, const floating[::1] grad,
+                double lr, double beta1, double beta2, double eps, double weight_decay, bint decoupled,
+                double step_size, double sqrt_bc2, int num_threads):
+    # INOUT param, exp_avg, exp_avg_sq (n,); IN grad (n,)
+    cdef Py_ssize_t n = param.shape[0], nblocks = (n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK, b, lo, m
+    if nblocks < 2:
+        num_threads = 1
+    with nogil:
+        for b in prange(nblocks, schedule='static', num_threads=num_threads):
+            lo = b * ELEMENTWISE_BLOCK
+            m = min(ELEMENTWISE_BLOCK, n - lo)
+            if floating is float:
+                adam_update_f32(&param[lo], &exp_avg[lo], &exp_avg_sq[lo], &grad[lo], m, <float>lr, <float>beta1,
+                                <float>beta2, <float>eps, <float>weight_decay, decoupled, <float>step_size,
+                                <float>sqrt_bc2)
+            else:
+                adam_update_f64(&param[lo], &exp_avg[lo], &exp_avg_sq[lo], &grad[lo], m, lr, beta1, beta2, eps,
+                                weight_decay, decoupled, step_size, sqrt_bc2)
+
+
+# ---------------------------------------------------------------------------
+# Dropout: parallel over fixed-size blocks, like ReLU; the mask is a hash of (seed, element index),
+# so the blocks (and the thread count) do not change it. Forward and backward are this one map.
+
+def dropout_apply(floating[::1] y, const floating[::1] x, unsigned long long seed, unsigned int threshold,
+                  double scale, int num_threads):
+    # OUT y (n,); IN x (n,); n < 2**32
+    cdef Py_ssize_t n = x.shape[0], nblocks = (n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK, b, lo, m
+    cdef uint32_t k0, k1
+    dropout_keys(seed, &k0, &k1)
+    if nblocks < 2:
+        num_threads = 1
+    with nogil:
+        for b in prange(nblocks, schedule='static', num_threads=num_threads):
+            lo = b * ELEMENTWISE_BLOCK
+            m = min(ELEMENTWISE_BLOCK, n - lo)
+            if floating is float:
+                dropout_apply_f32(&y[lo], &x[lo], m, <uint32_t>lo, k0, k1, threshold, <float>scale)
+            else:
+                dropout_apply_f64(&y[lo], &x[lo], m, <uint32_t>lo, k0, k1, threshold, scale)
+
+
+# ---------------------------------------------------------------------------
+# Batch normalisation on (N, C, L): statistics and sums parallel over channels (each channel's
+# sums by one thread, in a fixed order: the thread count does not change them), the per-channel
+# affine maps parallel over images. With L == 1 (BatchNorm1d) a channel is a column, so the
+# statistics take blocks of BN_COLUMN_BLOCK channels and run along the rows.
+
+cdef enum:
+    BN_COLUMN_BLOCK = 64
+
+
+cdef inline Py_ssize_t bn_channel_block(Py_ssize_t L) noexcept nogil:
+    return BN_COLUMN_BLOCK if L == 1 else 1
+
+
+def batchnorm_stats(double[::1] mean, double[::1] var, const floating[::1] x, Py_ssize_t N, Py_ssize_t C,
+                    Py_ssize_t L, int num_threads):
+    # OUT mean, var (C,): biased; IN x (N, C, L)
+    cdef Py_ssize_t cb = bn_channel_block(L), b, c0
+    check_scratch("batchnorm_stats", "mean", mean.shape[0], C)
+    check_scratch("batchnorm_stats", "var", var.shape[0], C)
+    check_scratch("batchnorm_stats", "x", x.shape[0], N * C * L)
+    with nogil:
+        for b in prange((C + cb - 1) // cb, schedule='dynamic', num_threads=num_threads):
+            c0 = b * cb
+            if floating is float:
+                batchnorm_stats_f32(&mean[0], &var[0], &x[0], N, C, L, c0, min(C, c0 + cb))
+            else:
+                batchnorm_stats_f64(&mean[0], &var[0], &x[0], N, C, L, c0, min(C, c0 + cb))
+
+
+def batchnorm_backward_sums(double[::1] sum_dy, double[::1] sum_dy_xmu, const floating[::1] grad_y,
+                            const floating[::1] x, const floating[::1] mean, Py_ssize_t N, Py_ssize_t C,
+                            Py_ssize_t L, int num_threads):
+    # OUT sum_dy, sum_dy_xmu (C,); IN grad_y, x (N, C, L), mean (C,)
+    cdef Py_ssize_t cb = bn_channel_block(L), b, c0
+    check_scratch("batchnorm_backward_sums", "sum_dy", sum_dy.shape[0], C)
+    check_scratch("batchnorm_backward_sums", "sum_dy_xmu", sum_dy_xmu.shape[0], C)
+    check_scratch("batchnorm_backward_sums", "mean", mean.shape[0], C)
+    check_scratch("batchnorm_backward_sums", "grad_y", grad_y.shape[0], N * C * L)
+    check_scratch("batchnorm_backward_sums", "x", x.shape[0], N * C * L)
+    with nogil:
+        for b in prange((C + cb - 1) // cb, schedule='dynamic', num_threads=num_threads):
+            c0 = b * cb
+            if floating is float:
+                batchnorm_backward_sums_f32(&sum_dy[0], &sum_dy_xmu[0], &grad_y[0], &x[0], &mean[0], N, C, L, c0,
+                                            min(C, c0 + cb))
+            else:
+                batchnorm_backward_sums_f64(&sum_dy[0], &sum_dy_xmu[0], &grad_y[0], &x[0], &mean[0], N, C, L, c0,
+                                            min(C, c0 + cb))
+
+
+def channel_affine(floating[::1] y, const floating[::1] x, const floating[::1] a, const floating[::1] b,
+                   Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, int num_threads):
+    # OUT y (N, C, L) = x * a[c] + b[c]; IN x (N, C, L), a, b (C,)
+    cdef Py_ssize_t n
+    check_scratch("channel_affine", "y", y.shape[0], N * C * L)
+    check_scratch("channel_affine", "x", x.shape[0], N * C * L)
+    check_scratch("channel_affine", "a", a.shape[0], C)
+    check_scratch("channel_affine", "b", b.shape[0], C)
+    if N * C * L == 0:
+        return
+    with nogil:
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            if floating is float:
+                channel_affine_f32(&y[0], &x[0], &a[0], &b[0], C, L, n, n + 1)
+            else:
+                channel_affine_f64(&y[0], &x[0], &a[0], &b[0], C, L, n, n + 1)
+
+
+def channel_affine_grad(floating[::1] grad_x, const floating[::1] grad_y, const floating[::1] x,
+                        const floating[::1] a, const floating[::1] b, const floating[::1] d, Py_ssize_t N,
+                        Py_ssize_t C, Py_ssize_t L, int num_threads):
+    # OUT grad_x (N, C, L) = grad_y * a[c] + (x * b[c] + d[c]); IN grad_y, x (N, C, L), a, b, d (C,)
+    cdef Py_ssize_t n
+    check_scratch("channel_affine_grad", "grad_x", grad_x.shape[0], N * C * L)
+    check_scratch("channel_affine_grad", "grad_y", grad_y.shape[0], N * C * L)
+    check_scratch("channel_affine_grad", "x", x.shape[0], N * C * L)
+    check_scratch("channel_affine_grad", "a", a.shape[0], C)
+    check_scratch("channel_affine_grad", "b", b.shape[0], C)
+    check_scratch("channel_affine_grad", "d", d.shape[0], C)
+    if N * C * L == 0:
+        return
+    with nogil:
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            if floating is float:
+                channel_affine_grad_f32(&grad_x[0], &grad_y[0], &x[0], &a[0], &b[0], &d[0], C, L, n, n + 1)
+            else:
+                channel_affine_grad_f64(&grad_x[0], &grad_y[0], &x[0], &a[0], &b[0], &d[0], C, L, n, n + 1)
+
 # ---------------------------------------------------------------------------
 # HOG features (cyconv.features.hog): parallel over images, each thread with
 # its own cell-histogram scratch.
@@ -1061,6 +1223,7 @@ cdef enum:
     OP_POOL = 2
     OP_ACT = 3
     OP_SOFTMAX = 4
+    OP_AFFINE = 5  # y = x * weight[c] + bias[c] per channel (an eval-mode BatchNorm), then the activation
 
     ACT_NONE = 0
     ACT_RELU = 1
@@ -1076,8 +1239,8 @@ cdef enum:
     F_KIND = 0
     F_ACT = 1
     F_POOL = 2
-    F_C = 3     # conv/pool: input channels; linear: in features
-    F_H = 4
+    F_C = 3     # conv/pool/affine: input channels; linear: in features
+    F_H = 4     # affine: values per channel of one image
     F_W = 5
     F_O = 6     # conv: out channels; linear: out features
     F_KH = 7
@@ -1112,6 +1275,7 @@ def op_fields():
                 ppw=F_PPW, pHo=F_PHO, pWo=F_PWO, pincl=F_PINCL, weight=F_WEIGHT, bias=F_BIAS, packed=F_PACKED,
                 In=F_IN, Out=F_OUT, count=OP_FIELDS,
                 OP_CONV=OP_CONV, OP_LINEAR=OP_LINEAR, OP_POOL=OP_POOL, OP_ACT=OP_ACT, OP_SOFTMAX=OP_SOFTMAX,
+                OP_AFFINE=OP_AFFINE,
                 ACT_NONE=ACT_NONE, ACT_RELU=ACT_RELU, ACT_SIGMOID=ACT_SIGMOID, ACT_TANH=ACT_TANH,
                 ACT_LOG=ACT_LOG, POOL_NONE=POOL_NONE, POOL_MAX=POOL_MAX, POOL_AVG=POOL_AVG)
 
@@ -1288,6 +1452,14 @@ def predict(floating[::1] out, const floating[::1] x, const Py_ssize_t[:, ::1] o
                     for p in prange(N * op[F_C], schedule='static'):
                         pool_plane(op, dst + p * op[F_PHO] * op[F_PWO], src + p * op[F_H] * op[F_W],
                                    op[F_ACT] == ACT_RELU)
+                elif op[F_KIND] == OP_AFFINE:
+                    C, L = op[F_C], op[F_H]
+                    for n in prange(N, schedule='static'):
+                        if floating is float:
+                            channel_affine_f32(dst, src, &params[op[F_WEIGHT]], &params[op[F_BIAS]], C, L, n, n + 1)
+                        else:
+                            channel_affine_f64(dst, src, &params[op[F_WEIGHT]], &params[op[F_BIAS]], C, L, n, n + 1)
+                        activate(op[F_ACT], dst + n * C * L, dst + n * C * L, C * L)
                 elif op[F_KIND] == OP_ACT:
                     chunk = (N * op[F_IN] + num_threads - 1) // num_threads
                     for t in prange(num_threads, schedule='static'):

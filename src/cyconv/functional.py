@@ -14,6 +14,8 @@ Every function has a NumPy twin of the same name and signature in
 `cyconv.reference`; the tests hold these to it.
 """
 
+import math
+
 import numpy as np
 
 from . import _kernels
@@ -24,7 +26,8 @@ __all__ = [
     "relu_max_pool2d", "relu_max_pool2d_backward", "conv2d_relu_max_pool2d",
     "conv2d_relu_max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "relu", "relu_backward",
     "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "softmax", "softmax_backward", "log_softmax",
-    "log_softmax_backward", "linear", "linear_backward", "softmax_cross_entropy", "sgd_update",
+    "log_softmax_backward", "dropout", "dropout_backward", "batch_norm", "batch_norm_backward", "linear",
+    "linear_backward", "softmax_cross_entropy", "sgd_update", "adam_update",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -643,6 +646,198 @@ def _class_scores(fn, grad_y, y):
 
 
 # ---------------------------------------------------------------------------
+# Dropout: inverted (kept elements scaled by 1 / (1 - p)), with the mask a hash of
+# (seed, element index) -- see csrc/dropout.c.
+
+_DROPOUT_MAX_ELEMENTS = 2**32  # the hash indexes elements with 32 bits
+_SEED_LIMIT = 2**64
+
+
+def _probability(p, fn, name="p"):
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)) \
+            or not 0 <= p <= 1:
+        raise ValueError(f"{fn}(): {name} must be a number in [0, 1], got {p!r}")
+    return float(p)
+
+
+def _seed(seed, fn):
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{fn}(): seed must be an int in [0, 2**64), got {seed!r}")
+    if not 0 <= seed < _SEED_LIMIT:
+        raise ValueError(f"{fn}(): seed must be in [0, 2**64), got {seed}")
+    return int(seed)
+
+
+def _dropout(fn, name, x, p, seed):
+    if isinstance(x, np.ndarray) and x.size >= _DROPOUT_MAX_ELEMENTS:  # before a copy to C order
+        raise ValueError(f"{fn}(): {name} has {x.size} elements; dropout takes fewer than 2**32")
+    x = _float_array(x, name, fn)
+    p, seed = _probability(p, fn), _seed(seed, fn)
+    threshold = round(p * 2**24)  # keep when the hash's top 24 bits are >= this
+    scale = 1 / (1 - p) if p < 1 else 0.0
+    y = np.empty_like(x)
+    _kernels.dropout_apply(y.reshape(-1), x.reshape(-1), seed, threshold, scale, threads_for(x.size, 8))
+    return y
+
+
+def dropout(x, p=0.5, *, seed, training=True):
+    """Inverted dropout: each element zeroed with probability p, the others scaled by 1 / (1 - p);
+    with training=False, x itself (PyTorch's semantics; p=1 gives zeros, and a NaN stays NaN).
+
+    The mask is a function of (seed, the element's index in x) alone: the same on every ISA tier and
+    thread count, reproduced by cyconv.reference.dropout, and recomputed by dropout_backward (so it is
+    never stored). A different mask needs a different seed (nn.Dropout draws one per call).
+    seed: an int in [0, 2**64). x: any shape, fewer than 2**32 elements.
+    """
+    if not _bool_flag("dropout", "training", training):
+        _float_array(x, "x", "dropout")
+        return x
+    return _dropout("dropout", "x", x, p, seed)
+
+
+def dropout_backward(grad_y, p=0.5, *, seed):
+    """Gradient of dropout(x, p, seed=seed) in training mode: grad_y through the same mask and scale."""
+    return _dropout("dropout_backward", "grad_y", grad_y, p, seed)
+
+
+# ---------------------------------------------------------------------------
+# Batch normalisation over the channel axis (1) of (N, C), (N, C, L) or (N, C, H, W):
+# the per-channel passes are compiled (csrc/batchnorm.c); the arithmetic on the C
+# per-channel numbers between them is NumPy, in float64.
+
+def _channels(fn, name, a, C, dtype, writeable=False):
+    if a is None:
+        return None
+    if writeable and isinstance(a, np.ndarray) and not (a.flags.c_contiguous and a.flags.writeable):
+        raise ValueError(f"{fn}(): {name} is updated in place and must be a writeable C-contiguous array")
+    a = _float_array(a, name, fn, ndim=1, dtype=dtype)
+    if a.shape[0] != C:
+        raise ValueError(f"{fn}(): {name} must have shape ({C},), one value per channel of x, got {a.shape}")
+    return a
+
+
+def _batch(fn, x):
+    x = _float_array(x, "x", fn)
+    if x.ndim < 2:
+        raise ValueError(f"{fn}(): x must be (N, C) or (N, C, ...), got shape {x.shape}")
+    return x, x.shape[0], x.shape[1], math.prod(x.shape[2:])
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
+               return_stats=False):
+    """Batch normalisation per channel (axis 1 of x (N, C, ...)), PyTorch's semantics:
+
+        y = (x - mean) / sqrt(var + eps) * weight + bias
+
+    training=True: mean and var are the batch's (over N and the spatial axes; var biased), and
+    running_mean and running_var (if given) are updated in place:
+        running = (1 - momentum) * running + momentum * batch statistic   (var: unbiased)
+    training=False: mean and var are running_mean and running_var (both required).
+    weight and bias (C,) may be None (1 and 0). All arrays have x's dtype.
+    return_stats=True returns (y, mean, invstd), invstd = 1 / sqrt(var + eps), both (C,) in x's dtype:
+    what batch_norm_backward needs.
+    """
+    fn = "batch_norm"
+    x, N, C, L = _batch(fn, x)
+    training = _bool_flag(fn, "training", training)
+    _bool_flag(fn, "return_stats", return_stats)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{fn}(): running_mean and running_var must both be given or both be None")
+    running_mean = _channels(fn, "running_mean", running_mean, C, x.dtype, writeable=training)
+    running_var = _channels(fn, "running_var", running_var, C, x.dtype, writeable=training)
+    weight = _channels(fn, "weight", weight, C, x.dtype)
+    bias = _channels(fn, "bias", bias, C, x.dtype)
+    for name, v, low in (("momentum", momentum, 0), ("eps", eps, 0)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(v) or v < low or (name == "momentum" and v > 1):
+            raise ValueError(f"{fn}(): {name} must be {'in [0, 1]' if name == 'momentum' else 'a number >= 0'}, "
+                             f"got {v!r}")
+    M = N * L
+    if training:
+        if M <= 1:
+            raise ValueError(f"{fn}(): training needs more than 1 value per channel, got x of shape {x.shape}")
+        mean, var = np.empty(C), np.empty(C)
+        _kernels.batchnorm_stats(mean, var, x.reshape(-1), N, C, L, threads_for(C, M))
+        if running_mean is not None:
+            running_mean *= 1 - momentum
+            running_mean += (momentum * mean).astype(x.dtype)
+            running_var *= 1 - momentum
+            running_var += (momentum * var * (M / (M - 1))).astype(x.dtype)
+    else:
+        if running_mean is None:
+            raise ValueError(f"{fn}(): training=False normalises with running_mean and running_var; got None")
+        mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
+    invstd = 1 / np.sqrt(var + eps)
+    scale = invstd if weight is None else invstd * weight
+    shift = -mean * scale if bias is None else bias - mean * scale
+    y = np.empty_like(x)
+    _kernels.channel_affine(y.reshape(-1), x.reshape(-1), scale.astype(x.dtype), shift.astype(x.dtype), N, C, L,
+                            threads_for(N, C * L))
+    if return_stats:
+        return y, mean.astype(x.dtype), invstd.astype(x.dtype)
+    return y
+
+
+def batch_norm_backward(grad_y, x, weight, mean, invstd, training=True, *, grad_input=True, out=None,
+                        accumulate=False):
+    """Gradients of batch_norm: (grad_x or None, grad_weight, grad_bias), the last two None when
+    weight is None. mean and invstd: what batch_norm(..., return_stats=True) returned.
+
+    training=True: the batch statistics depended on x, and grad_x carries that:
+        grad_x = weight * invstd * (grad_y - mean(grad_y) - xhat * mean(grad_y * xhat))
+    training=False: they were constants: grad_x = grad_y * weight * invstd.
+    grad_weight = sum(grad_y * xhat), grad_bias = sum(grad_y), xhat = (x - mean) * invstd.
+    out=(grad_weight, grad_bias) and accumulate=True: as in conv2d_backward.
+    """
+    fn = "batch_norm_backward"
+    x, N, C, L = _batch(fn, x)
+    grad_y = _float_array(grad_y, "grad_y", fn, dtype=x.dtype)
+    if grad_y.shape != x.shape:
+        raise ValueError(f"{fn}(): grad_y must have x's shape {x.shape}, got {grad_y.shape}")
+    training = _bool_flag(fn, "training", training)
+    _bool_flag(fn, "grad_input", grad_input)
+    weight = _channels(fn, "weight", weight, C, x.dtype)
+    mean = _channels(fn, "mean", mean, C, x.dtype)
+    invstd = _channels(fn, "invstd", invstd, C, x.dtype)
+    if mean is None or invstd is None:
+        raise ValueError(f"{fn}(): mean and invstd are required (batch_norm's return_stats=True gives them)")
+    if weight is None and (out is not None or accumulate):
+        raise ValueError(f"{fn}(): out and accumulate are for the parameters' gradients; weight is None")
+    sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
+    threads = threads_for(C, N * L)
+    if weight is not None or (training and grad_input):
+        _kernels.batchnorm_backward_sums(sum_dy, sum_dy_xmu, grad_y.reshape(-1), x.reshape(-1), mean, N, C, L,
+                                         threads)
+    istd = invstd.astype(np.float64)
+    grads = (None, None)
+    if weight is not None:
+        grad_weight, grad_bias = _gradient_outputs(fn, out, accumulate, (C,), C, x.dtype, [x, grad_y, weight])
+        if accumulate:
+            grad_weight += (sum_dy_xmu * istd).astype(x.dtype)
+            grad_bias += sum_dy.astype(x.dtype)
+        else:
+            grad_weight[...] = sum_dy_xmu * istd
+            grad_bias[...] = sum_dy
+        grads = (grad_weight, grad_bias)
+    if not grad_input:
+        return (None,) + grads
+    k = istd if weight is None else istd * weight
+    grad_x = np.empty_like(x)
+    if not training:
+        _kernels.channel_affine(grad_x.reshape(-1), grad_y.reshape(-1), k.astype(x.dtype), np.zeros(C, x.dtype),
+                                N, C, L, threads_for(N, C * L))
+        return (grad_x,) + grads
+    # grad_x = grad_y * a + (x * b + d), with a = k, b = -k * invstd^2 * S2 / M,
+    # d = k * (mean * invstd^2 * S2 - S1) / M  (S1 = sum_dy, S2 = sum_dy_xmu)
+    M = N * L
+    c = k * istd * istd * sum_dy_xmu / M
+    b, d = -c, c * mean - k * sum_dy / M
+    _kernels.channel_affine_grad(grad_x.reshape(-1), grad_y.reshape(-1), x.reshape(-1), k.astype(x.dtype),
+                                 b.astype(x.dtype), d.astype(x.dtype), N, C, L, threads_for(N, C * L))
+    return (grad_x,) + grads
+
+
+# ---------------------------------------------------------------------------
 # Linear layer and loss
 
 def linear(x, weight, bias=None):
@@ -782,3 +977,52 @@ def sgd_update(param, grad, momentum_buffer, lr, momentum=0.0, weight_decay=0.0,
                 raise ValueError(f"{fn}(): {name_a} and {name_b} overlap in memory; they must be distinct arrays")
     _kernels.sgd_update(param.reshape(-1), buf.reshape(-1), grad.reshape(-1), float(lr), float(momentum),
                         float(weight_decay), bool(first_step), threads_for(param.size, 4))
+
+
+def adam_update(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                decoupled=False):
+    """One in-place Adam step (decoupled=False: torch.optim.Adam, weight decay as an L2 term in the
+    gradient) or AdamW step (decoupled=True: torch.optim.AdamW, the parameter decayed by
+    lr * weight_decay first), without amsgrad. step is the 1-based count of this step (for the
+    bias corrections):
+
+        g = grad (+ weight_decay * param)               | param *= 1 - lr * weight_decay   (AdamW)
+        exp_avg    = beta1 * exp_avg + (1 - beta1) * g
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+        param -= lr / (1 - beta1**step) * exp_avg / (sqrt(exp_avg_sq) / sqrt(1 - beta2**step) + eps)
+
+    param, exp_avg and exp_avg_sq are updated in place, in one pass over memory.
+    """
+    fn = "adam_update"
+    named = []
+    for name, a in (("param", param), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        if isinstance(a, np.ndarray) and not (a.flags.c_contiguous and a.flags.writeable):
+            raise ValueError(f"{fn}(): {name} is updated in place and must be a writeable C-contiguous array")
+    param = _float_array(param, "param", fn)
+    for name, a in (("grad", grad), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        a = _float_array(a, name, fn, dtype=param.dtype)
+        if a.shape != param.shape:
+            raise ValueError(f"{fn}(): {name} must have param's shape {param.shape}, got {a.shape}")
+        named.append((name, a))
+    (_, grad), (_, exp_avg), (_, exp_avg_sq) = named
+    named.insert(0, ("param", param))
+    for i, (name_a, a) in enumerate(named):
+        for name_b, b in named[i + 1:]:
+            if np.may_share_memory(a, b):
+                raise ValueError(f"{fn}(): {name_a} and {name_b} overlap in memory; they must be distinct arrays")
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"{fn}(): step must be an int >= 1 (the count of this step), got {step!r}")
+    beta1, beta2 = _betas(betas, fn)
+    bias_correction1 = 1 - beta1 ** int(step)
+    sqrt_bc2 = math.sqrt(1 - beta2 ** int(step))
+    _kernels.adam_update(param.reshape(-1), exp_avg.reshape(-1), exp_avg_sq.reshape(-1), grad.reshape(-1),
+                         float(lr), beta1, beta2, float(eps), float(weight_decay), _bool_flag(fn, "decoupled",
+                         decoupled), float(lr) / bias_correction1, sqrt_bc2, threads_for(param.size, 16))
+
+
+def _betas(betas, fn):
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2
+            and all(isinstance(b, (int, float, np.integer, np.floating)) and not isinstance(b, bool)
+                    and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"{fn}(): betas must be two numbers in [0, 1), got {betas!r}")
+    return float(betas[0]), float(betas[1])

@@ -17,7 +17,8 @@ What backward needs is kept from the last training-mode forward, by reference
 (do not modify a layer's input in place between forward and backward): Conv2d
 and Linear keep their input, ReLU, Sigmoid, Tanh, Softmax and LogSoftmax their
 output, MaxPool2d the argmax indices and the input shape, AvgPool2d and Flatten
-the input shape. In eval mode forward keeps nothing,
+the input shape, Dropout its mask's seed, BatchNorm its input and the statistics
+it normalised with. In eval mode forward keeps nothing,
 and a later backward raises RuntimeError. Inside a Sequential, Conv2d -> ReLU ->
 MaxPool2d and ReLU -> MaxPool2d run fused, each as one pass (same results; the
 Sequential's backward undoes them as one): see `Sequential`; the layers
@@ -29,9 +30,13 @@ from the `rng` given (a numpy.random.Generator; None means a fresh
 `np.random.default_rng()`, seeded from the OS) and then cast, so float32 and
 float64 layers built from the same seed hold the same values up to rounding.
 
-Left out on purpose: autograd, hooks, buffers, parameter sharing, dtype casts
-of a built module (build it again with the other dtype and load_state_dict
-with converted arrays).
+Buffers are state that is not learned but is saved: BatchNorm's running
+statistics and Dropout's mask counter. They are plain arrays named in the
+module's `_buffers`; `state_dict()` holds them after the parameters.
+
+Left out on purpose: autograd, hooks, parameter sharing, dtype casts of a built
+module (build it again with the other dtype and load_state_dict with converted
+arrays).
 """
 
 import math
@@ -43,7 +48,7 @@ from .functional import _pair
 
 __all__ = [
     "Parameter", "Module", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
-    "Flatten", "Linear", "Sequential",
+    "Dropout", "BatchNorm1d", "BatchNorm2d", "Flatten", "Linear", "Sequential",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -97,7 +102,10 @@ class Parameter:
 
 class Module:
     """Base class: parameters are the attributes holding a Parameter, children those holding a Module
-    (Sequential overrides `named_children`), both in the order they were assigned."""
+    (Sequential overrides `named_children`), both in the order they were assigned; buffers are the
+    array attributes named in `_buffers`."""
+
+    _buffers = ()
 
     def __init__(self):
         self.training = True
@@ -163,6 +171,13 @@ class Module:
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
+    def named_buffers(self):
+        """[(name, array)] of the buffers, own first, then each child's as "<child>.<name>"."""
+        named = [(k, getattr(self, k)) for k in self._buffers]
+        for child_name, child in self.named_children():
+            named.extend((f"{child_name}.{k}", b) for k, b in child.named_buffers())
+        return named
+
     def zero_grad(self):
         """Set every parameter gradient to zero (in place, lazily: see Parameter.zero_grad)."""
         for p in self.parameters():
@@ -181,24 +196,26 @@ class Module:
     # -- state dict ---------------------------------------------------------
 
     def state_dict(self):
-        """{name: copy of the parameter's array}, in named_parameters order."""
-        return {name: p.data.copy() for name, p in self.named_parameters()}
+        """{name: copy of the array}: the parameters in named_parameters order, then the buffers."""
+        state = {name: p.data.copy() for name, p in self.named_parameters()}
+        state.update((name, b.copy()) for name, b in self.named_buffers())
+        return state
 
     def load_state_dict(self, state):
-        """Copy the arrays of `state` into the parameters (never aliasing them).
+        """Copy the arrays of `state` into the parameters and buffers (never aliasing them).
 
         Strict: a missing or unexpected name, or a shape or dtype that differs from
         the parameter's, raises ValueError listing every offender; nothing is
         copied unless everything matches.
         """
-        params = dict(self.named_parameters())
+        params = {name: p.data for name, p in self.named_parameters()}
+        params.update(self.named_buffers())
         given = list(state.keys())
         problems = []
         missing = [k for k in params if k not in state]
         unexpected = [k for k in given if k not in params]
         if missing:
-            problems.append("missing keys: " + ", ".join(
-                f"{k} {params[k].data.shape}" for k in missing))
+            problems.append("missing keys: " + ", ".join(f"{k} {params[k].shape}" for k in missing))
         if unexpected:
             problems.append("unexpected keys: " + ", ".join(unexpected))
         values = {}
@@ -206,15 +223,15 @@ class Module:
             if name not in state:
                 continue
             value = np.asarray(state[name])
-            if value.shape != p.data.shape:
-                problems.append(f"shape mismatch for {name}: expected {p.data.shape}, got {value.shape}")
-            elif value.dtype != p.data.dtype:
-                problems.append(f"dtype mismatch for {name}: expected {p.data.dtype}, got {value.dtype}")
+            if value.shape != p.shape:
+                problems.append(f"shape mismatch for {name}: expected {p.shape}, got {value.shape}")
+            elif value.dtype != p.dtype:
+                problems.append(f"dtype mismatch for {name}: expected {p.dtype}, got {value.dtype}")
             values[name] = value
         if problems:
             raise ValueError(f"{type(self).__name__}.load_state_dict(): " + "; ".join(problems))
         for name, value in values.items():
-            params[name].data[...] = value
+            params[name][...] = value
 
     # -- repr ---------------------------------------------------------------
 
@@ -530,6 +547,144 @@ class LogSoftmax(Module):
 
     def extra_repr(self):
         return f"dim={self.dim}"
+
+
+class Dropout(Module):
+    """Inverted dropout in training mode (`functional.dropout`): each element zeroed with probability
+    p, the others scaled by 1 / (1 - p); the identity in eval mode (its input itself, as in PyTorch).
+
+    Each training-mode forward draws a fresh mask from a seed that depends only on the module's
+    `rng_state` buffer, [base seed, calls so far]: the base seed comes from `rng` when the module is
+    built (so a model built from one seeded Generator drops the same elements every run), and the
+    count is saved with the model, so a resumed run continues the same sequence of masks. The mask
+    is never stored: backward recomputes it from the seed.
+
+    Shape: any -> the same.
+    """
+
+    _buffers = ("rng_state",)
+
+    def __init__(self, p=0.5, *, rng=None):
+        super().__init__()
+        cls = type(self).__name__
+        self.p = F._probability(p, cls, "p")
+        self.rng_state = np.array([_generator(rng, cls).integers(2**63), 0], np.int64)
+
+    def forward(self, x):
+        if not self.training:
+            self._save()
+            return F.dropout(x, self.p, seed=0, training=False)
+        base, calls = (int(v) for v in self.rng_state)
+        # One seed per call: the count mixed by the golden-ratio constant, which the kernel's hash spreads.
+        seed = (base ^ (calls * 0x9E3779B97F4A7C15)) % 2**64
+        y = F.dropout(x, self.p, seed=seed)
+        self.rng_state[1] = (calls + 1) % 2**63
+        self._save(seed)
+        return y
+
+    def backward(self, grad_output, *, input_grad=True):
+        (seed,) = self._saved_for_backward()
+        return F.dropout_backward(grad_output, self.p, seed=seed) if input_grad else None
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class _BatchNorm(Module):
+    """Batch normalisation over axis 1: `functional.batch_norm`, PyTorch's semantics and defaults.
+
+    Training mode normalises with the batch's mean and (biased) variance and updates the running
+    averages (momentum 0.1: running = 0.9 * running + 0.1 * batch, the variance unbiased; momentum
+    None: the plain average of every batch so far); eval mode normalises with the running averages.
+    track_running_stats=False: always the batch's statistics, and no running buffers.
+
+    Parameters (affine=True): weight (C,) = 1, bias (C,) = 0.
+    Buffers (track_running_stats=True): running_mean (C,) = 0, running_var (C,) = 1,
+    num_batches_tracked (int64 scalar).
+    """
+
+    _dims = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *,
+                 dtype=np.float32):
+        super().__init__()
+        cls = type(self).__name__
+        self.num_features = _count(num_features, "num_features", cls)
+        if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(eps) or eps < 0:
+            raise ValueError(f"{cls}(): eps must be a number >= 0, got {eps!r}")
+        if momentum is not None:
+            momentum = F._probability(momentum, cls, "momentum")
+        self.eps, self.momentum = float(eps), momentum
+        self.affine = _flag(affine, "affine", cls)
+        self.track_running_stats = _flag(track_running_stats, "track_running_stats", cls)
+        dtype = _float_dtype(dtype, cls)
+        C = self.num_features
+        self.weight = Parameter(np.ones(C, dtype)) if self.affine else None
+        self.bias = Parameter(np.zeros(C, dtype)) if self.affine else None
+        if self.track_running_stats:
+            self._buffers = ("running_mean", "running_var", "num_batches_tracked")
+            self.running_mean = np.zeros(C, dtype)
+            self.running_var = np.ones(C, dtype)
+            self.num_batches_tracked = np.zeros((), np.int64)
+
+    def _check_input(self, x):
+        if not isinstance(x, np.ndarray) or x.ndim not in self._dims or x.shape[1] != self.num_features:
+            got = x.shape if isinstance(x, np.ndarray) else type(x).__name__
+            dims = " or ".join(f"{d}-D" for d in self._dims)
+            raise ValueError(f"{type(self).__name__}.forward(): x must be {dims} with {self.num_features} "
+                             f"channels on axis 1, got {got}")
+
+    def forward(self, x):
+        self._check_input(x)
+        batch_stats = self.training or not self.track_running_stats
+        momentum = 0.0
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked += 1
+            momentum = 1 / int(self.num_batches_tracked) if self.momentum is None else self.momentum
+        running = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
+        weight = None if self.weight is None else self.weight.data
+        bias = None if self.bias is None else self.bias.data
+        y, mean, invstd = F.batch_norm(x, *running, weight, bias, batch_stats, momentum, self.eps,
+                                       return_stats=True)
+        self._save(x, mean, invstd, batch_stats)
+        return y
+
+    def backward(self, grad_output, *, input_grad=True):
+        x, mean, invstd, batch_stats = self._saved_for_backward()
+        weight = None if self.weight is None else self.weight.data
+        if self.weight is None:
+            return F.batch_norm_backward(grad_output, x, None, mean, invstd, batch_stats, grad_input=input_grad)[0]
+        grad_x, _, _ = _parameter_gradients(self.weight, self.bias, lambda out, accumulate: F.batch_norm_backward(
+            grad_output, x, weight, mean, invstd, batch_stats, grad_input=input_grad, out=out,
+            accumulate=accumulate))
+        return grad_x
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of (N, C) or (N, C, L) per channel C (see _BatchNorm).
+
+    Shape: (N, C) -> (N, C); (N, C, L) -> (N, C, L).
+    """
+
+    _dims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of (N, C, H, W) per channel C (see _BatchNorm).
+
+    Shape: (N, C, H, W) -> (N, C, H, W).
+
+    Example:
+        >>> BatchNorm2d(16)(np.ones((8, 16, 32, 32), np.float32)).shape
+        (8, 16, 32, 32)
+    """
+
+    _dims = (4,)
 
 
 class Flatten(Module):

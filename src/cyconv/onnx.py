@@ -1,16 +1,17 @@
 """cyconv.onnx: models in and out as ONNX, the format models move between frameworks in.
 
     cyconv.onnx.export(model, "lenet5.onnx")      # any Sequential of cyconv's layers, opset 17
-    model = cyconv.onnx.load("lenet5.onnx")        # a Sequential (float32)
+    model = cyconv.onnx.load("lenet5.onnx")        # a Sequential (float32, eval mode)
 
 export writes input "input" and output "logits" with a dynamic batch dimension (the image size too,
 unless input_shape is given); `onnx.checker.check_model(..., full_check=True)` passes on the result.
 
 load takes graphs that are a chain of: Conv (group 1, any kernel, stride and symmetric pads; auto_pad
 NOTSET, VALID, or SAME_UPPER where that pads symmetrically), Relu, Sigmoid, Tanh, MaxPool,
-AveragePool, Flatten, Reshape to (N, -1), Gemm (alpha = beta = 1, transB 0 or 1), MatMul + Add,
-Dropout and Identity (nothing at inference), and a final Softmax or LogSoftmax (kept as a layer, or
-dropped with final_softmax="drop" when only the scores matter). Anything else is refused with
+AveragePool, BatchNormalization (inference mode), Flatten, Reshape to (N, -1), Gemm (alpha = beta =
+1, transB 0 or 1), MatMul + Add, Dropout (a Dropout layer: nothing at inference, its ratio kept for
+training), Identity, and a final Softmax or LogSoftmax (kept as a layer, or dropped with
+final_softmax="drop" when only the scores matter). Anything else is refused with
 UnsupportedModelError naming the node, its op type and what is not supported; a file that is not
 ONNX, is truncated, or whose initializers contradict themselves raises InvalidModelError. Both are
 ValueErrors. Nothing is allocated from a size the file claims before the data backing it is seen.
@@ -81,7 +82,7 @@ def export(model, path, *, input_shape=None):
         out = "logits" if i == len(layers) - 1 else f"{i}.out"
 
         def init(name, array):
-            initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), f"{i}.{name}"))
+            initializers.append(numpy_helper.from_array(np.array(array, order="C"), f"{i}.{name}"))  # 0-d stays 0-d
             return f"{i}.{name}"
 
         kind = type(layer)
@@ -106,6 +107,21 @@ def export(model, path, *, input_shape=None):
                 attrs["count_include_pad"] = int(layer.count_include_pad)
             nodes.append(helper.make_node("MaxPool" if kind is nn.MaxPool2d else "AveragePool", [current], [out],
                                           name=f"{i}.{kind.__name__}", **attrs))
+        elif kind in (nn.BatchNorm1d, nn.BatchNorm2d):
+            if not layer.track_running_stats:
+                raise TypeError(f"export(): {kind.__name__} (layer {i}) has no running statistics: it normalises "
+                                "with each batch's own, which ONNX's inference BatchNormalization cannot express")
+            C = layer.num_features
+            scale = layer.weight.data if layer.affine else np.ones(C, dtype)
+            shift = layer.bias.data if layer.affine else np.zeros(C, dtype)
+            inputs = [current, init("weight", scale), init("bias", shift), init("running_mean", layer.running_mean),
+                      init("running_var", layer.running_var)]
+            # ONNX's momentum weighs the running value (PyTorch's, the batch's).
+            nodes.append(helper.make_node("BatchNormalization", inputs, [out], name=f"{i}.{kind.__name__}",
+                                          epsilon=layer.eps, momentum=1 - (layer.momentum or 0.1)))
+        elif kind is nn.Dropout:
+            nodes.append(helper.make_node("Dropout", [current, init("ratio", np.array(layer.p, dtype))], [out],
+                                          name=f"{i}.Dropout"))
         elif kind in _EXPORT_SIMPLE:
             op, attrs = _EXPORT_SIMPLE[kind]
             nodes.append(helper.make_node(op, [current], [out], name=f"{i}.{kind.__name__}", **attrs))
@@ -132,7 +148,7 @@ _EXPORT_SIMPLE = {
     nn.ReLU: ("Relu", {}), nn.Sigmoid: ("Sigmoid", {}), nn.Tanh: ("Tanh", {}), nn.Flatten: ("Flatten", {"axis": 1}),
     nn.Softmax: ("Softmax", {"axis": 1}), nn.LogSoftmax: ("LogSoftmax", {"axis": 1}),
 }
-_IDENTITY_AT_INFERENCE = tuple(getattr(nn, name) for name in ("Dropout", "Identity") if hasattr(nn, name))
+_IDENTITY_AT_INFERENCE = tuple(getattr(nn, name) for name in ("Identity",) if hasattr(nn, name))
 
 
 def _input_dims(layers, input_shape):
@@ -173,7 +189,8 @@ def _output_dims(layers, dims):
 
 
 def load(path, *, final_softmax="keep"):
-    """The cyconv Sequential (float32) equivalent to the ONNX model at `path` (see the module docstring).
+    """The cyconv Sequential (float32) equivalent to the ONNX model at `path` (see the module docstring), in
+    eval mode, as the graph runs at inference (call .train() on it to fine-tune).
 
     final_softmax: "keep" a final Softmax/LogSoftmax as a layer, or "drop" it (the scores, for training
     with softmax_cross_entropy or for an argmax).
@@ -231,6 +248,8 @@ class _Loader:
                                         f"{len(inputs)} and {len(self.graph.output)}")
         if inputs[0].type.tensor_type.elem_type not in self.float_types:
             raise UnsupportedModelError(f"{self.source}: input {inputs[0].name!r} is not a float tensor")
+        dims = inputs[0].type.tensor_type.shape.dim
+        self.rank = len(dims) if inputs[0].type.tensor_type.HasField("shape") else None
         current, nodes = inputs[0].name, list(self.graph.node)
         i = 0
         while i < len(nodes):
@@ -246,10 +265,14 @@ class _Loader:
                 self.fail(node, i, "op type not supported (cyconv.onnx's docstring lists those that are)")
             i = handler(node, i, nodes)
             current = nodes[i - 1].output[0]
+            if node.op_type in ("Conv", "MaxPool", "AveragePool"):
+                self.rank = 4
+            elif node.op_type in ("Flatten", "Reshape", "Gemm", "MatMul"):
+                self.rank = 2
         if current != self.graph.output[0].name:
             raise UnsupportedModelError(f"{self.source}: the graph's output {self.graph.output[0].name!r} is not "
                                         f"the last node's ({current!r})")
-        return nn.Sequential(*self.layers)
+        return nn.Sequential(*self.layers).eval()
 
     # -- helpers ------------------------------------------------------------
 
@@ -437,10 +460,49 @@ class _Loader:
         return i + 1
 
     def _Dropout(self, node, i, nodes):
-        self.attrs(node, i, {"seed", "ratio"})  # opset < 12 kept ratio as an attribute
+        a = self.attrs(node, i, {"seed", "ratio"})  # opset < 12 kept ratio as an attribute
         if len(node.output) > 1 and node.output[1] and any(node.output[1] in n.input for n in nodes):
             self.fail(node, i, "its mask output is used")
-        return i + 1  # nothing at inference
+        if len(node.input) > 2 and node.input[2]:
+            mode = self.constant(node, i, node.input[2])
+            if mode.size != 1 or bool(mode.reshape(-1)[0]):
+                self.fail(node, i, "training_mode must be a constant false (inference)")
+        ratio = a.get("ratio", 0.5)
+        if len(node.input) > 1 and node.input[1]:
+            ratio = self.constant(node, i, node.input[1])
+            if ratio.size != 1:
+                self.fail(node, i, f"ratio of shape {ratio.shape}: must be a scalar")
+            ratio = float(ratio.reshape(-1)[0])
+        if not 0 <= ratio < 1:
+            self.fail(node, i, f"ratio {ratio}: must be in [0, 1)")
+        self.layers.append(nn.Dropout(ratio, rng=np.random.default_rng(0)))  # nothing at inference
+        return i + 1
+
+    def _BatchNormalization(self, node, i, nodes):
+        a = self.attrs(node, i, {"epsilon", "momentum", "training_mode", "spatial", "is_test"})
+        if a.get("training_mode", 0) != 0:
+            self.fail(node, i, "training_mode 1: only inference-mode batch normalisation is supported")
+        if a.get("spatial", 1) != 1:
+            self.fail(node, i, "spatial 0 (per-location statistics) is not supported")
+        if len(node.input) != 5 or len(node.output) > 1 and any(node.output[1:]):
+            self.fail(node, i, "needs the 5 inputs (X, scale, B, mean, var) and uses only the output Y")
+        scale, bias, mean, var = (self.constant(node, i, name, ndim=1) for name in node.input[1:])
+        C = scale.shape[0]
+        if not all(v.shape == (C,) for v in (bias, mean, var)):
+            raise InvalidModelError(f"{self.source}: node {node.name} (BatchNormalization): scale, B, mean and "
+                                    f"var must all have shape ({C},), got {[v.shape for v in (scale, bias, mean, var)]}")
+        if (var < 0).any():
+            raise InvalidModelError(f"{self.source}: node {node.name} (BatchNormalization): negative variance")
+        if self.rank not in (2, 3, 4):
+            self.fail(node, i, "cannot tell whether its input is (N, C) or (N, C, H, W): give the graph input "
+                               "a shape, or put the node after a Conv/Gemm")
+        cls = nn.BatchNorm2d if self.rank == 4 else nn.BatchNorm1d
+        momentum = 1 - float(a.get("momentum", 0.9))
+        layer = cls(C, eps=float(a.get("epsilon", 1e-5)), momentum=min(max(momentum, 0.0), 1.0))
+        layer.weight.data[...], layer.bias.data[...] = scale, bias
+        layer.running_mean[...], layer.running_var[...] = mean, var
+        self.layers.append(layer)
+        return i + 1
 
     def _Identity(self, node, i, nodes):
         return i + 1

@@ -10,6 +10,9 @@ between layers, every intermediate buffer allocated once and reused, and the thr
 call, splitting what the batch makes worth splitting (images; each image's columns and channels
 when there are fewer images than threads; the linear layers' output columns; planes). Runs of
 Conv2d -> activation -> pooling, activation -> MaxPool2d and Linear -> activation run as one op.
+A BatchNorm (eval mode: a fixed scale and shift per channel) right after a Conv2d or Linear is
+folded into its weights and bias; anywhere else it is a per-channel affine op (with the activation
+after it). Dropout does nothing at inference and is left out.
 
 The plan is made for the first input shape a predictor sees (or `input_shape`), and buffers grow
 to the largest batch seen (`batch_size` sizes them up front). A predictor is safe to call from
@@ -32,7 +35,8 @@ __all__ = ["compile", "Predictor"]
 _F = _kernels.op_fields()
 _ACTIVATIONS = {nn.ReLU: _F["ACT_RELU"], nn.Sigmoid: _F["ACT_SIGMOID"], nn.Tanh: _F["ACT_TANH"]}
 _POOLS = {nn.MaxPool2d: _F["POOL_MAX"], nn.AvgPool2d: _F["POOL_AVG"]}
-# Layers that do nothing at inference (Dropout, Identity, when cyconv has them) are listed here.
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+# Layers that do nothing at inference (Dropout, and Identity when cyconv has it) are listed here.
 _IDENTITY_AT_INFERENCE = tuple(getattr(nn, name) for name in ("Dropout", "Identity") if hasattr(nn, name))
 
 
@@ -65,7 +69,7 @@ class Predictor:
                 raise TypeError(f"compile(): no compiled form for {type(layer).__name__}; compilable layers: "
                                 f"{', '.join(sorted(cls.__name__ for cls in _COMPILABLE))}")
         # Snapshots: the predictor keeps nothing mutable of the model.
-        self._layers = [_Snapshot(layer) for layer in layers]
+        self._layers = _fold_batch_norms([_Snapshot(layer) for layer in layers])
         self.isa = get_isa()
         self.input_shape = None
         self.batch_size = 0
@@ -168,6 +172,14 @@ class Predictor:
                     row[_F["bias"]] = add(params, layer.bias)
                 shape, macs = (layer.out_features,), macs + layer.in_features * layer.out_features
                 i = self._fuse_act(row, i + 1)
+            elif kind in _BATCH_NORMS:  # one that could not be folded into a convolution or linear layer
+                C, L = shape[0], int(math.prod(shape[1:]))
+                if C != layer.num_features or len(shape) not in ((3,) if kind is nn.BatchNorm2d else (1, 2)):
+                    raise ValueError(f"compile(): layer {i} ({layer.name}) expects {layer.num_features} channels, "
+                                     f"the input is {shape} per image")
+                row[[_F["kind"], _F["C"], _F["H"], _F["W"]]] = (_F["OP_AFFINE"], C, L, 1)
+                row[_F["weight"]], row[_F["bias"]] = add(params, layer.scale), add(params, layer.shift)
+                i = self._fuse_act(row, i + 1)
             elif kind in _ACTIVATIONS:
                 row[_F["act"]] = _ACTIVATIONS[kind]
                 nxt = layers[i + 1].cls if i + 1 < len(layers) else None
@@ -239,19 +251,44 @@ class Predictor:
 
 
 class _Snapshot:
-    """What a predictor keeps of a layer: its class, hyper-parameters and a copy of its parameters."""
+    """What a predictor keeps of a layer: its class, hyper-parameters and a copy of its parameters
+    (a BatchNorm's as the scale and shift per channel it applies in eval mode)."""
 
     def __init__(self, layer):
         self.cls, self.name = type(layer), type(layer).__name__
         for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "in_features",
-                     "out_features", "count_include_pad"):
+                     "out_features", "count_include_pad", "num_features"):
             if hasattr(layer, attr):
                 setattr(self, attr, getattr(layer, attr))
         self.weight = layer.weight.data.copy() if getattr(layer, "weight", None) is not None else None
         self.bias = layer.bias.data.copy() if getattr(layer, "bias", None) is not None else None
+        if isinstance(layer, _BATCH_NORMS):
+            if not layer.track_running_stats:
+                raise TypeError(f"compile(): {self.name} without running statistics normalises with each batch's "
+                                "own; a predictor needs the fixed ones of eval mode")
+            invstd = 1 / np.sqrt(layer.running_var.astype(np.float64) + layer.eps)
+            self.scale = invstd if self.weight is None else invstd * self.weight
+            self.shift = -layer.running_mean * self.scale + (0 if self.bias is None else self.bias)
 
 
-_COMPILABLE = (nn.Conv2d, nn.Linear, nn.Flatten, nn.Softmax, nn.LogSoftmax, *_ACTIVATIONS, *_POOLS,
+def _fold_batch_norms(layers):
+    """The layers with each BatchNorm that directly follows a Conv2d or Linear folded into it:
+    weight * scale per output channel, bias * scale + shift (in float64, then the model's dtype)."""
+    folded = []
+    for layer in layers:
+        previous = folded[-1] if folded else None
+        if layer.cls in _BATCH_NORMS and previous is not None and previous.cls in (nn.Conv2d, nn.Linear):
+            dtype = previous.weight.dtype
+            scale = layer.scale.reshape((-1,) + (1,) * (previous.weight.ndim - 1))
+            previous.weight = (previous.weight * scale).astype(dtype)
+            bias = 0 if previous.bias is None else previous.bias.astype(np.float64)
+            previous.bias = (bias * layer.scale + layer.shift).astype(dtype)
+            continue
+        folded.append(layer)
+    return folded
+
+
+_COMPILABLE = (nn.Conv2d, nn.Linear, nn.Flatten, nn.Softmax, nn.LogSoftmax, *_ACTIVATIONS, *_POOLS, *_BATCH_NORMS,
                *_IDENTITY_AT_INFERENCE)
 
 

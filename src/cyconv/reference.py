@@ -42,10 +42,15 @@ __all__ = [
     "softmax_backward",
     "log_softmax",
     "log_softmax_backward",
+    "dropout",
+    "dropout_backward",
+    "batch_norm",
+    "batch_norm_backward",
     "linear",
     "linear_backward",
     "softmax_cross_entropy",
     "sgd_update",
+    "adam_update",
 ]
 
 
@@ -435,6 +440,101 @@ def log_softmax_backward(grad_y, y):
 
 
 # ----------------------------------------------------------------------------
+# dropout: the mask is a hash of (seed, element index), as csrc/dropout.c computes it
+
+
+def _mix32(h):
+    """The "lowbias32" integer hash, on uint32 arrays (which wrap on overflow, as C's uint32_t)."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x7FEB352D)
+    h = h ^ (h >> np.uint32(15))
+    h = h * np.uint32(0x846CA68B)
+    return h ^ (h >> np.uint32(16))
+
+
+def dropout(x, p=0.5, *, seed, training=True):
+    """Inverted dropout: element i of x (in C order) is kept, times 1 / (1 - p), when
+
+        h = mix32(mix32(i ^ k0) + k1) has (h >> 8) >= round(p * 2**24)
+
+    with k0 = mix32(low 32 bits of seed ^ 0x9e3779b9), k1 = mix32(high 32 bits ^ 0x85ebca6b); else it
+    becomes x * 0. training=False returns x.
+    """
+    if not training:
+        return x
+    halves = np.array([seed & 0xFFFFFFFF, seed >> 32], np.uint32)
+    k0, k1 = _mix32(halves ^ np.array([0x9E3779B9, 0x85EBCA6B], np.uint32))
+    h = _mix32(_mix32(np.arange(x.size, dtype=np.uint32) ^ k0) + k1)
+    keep = (h >> np.uint32(8)) >= round(p * 2**24)
+    scale = x.dtype.type(1 / (1 - p) if p < 1 else 0)
+    return x * np.where(keep, scale, x.dtype.type(0)).reshape(x.shape)
+
+
+def dropout_backward(grad_y, p=0.5, *, seed):
+    """grad_y through dropout's mask and scale for the same seed."""
+    return dropout(grad_y, p, seed=seed)
+
+
+# ----------------------------------------------------------------------------
+# batch_norm over axis 1
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
+               return_stats=False):
+    """``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel (axis 1).
+
+    training: mean and (biased) var of the batch over every axis but 1; running_mean and
+    running_var (if given) become ``(1 - momentum) * running + momentum * stat`` (var unbiased:
+    times M / (M - 1), M the values per channel). Else the running statistics.
+    return_stats: also (mean, invstd) with invstd = 1 / sqrt(var + eps).
+    """
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    if training:
+        mean = x.mean(axis=axes, dtype=np.float64)
+        var = ((x - mean.reshape(shape)) ** 2).mean(axis=axes, dtype=np.float64)
+        if running_mean is not None:
+            m = x.size // x.shape[1]
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+            running_var[...] = (1 - momentum) * running_var + momentum * var * m / (m - 1)
+    else:
+        mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
+    invstd = 1 / np.sqrt(var + eps)
+    y = (x - mean.reshape(shape)) * invstd.reshape(shape)
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    y = y.astype(x.dtype)
+    return (y, mean.astype(x.dtype), invstd.astype(x.dtype)) if return_stats else y
+
+
+def batch_norm_backward(grad_y, x, weight, mean, invstd, training=True, *, grad_input=True):
+    """Gradients of :func:`batch_norm`: (grad_x or None, grad_weight, grad_bias); the last two are
+    None when weight is None. With xhat = (x - mean) * invstd and g = weight * invstd (or invstd):
+
+        training:  grad_x = g * (grad_y - mean(grad_y) - xhat * mean(grad_y * xhat))
+        eval:      grad_x = g * grad_y
+        grad_weight = sum(grad_y * xhat), grad_bias = sum(grad_y)   (over every axis but 1)
+    """
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    xhat = (x - mean.reshape(shape)).astype(np.float64) * invstd.reshape(shape)
+    sum_dy = grad_y.sum(axis=axes, dtype=np.float64)
+    sum_dy_xhat = (grad_y * xhat).sum(axis=axes)
+    grads = (None, None) if weight is None else (sum_dy_xhat.astype(x.dtype), sum_dy.astype(x.dtype))
+    if not grad_input:
+        return (None,) + grads
+    g = (invstd if weight is None else weight * invstd).astype(np.float64).reshape(shape)
+    if training:
+        m = x.size // x.shape[1]
+        grad_x = g * (grad_y - (sum_dy / m).reshape(shape) - xhat * (sum_dy_xhat / m).reshape(shape))
+    else:
+        grad_x = g * grad_y
+    return (grad_x.astype(x.dtype),) + grads
+
+
+# ----------------------------------------------------------------------------
 # linear
 
 
@@ -515,3 +615,32 @@ def sgd_update(param, grad, momentum_buffer, lr, momentum=0.0, weight_decay=0.0,
             momentum_buffer += g
         g = momentum_buffer
     param -= g * lr
+
+
+# ----------------------------------------------------------------------------
+# adam_update
+
+
+def adam_update(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                decoupled=False):
+    """One in-place Adam step (torch.optim.Adam; decoupled=True: AdamW), without amsgrad::
+
+        g = grad + weight_decay * param          (Adam)
+        param = param * (1 - lr * weight_decay)  (AdamW)
+        exp_avg    = beta1 * exp_avg + (1 - beta1) * g
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+        param -= lr / (1 - beta1**step) * exp_avg / (sqrt(exp_avg_sq) / sqrt(1 - beta2**step) + eps)
+
+    Computed in the dtype of param, in the order written (the compiled kernel's order).
+    """
+    t = param.dtype.type
+    beta1, beta2 = betas
+    step_size, sqrt_bc2 = t(lr / (1 - beta1**step)), t(np.sqrt(1 - beta2**step))
+    if decoupled:
+        g = grad
+        param *= t(1 - t(lr) * t(weight_decay))
+    else:
+        g = param * t(weight_decay) + grad if weight_decay else grad
+    exp_avg[...] = exp_avg * t(beta1) + g * t(1 - t(beta1))
+    exp_avg_sq[...] = exp_avg_sq * t(beta2) + (g * g) * t(1 - t(beta2))
+    param -= step_size * exp_avg / (np.sqrt(exp_avg_sq) / sqrt_bc2 + t(eps))
