@@ -15,39 +15,14 @@ import pytest
 from PIL import Image
 
 import cyconv.train as train_module
-from cyconv import models, nn
 from cyconv.checkpoint import load_checkpoint, load_model
 from cyconv.data import SHAPES, ImageFolder, channel_stats, make_shapes, normalize, read_image
-from cyconv.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, train
+from cyconv.train import CHECKPOINT_NAME, FOLDER_RECIPE, METRICS_NAME, TrainConfig, train
 from cli_helpers import assert_error, continue_command, ctrl_c_in_the_second_epoch, run, run_captured
 from cli_helpers import no_download  # noqa: F401 (autouse)
 
 SIZE = 16
 RUN = ["--image-size", SIZE, "--epochs", 3, "--batch-size", 16, "--no-progress", "--threads", 1]
-
-
-def local_cnn(in_channels, num_classes, image_size, rng):
-    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1, rng=rng), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(8, 8, 3, padding=1, rng=rng), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(8 * (image_size // 4) ** 2, num_classes, rng=rng))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def small_cnn_stand_in():
-    """models.build_model with the signature announced for issue 14 (in_channels, num_classes, image_size),
-    and a local Conv/ReLU/MaxPool net as "small_cnn", until models.small_cnn lands on main."""
-    def build_model(name, *, hidden=500, in_channels=1, num_classes=10, image_size=28, rng=None):
-        rng = np.random.default_rng() if rng is None else rng
-        if name == "small_cnn":
-            return local_cnn(in_channels, num_classes, image_size, rng)
-        if name == "lenet5":
-            return models.lenet5(num_classes, rng=rng)
-        return models.mlp(hidden, num_classes, in_features=in_channels * image_size ** 2, rng=rng)
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(models, "build_model", build_model)
-        m.setattr(models, "MODELS", ("lenet5", "mlp", "small_cnn"))
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +47,9 @@ def test_train_records_what_evaluation_and_prediction_need(trained, shapes_dir):
     assert [line.split("  ")[0] for line in lines[1:4]] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
     ckpt = load_checkpoint(out / CHECKPOINT_NAME)
     spec = ckpt.data
-    assert ckpt.model_name == "small_cnn" and ckpt.epoch == 3 and ckpt.config["augment"] is False
+    assert ckpt.model_name == "small_cnn" and ckpt.epoch == 3
+    # The folder recipe where the command line is silent, what it says where it speaks.
+    assert {k: ckpt.config[k] for k in FOLDER_RECIPE} == {**FOLDER_RECIPE, "epochs": 3}
     assert spec.root == str(shapes_dir.resolve()) and spec.classes == SHAPES
     assert spec.size == (SIZE, SIZE) and spec.channels == 3 and spec.test_fraction == 0.2 and spec.seed == 0
     expected = ImageFolder(shapes_dir, size=SIZE).split(0.2, 0)
@@ -193,10 +170,11 @@ def test_augment_flips_and_crops_each_image_as_drawn():
 
 def test_grey_run_and_export(capsys, shapes_dir, tmp_path):
     out = tmp_path / "grey"
-    status, _, err = run(capsys, "train", "--data-dir", shapes_dir, "--channels", 1, "--out", out, *RUN[:2],
-                         "--epochs", 1, "--no-progress")
+    status, _, err = run(capsys, "train", "--data-dir", shapes_dir, "--channels", 1, "--no-augment", "--out", out,
+                         *RUN[:2], "--epochs", 1, "--no-progress")
     assert status == 0, err
-    assert load_checkpoint(out / CHECKPOINT_NAME).data.channels == 1
+    ckpt = load_checkpoint(out / CHECKPOINT_NAME)
+    assert ckpt.data.channels == 1 and ckpt.config["augment"] is False
     status, stdout, err = run(capsys, "predict", "--checkpoint", out / CHECKPOINT_NAME,
                               shapes_dir / "cross" / "cross_00.png")  # a colour picture, read as grey
     assert status == 0 and stdout.splitlines()[1].split()[1] in SHAPES, err
@@ -238,7 +216,8 @@ def test_runtime_errors_name_the_problem(capsys, shapes_dir, tmp_path, trained, 
     assert_error(run(capsys, *folder[:-2], "--image-size", 2000), 1,
                  "ImageFolder: size must be between 1 and 1024 pixels a side, got 2000")
     assert_error(run(capsys, *folder, "--model", "lenet5"), 1,
-                 f"train(): model lenet5 cannot take 3x{SIZE}x{SIZE} images: conv2d")
+                 f"lenet5 takes 1 x 28 x 28 images, got 3 x {SIZE} x {SIZE}")
+    assert_error(run(capsys, *folder[:-2], "--image-size", 20), 1, "image_size must be a multiple of 8")
     assert_error(run(capsys, "train", "--data-dir", tmp_path / "nope"), 1, "no such directory")
     broken = shutil.copytree(shapes_dir, tmp_path / "broken")
     (broken / "cross" / "cross_03.png").write_bytes(b"")

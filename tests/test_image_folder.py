@@ -385,7 +385,8 @@ def test_split_spec_records_the_normalisation_of_the_training_part(tmp_path):
 
 @pytest.mark.parametrize("fraction, seed, match", [
     (0, 0, "test_fraction must be a number in \\(0, 1\\)"), (1.0, 0, "test_fraction"),
-    (float("nan"), 0, "test_fraction"), (True, 0, "test_fraction"), (0.2, -1, "seed must be an int >= 0"), (0.2, 1.5, "seed must be"),
+    (float("nan"), 0, "test_fraction"), (True, 0, "test_fraction"), (0.2, -1, "seed must be an int >= 0"),
+    (0.2, 1.5, "seed must be"),
 ])
 def test_split_refuses_bad_arguments(fraction, seed, match):
     with pytest.raises(ValueError, match=match):

@@ -4,7 +4,7 @@ A checkpoint holds numbers and strings only, never a pickle: it is written with 
 `np.load(..., allow_pickle=False)`, so opening one cannot run code. Its keys:
 
     format             int, CHECKPOINT_FORMAT (the layout version)
-    model_name         str, a name in cyconv.models.MODELS
+    model_name         str, a name in cyconv.MODELS
     epoch              int, the number of completed epochs
     config             str, JSON: the training configuration (at least "model", and "hidden" for mlp)
     metrics            str, JSON: the list of per-epoch metrics so far
@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import models
 from ._files import atomic_write
 from .data import FolderSpec
+from .models import MODELS, build_model
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -87,8 +87,8 @@ def save_checkpoint(path, *, model, optimizer, model_name: str, epoch: int, conf
                     metrics: list, info: dict | None = None, data: dict | None = None) -> Path:
     """Write model and optimizer state and the run's bookkeeping to `path` (.npz), atomically.
     data: the FolderSpec.to_dict() of an image folder's split, None for MNIST."""
-    if model_name not in models.MODELS:
-        raise ValueError(f"save_checkpoint(): model_name must be one of {', '.join(models.MODELS)}, "
+    if model_name not in MODELS:
+        raise ValueError(f"save_checkpoint(): model_name must be one of {', '.join(MODELS)}, "
                          f"got {model_name!r}")
     arrays = {
         "format": np.array(CHECKPOINT_FORMAT, np.int64),
@@ -136,8 +136,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if fmt != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {fmt}, this cyconv reads format {CHECKPOINT_FORMAT}")
     model_name = _string(arrays, "model_name", path)
-    if model_name not in models.MODELS:
-        raise CheckpointError(f"{path}: unknown model {model_name!r}, expected one of {', '.join(models.MODELS)}")
+    if model_name not in MODELS:
+        raise CheckpointError(f"{path}: unknown model {model_name!r}, expected one of {', '.join(MODELS)}")
     epoch = _integer(arrays, "epoch", path)
     if epoch < 0:
         raise CheckpointError(f"{path}: epoch must be >= 0, got {epoch}")
@@ -185,14 +185,14 @@ def load_model(checkpoint):
 
 
 def build_model_for(model_name: str, *, hidden: int, spec: FolderSpec | None, rng=None):
-    """A fresh models.build_model(model_name) for the data that `spec` describes: its channels, (square)
-    image size and number of classes; spec None: MNIST (models.build_model's defaults)."""
+    """A fresh build_model(model_name) for the data that `spec` describes: its channels, (square)
+    image size and number of classes; spec None: MNIST's 1 x 28 x 28 digits, 10 classes."""
     if spec is None:
-        return models.build_model(model_name, hidden=hidden, rng=rng)
+        return build_model(model_name, hidden=hidden, in_channels=1, num_classes=10, image_size=28, rng=rng)
     height, width = spec.size
     if height != width:
         raise ValueError(f"the models take square images, not {height}x{width}")
-    return models.build_model(model_name, hidden=hidden, in_channels=spec.channels, num_classes=len(spec.classes),
+    return build_model(model_name, hidden=hidden, in_channels=spec.channels, num_classes=len(spec.classes),
                               image_size=height, rng=rng)
 
 

@@ -45,10 +45,9 @@ from PIL import Image
 from . import __version__, compare, data, set_num_threads
 from . import predictor as predictor_module
 from ._files import atomic_write
-from . import models
 from .checkpoint import load_checkpoint, load_model
 from .data import ImageError
-from .models import build_model, default_input
+from .models import MODELS, build_model, default_input
 from .models import summary
 from .train import (CHECKPOINT_NAME, FOLDER_RECIPE, SCHEDULES, TrainConfig, TrainingInterrupted, confusion_matrix,
                     predict_logits, train)
@@ -141,8 +140,8 @@ def _build_parser():
         p.add_argument("--split-seed", type=_int_at_least(0), metavar="N",
                        help="--data-dir: the seed of the test split, apart from --seed (default: 0)")
         if augment:
-            p.add_argument("--augment", action="store_true", default=None,
-                           help="--data-dir: flip and crop every training batch at random")
+            p.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                           help="--data-dir: flip and crop every training batch at random (default: on)")
 
     def threads_option(p):
         p.add_argument("--threads", type=_int_at_least(1), metavar="N",
@@ -156,7 +155,7 @@ def _build_parser():
                     "with SGD, evaluating on the test set and saving a checkpoint (OUT/checkpoint.npz) and "
                     "metrics (OUT/metrics.json) after every epoch. With --resume, options not given are taken "
                     "from the checkpoint.")
-    p.add_argument("--model", choices=models.MODELS,
+    p.add_argument("--model", choices=MODELS,
                    help=f"network (default: {d.model}; with --data-dir {FOLDER_RECIPE['model']})")
     p.add_argument("--hidden", type=_int_at_least(1), metavar="N", help=f"mlp hidden units (default: {d.hidden})")
     p.add_argument("--epochs", type=_int_at_least(1), metavar="N",
@@ -164,7 +163,7 @@ def _build_parser():
     p.add_argument("--batch-size", type=_int_at_least(1), metavar="N",
                    help=f"default: {d.batch_size}; with --data-dir {FOLDER_RECIPE['batch_size']}")
     p.add_argument("--lr", type=_float_in(0, low_open=True), metavar="LR",
-                   help=f"base learning rate (default: {d.lr})")
+                   help=f"base learning rate (default: {d.lr}; with --data-dir {FOLDER_RECIPE['lr']})")
     p.add_argument("--momentum", type=_float_in(0, 1, high_open=True), metavar="M", help=f"default: {d.momentum}")
     p.add_argument("--weight-decay", type=_float_in(0), metavar="WD", help=f"default: {d.weight_decay}")
     p.add_argument("--schedule", choices=SCHEDULES,
@@ -234,7 +233,7 @@ def _build_parser():
 
     p = commands.add_parser("summary", help="print a model's layer table",
                             description="Print the layers, output sizes and weight sizes of a model.")
-    p.add_argument("--model", choices=models.MODELS, default=d.model, help=f"default: {d.model}")
+    p.add_argument("--model", choices=MODELS, default=d.model, help=f"default: {d.model}")
     p.add_argument("--hidden", type=_int_at_least(1), default=d.hidden, metavar="N",
                    help=f"mlp hidden units (default: {d.hidden})")
     p.set_defaults(run=_cmd_summary)

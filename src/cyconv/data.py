@@ -1180,15 +1180,17 @@ def make_shapes(n: int, size: int = 64, seed: int = 0) -> ImageFolder:
     or triangle (the classes, in that order), on a noisy background.
 
     Each image draws its shape's size (radius 0.14-0.30 of the image), position (wholly inside), tilt (up to
-    15 degrees either way), colour and background colour at random (the shape is the light one or the dark one, each channel at
-    least 0.15 apart, so every shape is visible), then a colour gradient across the background and Gaussian
-    pixel noise (std 0.06) over everything. Colour says nothing of the class; where the shape is, how big,
-    and how tilted, neither: a model must learn the outline. Edges are antialiased (coverage from
-    the signed distance to the outline, over one pixel).
+    15 degrees either way), colour and background colour at random (the shape is the light one or the dark
+    one, each channel at least 0.15 apart, so every shape is visible), then a colour gradient across the
+    background and Gaussian pixel noise (std 0.06) over everything. Colour says nothing of the class; where
+    the shape is, how big, and how tilted, neither: a model must learn the outline. Edges are antialiased
+    (coverage from the signed distance to the outline, over one pixel).
 
     The classes are balanced (n // 4 each, the first n % 4 classes one more) and in class order, as an
-    ImageFolder reads them. The same n, size and seed give the same images on any machine. Rendering is
-    vectorised (coordinate grids against each image's parameters), a few hundred images at a time.
+    ImageFolder reads them. The same n, size and seed give the same images (the parameters come from
+    np.random.default_rng(seed); another NumPy or CPU may round a sine differently and change a pixel by
+    one level). Rendering is vectorised (coordinate grids against each image's parameters), a few hundred
+    images at a time.
 
     Returns an ImageFolder (root None): .split() for training, .save(directory) to write it as PNG files.
 

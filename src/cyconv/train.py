@@ -6,7 +6,7 @@ checkpoints each epoch.
     result.metrics[-1]["test_acc"]        # 0.99...
 
     folder = ImageFolder("shapes", size=(64, 64))                 # one sub-folder per class
-    result = train(TrainConfig(**FOLDER_RECIPE, augment=True), folder.split(0.2, seed=0))
+    result = train(TrainConfig(**FOLDER_RECIPE), folder.split(0.2, seed=0))       # small_cnn, augmented
 
 MNIST's images are normalised with its published mean and std (cyconv.data.to_float32); an image folder's
 per channel with its training split's (cyconv.data.normalize, FolderSpec.mean/std), which the checkpoint
@@ -44,9 +44,9 @@ from tqdm import tqdm
 from . import functional as F
 from ._threads import get_num_threads
 from ._files import atomic_write, remove_stale_temp_files
-from . import models
 from .checkpoint import build_model_for, load_checkpoint, restore, save_checkpoint
 from .data import FolderSpec, ImageSplit, normalize, to_float32
+from .models import MODELS
 from .optim import SGD, cosine_lr, step_lr
 
 __all__ = [
@@ -68,10 +68,10 @@ __all__ = [
 
 SCHEDULES = ("cosine", "constant", "step")
 # What `cyconv train --data-dir` trains where the command line is silent (TrainConfig's defaults are the MNIST
-# recipe): small_cnn, with smaller batches for more epochs, as a folder of a few hundred pictures makes few
-# steps an epoch (make_shapes(600): 15 of 32). Chosen on make_shapes(600), where it reached 98-99% test
-# accuracy (with a Conv-BatchNorm-ReLU-MaxPool x 3 stand-in for small_cnn).
-FOLDER_RECIPE = {"model": "small_cnn", "epochs": 30, "batch_size": 32}
+# recipe). Chosen on make_shapes(600) (480 training pictures): small_cnn's 4096-wide classifier over batch-normed
+# features diverges at the MNIST lr of 0.04 (and at 0.01), so a lower lr with more, smaller steps; without
+# augmentation small_cnn fits the training pictures and stops near 89% on the test ones, with it 98-99%.
+FOLDER_RECIPE = {"model": "small_cnn", "epochs": 40, "batch_size": 16, "lr": 0.002, "augment": True}
 CHECKPOINT_NAME = "checkpoint.npz"
 METRICS_NAME = "metrics.json"
 _SHUFFLE_STREAM = 1  # the word that keeps shuffle seeds apart from the init seed (see _epoch_order)
@@ -82,7 +82,7 @@ _AUGMENT_STREAM = 2  # and augmentation's apart from both
 class TrainConfig:
     """Everything a run's result depends on (besides the data and the thread count).
 
-    model         a name in cyconv.models.MODELS ("mlp": `hidden` units; ignored by the others)
+    model         a name in cyconv.MODELS ("mlp": `hidden` units; ignored by the others)
     schedule      "cosine": from lr to 0 over all steps, after `warmup_steps` linear warm-up steps;
                   "step": lr times `gamma` every `step_size` epochs; "constant"
     limit         train on the first `limit` training images only (None: all)
@@ -115,8 +115,8 @@ class TrainConfig:
             return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
                 and np.isfinite(v)
 
-        if self.model not in models.MODELS:
-            fail("model", f"one of {', '.join(models.MODELS)}")
+        if self.model not in MODELS:
+            fail("model", f"one of {', '.join(MODELS)}")
         if self.schedule not in SCHEDULES:
             fail("schedule", f"one of {', '.join(SCHEDULES)}")
         for name in ("hidden", "epochs", "batch_size", "step_size"):
@@ -205,8 +205,6 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
     n_train = len(train_y)
     steps_per_epoch = -(-n_train // config.batch_size)
     model = build_model_for(config.model, hidden=config.hidden, spec=spec, rng=np.random.default_rng(config.seed))
-    if spec is not None:
-        _check_input(model, config.model, train_x.shape[1:])
     optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                     weight_decay=config.weight_decay)
     from . import __version__  # here, not at the top: cyconv/__init__.py sets it after its imports
@@ -295,17 +293,6 @@ def _prepare(data, config):
         prepare = lambda images: normalize(images, spec.mean, spec.std)  # noqa: E731
     return (prepare(train_images), np.asarray(train_labels, np.int64),
             prepare(test_images), np.asarray(test_labels, np.int64), spec)
-
-
-def _check_input(model, name: str, shape: tuple) -> None:
-    """Refuse, in one line, a model that cannot take images of this (C, H, W) shape (LeNet-5 takes 1x28x28
-    only): one image's forward pass in eval mode, which changes nothing the model keeps."""
-    try:
-        model.eval()(np.zeros((1, *shape), np.float32))
-    except ValueError as e:
-        raise ValueError(f"train(): model {name} cannot take {'x'.join(map(str, shape))} images: {e}") from None
-    finally:
-        model.train()
 
 
 def _resume(path: Path, config: TrainConfig, n_train: int, spec: FolderSpec | None, model, optimizer):
