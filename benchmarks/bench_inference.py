@@ -2,6 +2,11 @@
 on cyconv's exported file, and PyTorch eager; float32, the same weights.
 
     python benchmarks/bench_inference.py [--isa avx2] [--threads 1 2] [--repeats 3] [--quick]
+    python benchmarks/bench_inference.py --layers [--isa avx2] [--threads 1 2]
+
+--layers times where each framework's time goes at batch 1 and 64, per layer group (conv1+relu+pool,
+conv2+relu+pool, flatten+fc1+relu, fc2): cyconv's as the differences between predictors compiled for the
+model's prefixes, ONNX Runtime's from its own profiler (per node, as its graph optimiser fused them).
 
 Each framework runs in a fresh process per thread count (two OpenMP runtimes in one process would fight),
 and first checks that its outputs equal cyconv eager's on the same batch (1e-4 relative) or the script
@@ -85,7 +90,68 @@ def build(job):
     return run
 
 
+GROUPS = (("conv1+relu+pool", 3), ("conv2+relu+pool", 6), ("flatten+fc1+relu", 9), ("fc2", 10))
+LAYER_BATCHES = {1: (100, 1000), 64: (10, 100)}
+
+
+def layer_times(job):
+    """{group: {batch: median seconds}} for job's framework (cyconv compiled, or onnxruntime)."""
+    times = {name: {} for name, _ in GROUPS}
+    if job["framework"] == "cyconv":
+        import cyconv
+        from cyconv import models
+
+        cyconv.set_num_threads(job["threads"])
+        model = models.lenet5(rng=np.random.default_rng(SEED))
+        model.load_state_dict(dict(np.load(job["weights"])))
+        model.eval()
+        for n, (warmup, iters) in LAYER_BATCHES.items():
+            x, previous = batch(n), 0.0
+            for name, end in GROUPS:
+                predictor = cyconv.compile(model[:end], batch_size=n, input_shape=(1, 28, 28))
+                t = statistics.median(bench_e2e.time_calls(lambda: predictor(x), warmup, iters))
+                times[name][n], previous = t - previous, t
+        return times
+    import onnxruntime as ort
+
+    for n, (warmup, iters) in LAYER_BATCHES.items():
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = job["threads"], 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        session = ort.InferenceSession(job["onnx"], options, providers=["CPUExecutionProvider"])
+        x = batch(n)
+        for _ in range(warmup):
+            session.run(None, {"input": x})
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(job["tmp"]) / f"ort-{job['threads']}-{n}")
+        session = ort.InferenceSession(job["onnx"], options, providers=["CPUExecutionProvider"])
+        for _ in range(warmup + iters):
+            session.run(None, {"input": x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+        per_node = {}
+        for e in events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                per_node.setdefault(e["name"][:-len("_kernel_time")], []).append(e["dur"] * 1e-6)
+        for node, durations in per_node.items():
+            # A fused node keeps the name of its first layer ("0.Conv2d"...): its group is that layer's.
+            index = int("".join(c for c in node.split(".")[0] if c.isdigit()) or 0)
+            group = next(name for name, end in GROUPS if index < end)
+            times[group][n] = times[group].get(n, 0.0) + statistics.median(durations[warmup:] or durations)
+    return times
+
+
+def layers_table(results, threads):
+    lines = ["| layers | cyconv b1 µs | ORT b1 µs | cyconv b64 µs | ORT b64 µs |", "|---|---|---|---|---|"]
+    for name, _ in GROUPS:
+        cells = [f"{results[f, threads][name].get(str(n), results[f, threads][name].get(n, 0)) * 1e6:.0f}"
+                 for n in LAYER_BATCHES for f in ("cyconv", "onnxruntime")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def work(job):
+    if job.get("mode") == "layers":
+        return {"layers": layer_times(job)}
     forward = build(job)
     reference = np.load(job["reference"])
     got = forward(batch(64))
@@ -159,6 +225,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true")
     p.add_argument("--isa", choices=machine.TIERS, default=None)
     p.add_argument("--json", metavar="FILE")
+    p.add_argument("--layers", action="store_true", help="per-layer times of cyconv and ONNX Runtime instead")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -184,7 +251,20 @@ def main(argv=None):
         conx.export(model, onnx_path, input_shape=(1, 28, 28))
         np.save(reference, model(batch(64)))
         common = {"weights": weights, "onnx": onnx_path, "reference": reference,
-                  "spec": bench_e2e.describe(model), "iters": iters}
+                  "spec": bench_e2e.describe(model), "iters": iters, "tmp": tmp}
+        if args.layers:
+            lines = [f"## Where LeNet-5's inference time goes, ISA tier {isa} ({bench_e2e.cpu_model()}; "
+                     f"{started:%Y-%m-%d %H:%M} UTC)", "",
+                     f"- command: `{' '.join(shlex.quote(a) for a in ['python'] + sys.argv)}`",
+                     "- medians per call; cyconv: differences between predictors of the model's prefixes; ORT: "
+                     "its profiler's per-node kernel times (fused nodes counted in their first layer's group)"]
+            for threads in args.threads:
+                layer_results = {(f, threads): launch({**common, "framework": f, "threads": threads,
+                                                       "mode": "layers"}, env_extra)["layers"]
+                                 for f in ("cyconv", "onnxruntime")}
+                lines += ["", f"### {threads} thread(s)", "", layers_table(layer_results, threads)]
+            print("\n".join(lines))
+            return 0
         for r in range(repeats):
             for threads in args.threads:
                 for framework in frameworks:
