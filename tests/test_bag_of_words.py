@@ -155,6 +155,23 @@ def test_small_chunks_give_the_same_answers(monkeypatch):
     np.testing.assert_array_equal(chunked.transform(x), expected[0])
 
 
+@pytest.mark.parametrize("descriptor, patch, stride", [("hog", 24, 8), ("patch", 8, 4)])
+def test_memory_is_bounded_by_chunks_not_by_the_number_of_images(descriptor, patch, stride):
+    import tracemalloc
+
+    images = np.random.default_rng(12).integers(0, 256, (2000, 64, 64, 3), dtype=np.uint8)  # 24.6 MB
+    bow = BagOfWords(n_words=50, descriptor=descriptor, patch=patch, stride=stride, seed=0).fit(images[:100])
+    tracemalloc.start()
+    try:
+        hist = bow.transform(images)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert hist.shape == (2000, 50)
+    # A float32 copy of the images alone would be 98 MB (their 8x8 patches 346 MB); a chunk is 16 MB.
+    assert peak < 48e6, peak
+
+
 def test_images_of_another_size_are_histograms_too():
     bow = BagOfWords(n_words=4, patch=4, stride=2).fit(random_images((5, 12, 12, 3)))
     for size in (4, 30):

@@ -20,6 +20,7 @@ running example, with the dimensions of 64 x 64 colour pictures:
     features              classifier                 feature dimension
     pixels                softmax regression         12288 = C*H*W, the course's vector
     colour histogram      softmax regression         768  = 256 bins per channel, the course's 256x3
+                                                     ("intensity histogram" for grey pictures)
     HOG                   softmax regression         324  (9 orientations, 16x16 cells, 2x2 blocks)
     bag of visual words   softmax regression         400  (features.BagOfWords with its defaults: 400
                                                      words of HOG blocks of 3x3 cells of 8x8 pixels every
@@ -157,7 +158,8 @@ def _task(data, seed: int = 0) -> _Task:
         return _Task(
             name=f"{Path(root).name if root else 'image folder'} ({len(data.classes)} classes, {h}x{w}x{c})",
             extractors=[("pixels", _each(features.pixels)),
-                        ("colour histogram", _each(lambda x: features.color_histogram(x, HISTOGRAM_BINS))),
+                        ("colour histogram" if c > 1 else "intensity histogram",
+                         _each(lambda x: features.color_histogram(x, HISTOGRAM_BINS))),
                         ("HOG", _each(lambda x: features.hog(x, 9, (FOLDER_HOG_CELL,) * 2, (2, 2)))),
                         ("bag of visual words", bag_of_words)],
             num_classes=len(data.classes), epochs=FOLDER_EPOCHS, cnn=dict(FOLDER_RECIPE), cnn_label="small CNN")

@@ -311,8 +311,8 @@ DESCRIPTORS = ("hog", "patch")
 # deviation is well under 0.1 (25 of 255), flat but for noise, stays near the zero vector instead of
 # having its noise stretched to full contrast.
 _PATCH_EPS = 0.01
-# float32 values (16 MB) of descriptors, or of descriptor-to-word scores, held at once: bounds the memory
-# of fit and transform whatever the number of images.
+# float32 values (16 MB) of images, of descriptors, or of descriptor-to-word scores, held at once: bounds
+# the memory of fit and transform whatever the number of images.
 _CHUNK_FLOATS = 1 << 22
 
 
@@ -459,8 +459,8 @@ class BagOfWords:
 
     def descriptors(self, images):
         """(N, P, D) float32: every descriptor of every image (step 1); needs no fit. Memory grows with
-        N * P * D (43,200 values per 64x64x3 image with the defaults): for many images, prefer
-        transform, which holds a chunk of them at a time."""
+        N * P * D (2,916 values per 64x64 image with the defaults, 43,200 with 8x8 colour patches every 4
+        pixels): for many images, prefer transform, which holds a chunk of them at a time."""
         x = self._images(images, "descriptors")
         gy, gx = self._grid(x.shape[1:3], "descriptors")
         return np.concatenate([d for _, d in self._chunks(x)]) if len(x) else \
@@ -470,8 +470,8 @@ class BagOfWords:
 
     def _images(self, images, method):
         fn = f"BagOfWords.{method}"
-        x = _batch(images, fn)
-        if not np.isfinite(x).all():
+        x = _batch(images, fn, uint8_as=None)  # uint8 is scaled chunk by chunk (_describe), not copied whole
+        if x.dtype != np.uint8 and not np.isfinite(x).all():
             raise ValueError(f"{fn}(): images contain NaN or infinity")
         self._grid(x.shape[1:3], method)
         return x
@@ -502,11 +502,15 @@ class BagOfWords:
     def _chunks(self, x):
         """(first image, its chunk's descriptors (n, P, D) float32) for consecutive chunks of images."""
         gy, gx = self._grid(x.shape[1:3], "descriptors")
-        step = max(1, _CHUNK_FLOATS // (gy * gx * self._dimension(x.shape[3])))
+        # Bounded by the descriptors, and by the images themselves as floats (HOG's 2,916 descriptor values
+        # of a 64x64x3 image are fewer than its 12,288 pixels).
+        per_image = max(gy * gx * self._dimension(x.shape[3]), int(np.prod(x.shape[1:])))
+        step = max(1, _CHUNK_FLOATS // per_image)
         for start in range(0, len(x), step):
             yield start, self._describe(x[start:start + step], gy * gx)
 
     def _describe(self, x, positions):
+        """Descriptors (n, P, D) float32 of a chunk of images x (n, H, W, C), uint8 (scaled here) or float."""
         n, p, s = len(x), self.patch, self.stride
         if self.descriptor == "hog":
             cells = p // s
@@ -514,8 +518,10 @@ class BagOfWords:
             return blocks.astype(np.float32, copy=False).reshape(n, positions, -1)
         windows = np.lib.stride_tricks.sliding_window_view(x, (p, p), axis=(1, 2))[:, ::s, ::s]
         d = windows.reshape(n, positions, -1).astype(np.float32)  # (channel, row, column) per window
+        if x.dtype == np.uint8:
+            d /= np.float32(255)
         d -= d.mean(axis=2, keepdims=True)
-        d /= np.sqrt(np.mean(d * d, axis=2, keepdims=True) + np.float32(_PATCH_EPS))
+        d /= np.sqrt(np.einsum("npd,npd->np", d, d)[..., None] / np.float32(d.shape[2]) + np.float32(_PATCH_EPS))
         return d
 
 

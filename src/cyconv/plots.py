@@ -198,8 +198,9 @@ def _fit_size(width: int, height: int, inches: float) -> tuple[float, float]:
 
 
 def feature_maps(model, image: np.ndarray, path, *, title: str | None = None) -> Path:
-    """Each convolution's output planes for one input image, layer by layer (the model run in eval mode,
-    one layer at a time): the input, then one grid of maps per Conv2d, each map scaled to its own range.
+    """Each convolution's output planes for one input image, layer by layer (the model is put in eval mode,
+    and left so, and run one layer at a time): the input, then one grid of maps per Conv2d, each map scaled
+    to its own range.
 
     image: the network's input for one image, float (C, H, W) as the model takes it (normalised as in
     training). Raises ValueError if the model has no convolution layer or cannot take the image.
