@@ -183,6 +183,8 @@ def test_grey_run_and_export(capsys, shapes_dir, tmp_path):
     assert status == 0, err
     dims = onnx.load(tmp_path / "m.onnx").graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims][1:] == [1, SIZE, SIZE]
+    assert_error(run(capsys, "evaluate", "--model", tmp_path / "m.onnx", "--data-dir", shapes_dir), 2,
+                 "--data-dir is for a checkpoint trained on an image folder; an ONNX model records no classes")
 
 
 # ---------------------------------------------------------------------------------------------------------
