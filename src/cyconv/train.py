@@ -83,7 +83,7 @@ _AUGMENT_STREAM = 2  # and augmentation's apart from both
 class TrainConfig:
     """Everything a run's result depends on (besides the data and the thread count).
 
-    model         a name in cyconv.MODELS ("mlp": `hidden` units; ignored by the others)
+    model         a name in cyconv.models.MODELS ("mlp": `hidden` units; ignored by the others)
     schedule      "cosine": from lr to 0 over all steps, after `warmup_steps` linear warm-up steps;
                   "step": lr times `gamma` every `step_size` epochs; "constant"
     limit         train on the first `limit` training images only (None: all)
