@@ -183,6 +183,8 @@ def test_grey_run_and_export(capsys, shapes_dir, tmp_path):
     assert status == 0, err
     dims = onnx.load(tmp_path / "m.onnx").graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims][1:] == [1, SIZE, SIZE]
+    assert_error(run(capsys, "evaluate", "--model", tmp_path / "m.onnx", "--data-dir", shapes_dir), 2,
+                 "--data-dir is for a checkpoint trained on an image folder; an ONNX model records no classes")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -234,3 +236,28 @@ def test_runtime_errors_name_the_problem(capsys, shapes_dir, tmp_path, trained, 
                  "evaluate: --data-dir is for a checkpoint trained on an image folder")
     status, _, err = run(capsys, "train", "--resume", "--out", mnist_checkpoint.parent, "--data-dir", shapes_dir)
     assert_error((status, "", err), 1, "it was trained on MNIST, this run has an image folder")
+
+
+def with_data(source, target, change):
+    """A copy of checkpoint `source` at `target` whose 'data' record is change(record)."""
+    with np.load(source, allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    arrays["data"] = np.array(json.dumps(change(json.loads(str(arrays["data"])))))
+    np.savez(target, **arrays)
+    return target
+
+
+def test_a_damaged_data_record_is_a_checkpoint_error(capsys, trained, tmp_path):
+    source = trained[0] / CHECKPOINT_NAME
+    bad = with_data(source, tmp_path / "bad.npz", lambda d: {**d, "std": [1.0, 0.0, 1.0]})
+    assert_error(run(capsys, "evaluate", "--checkpoint", bad), 1,
+                 f"{bad}: 'data' does not describe an image folder: FolderSpec: std must be 3 numbers > 0")
+    # A record naming a million classes is refused before a model with a million outputs is built.
+    many = with_data(source, tmp_path / "many.npz", lambda d: {**d, "classes": [f"c{i}" for i in range(10**6)]})
+    assert_error(run(capsys, "predict", "--checkpoint", many, tmp_path), 1,
+                 "'data' names 1000000 classes, but the saved weights hold only")
+    # An MNIST checkpoint of before the record existed still loads as one.
+    old = tmp_path / "old.npz"
+    with np.load(source, allow_pickle=False) as npz:
+        np.savez(old, **{key: npz[key] for key in npz.files if key != "data"})
+    assert load_checkpoint(old).data is None

@@ -259,7 +259,7 @@ def test_more_than_the_memory_is_refused_before_allocating(tmp_path, monkeypatch
     pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 100}  # a machine of 400 KiB
     monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
     monkeypatch.setattr(np, "empty", lambda *a, **k: pytest.fail("allocated"))
-    with pytest.raises(ValueError, match=r"6 images of 3x512x512 need 0\.0 GiB, more than this machine's"):
+    with pytest.raises(ValueError, match=r"6 images of 3x512x512 need 4\.5 MiB, more than this machine's 0\.4 MiB of memory"):
         ImageFolder(tmp_path, size=512)
 
 

@@ -4,7 +4,7 @@ A checkpoint holds numbers and strings only, never a pickle: it is written with 
 `np.load(..., allow_pickle=False)`, so opening one cannot run code. Its keys:
 
     format             int, CHECKPOINT_FORMAT (the layout version)
-    model_name         str, a name in cyconv.MODELS
+    model_name         str, a name in cyconv.models.MODELS
     epoch              int, the number of completed epochs
     config             str, JSON: the training configuration (at least "model", and "hidden" for mlp)
     metrics            str, JSON: the list of per-epoch metrics so far
@@ -88,8 +88,7 @@ def save_checkpoint(path, *, model, optimizer, model_name: str, epoch: int, conf
     """Write model and optimizer state and the run's bookkeeping to `path` (.npz), atomically.
     data: the FolderSpec.to_dict() of an image folder's split, None for MNIST."""
     if model_name not in MODELS:
-        raise ValueError(f"save_checkpoint(): model_name must be one of {', '.join(MODELS)}, "
-                         f"got {model_name!r}")
+        raise ValueError(f"save_checkpoint(): model_name must be one of {', '.join(MODELS)}, got {model_name!r}")
     arrays = {
         "format": np.array(CHECKPOINT_FORMAT, np.int64),
         "model_name": np.array(model_name),
@@ -193,7 +192,7 @@ def build_model_for(model_name: str, *, hidden: int, spec: FolderSpec | None, rn
     if height != width:
         raise ValueError(f"the models take square images, not {height}x{width}")
     return build_model(model_name, hidden=hidden, in_channels=spec.channels, num_classes=len(spec.classes),
-                              image_size=height, rng=rng)
+                       image_size=height, rng=rng)
 
 
 def restore(target, state: dict, path, problem: str) -> None:

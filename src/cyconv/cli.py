@@ -452,8 +452,10 @@ def _test_set(args, ckpt):
     spec = None if ckpt is None else ckpt.data
     if spec is None:
         if args.data_dir is not None:
-            raise UsageError("evaluate: --data-dir is for a checkpoint trained on an image folder; this model was "
-                             "trained on MNIST (see 'cyconv evaluate --help')")
+            model = ("this model was trained on MNIST" if ckpt is not None
+                     else "an ONNX model records no classes or normalisation")
+            raise UsageError(f"evaluate: --data-dir is for a checkpoint trained on an image folder; {model} "
+                             "(see 'cyconv evaluate --help')")
         mnist = _load_mnist(args)
         return data.to_float32(mnist.test_images), mnist.test_labels.astype(np.int64), None
     if args.data is not None:

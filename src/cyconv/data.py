@@ -951,8 +951,8 @@ def _class_names(classes, where: str) -> tuple[str, ...]:
 
 def _scan(root: Path):
     """(classes, picture paths, their labels, ignored files, problems) of an image folder, listed only."""
-    classes = sorted(entry.name for entry in os.scandir(root)
-                     if not entry.name.startswith(".") and entry.is_dir())
+    with os.scandir(root) as entries:
+        classes = sorted(entry.name for entry in entries if not entry.name.startswith(".") and entry.is_dir())
     paths, labels, ignored, problems = [], [], [], []
     for k, name in enumerate(classes):
         found = []
@@ -982,9 +982,13 @@ def _allocate(n: int, channels: int, height: int, width: int, where: str) -> np.
     except (AttributeError, ValueError, OSError):  # not on this platform: let np.empty say
         physical = None
     if physical is not None and nbytes > physical:
-        raise ValueError(f"{where}: {n} images of {channels}x{height}x{width} need {nbytes / 2**30:.1f} GiB, "
-                         f"more than this machine's {physical / 2**30:.1f} GiB of memory; use a smaller size")
+        raise ValueError(f"{where}: {n} images of {channels}x{height}x{width} need {_bytes(nbytes)}, more than "
+                         f"this machine's {_bytes(physical)} of memory; use a smaller size")
     return np.empty((n, channels, height, width), np.uint8)
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _read_all(paths: list[Path], images: np.ndarray) -> list[str]:
