@@ -2,6 +2,7 @@
 
     cyconv train                          LeNet-5 on MNIST, 3 epochs; checkpoint in ./runs/lenet5
     cyconv train --resume                 continue that run where it stopped
+    mpiexec -n 4 cyconv train --distributed   the same on 4 processes (cyconv[mpi]); --batch-size is global
     cyconv evaluate --checkpoint runs/lenet5/checkpoint.npz
     cyconv predict --checkpoint runs/lenet5/checkpoint.npz digit.png more.npy
     cyconv summary --model lenet5
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import __version__, compare, data, set_num_threads
+from . import __version__, compare, data, distributed, set_num_threads
 from . import predictor as predictor_module
 from ._files import atomic_write
 from .checkpoint import load_checkpoint, load_model
@@ -151,6 +152,10 @@ def _build_parser():
     p.add_argument("--out", metavar="DIR", help="output directory (default: ./runs/<model>)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes of an MPI launch (mpiexec -n N cyconv train "
+                        "--distributed; needs cyconv[mpi]): --batch-size is the global batch, rank 0 prints and "
+                        "writes OUT; --threads defaults to the node's cores divided by its ranks")
     data_options(p)
     threads_option(p)
     p.set_defaults(run=_cmd_train)
@@ -247,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         with _threads(getattr(args, "threads", None)):
             return args.run(args)
     except TrainingInterrupted as e:
+        if _quiet_rank():
+            return EXIT_INTERRUPTED
         if e.checkpoint is None:
             message = "interrupted before the first epoch ended; no checkpoint was written"
         else:
@@ -256,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {message}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        if not _quiet_rank():
+            print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except UsageError as e:
         return _fail(e, EXIT_USAGE)
@@ -267,8 +275,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(error: BaseException, status: int) -> int:
+    if _distributed_run():
+        # A SetupError comes from every rank alike: rank 0 reports it and they all exit. Any other error is
+        # this rank's alone, and the others would wait for it forever: end them all (MPI_Abort).
+        if isinstance(error, distributed.SetupError):
+            if not _quiet_rank():
+                print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+            return status
+        distributed.abort(_one_line(error), status)
     print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
     return status
+
+
+def _distributed_run() -> bool:
+    """This process is one of several ranks of a `train --distributed` run."""
+    return distributed.is_initialized() and distributed.world_size() > 1
+
+
+def _quiet_rank() -> bool:
+    """A rank other than 0 of a distributed run: it prints nothing of its own."""
+    return _distributed_run() and distributed.rank() != 0
 
 
 def _one_line(error: BaseException) -> str:
@@ -288,12 +314,15 @@ def _default_out(model: str = TrainConfig.model) -> Path:
 
 def _resume_command(out_dir, data_dir) -> str:
     """The command that continues an interrupted `cyconv train`: with --out unless out_dir is where a plain
-    `cyconv train --resume` looks, and with --data if the run was given one."""
+    `cyconv train --resume` looks, with --data if the run was given one, and under mpiexec if it was
+    --distributed."""
     words = [PROG, "train", "--resume"]
     if out_dir is not None and Path(out_dir) != _default_out():
         words += ["--out", str(out_dir)]
     if data_dir is not None:
         words += ["--data", str(data_dir)]
+    if _distributed_run():  # the same launch again (any number of ranks would do)
+        words = ["mpiexec", "-n", str(distributed.world_size()), *words, "--distributed"]
     return shlex.join(words)
 
 
@@ -320,21 +349,39 @@ def _cmd_train(args) -> int:
     if "hidden" in given and given.get("model", TrainConfig.model) != "mlp":
         raise UsageError("train: --hidden applies to --model mlp only (see 'cyconv train --help')")
     out = Path(args.out) if args.out else _default_out(given.get("model", TrainConfig.model))
+    threads = contextlib.nullcontext()
+    if args.distributed:
+        try:
+            distributed.init(required=True)
+        except ImportError as e:
+            raise _MissingDependency(f"train: --distributed: {e}") from None
+        if args.threads is None and not os.environ.get("OMP_NUM_THREADS", "").strip():
+            threads = set_num_threads(distributed.threads_per_rank())
     if args.resume:
         # What the command line does not say comes from the run being resumed, so a plain
         # `cyconv train --resume` continues it; what it does say must agree (train() checks).
-        if not (out / CHECKPOINT_NAME).is_file():
-            raise FileNotFoundError(f"nothing to resume: {out / CHECKPOINT_NAME} does not exist")
-        saved = load_checkpoint(out / CHECKPOINT_NAME).config
+        # In a distributed run rank 0 reads it: the other ranks' machines need not see OUT.
+        if args.distributed:
+            saved = distributed.broadcast_json(_saved_config(out) if distributed.rank() == 0 else None)
+        else:
+            saved = _saved_config(out)
         config = TrainConfig.from_dict({**saved, **given})
     else:
         config = TrainConfig(**given)
-    mnist = _load_mnist(args)
-    result = train(config, mnist, out_dir=out, resume=args.resume,
-                   progress=False if args.no_progress else None)
+    # One rank per node first: a missing MNIST is downloaded once per node, not once per rank.
+    mnist = distributed.first_on_each_node(lambda: _load_mnist(args)) if args.distributed else _load_mnist(args)
+    with threads:
+        result = train(config, mnist, out_dir=out, resume=args.resume,
+                       progress=False if args.no_progress else None, distributed=args.distributed)
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")
     return 0
+
+
+def _saved_config(out: Path) -> dict:
+    if not (out / CHECKPOINT_NAME).is_file():
+        raise FileNotFoundError(f"nothing to resume: {out / CHECKPOINT_NAME} does not exist")
+    return load_checkpoint(out / CHECKPOINT_NAME).config
 
 
 def _cmd_evaluate(args) -> int:

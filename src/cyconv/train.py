@@ -12,6 +12,11 @@ run resumed from its checkpoint ends with the same weights as one that never sto
 The learning rate is set before every step from the schedule over the whole run (all epochs' steps).
 The last batch of an epoch may be smaller than batch_size; it is kept, as in PyTorch's DataLoader.
 
+Distributed (train(..., distributed=True) under `mpiexec -n N`, cyconv.distributed): batch_size is the
+global batch; each rank trains on its part of every batch (distributed.shard) with the same shuffle, the
+gradients are averaged over the ranks before each step, and each rank evaluates its part of the test set.
+The run follows the trajectory of one process with the same batch, to float rounding.
+
 Left out on purpose: data augmentation, a validation split (the test set is evaluated after each epoch,
 as in the classic MNIST results, and nothing is selected by it), mixed precision.
 """
@@ -28,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from . import distributed as dist
 from . import functional as F
 from ._threads import get_num_threads
 from ._files import atomic_write, remove_stale_temp_files
@@ -152,7 +158,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, progress: bool | None = None,
-          log=print, eval_batch_size: int = 1000) -> TrainResult:
+          log=print, eval_batch_size: int = 1000, distributed: bool = False) -> TrainResult:
     """Train config.model on `data` (a cyconv.data.MNIST of uint8 arrays), evaluating on its test set
     after each epoch.
 
@@ -167,6 +173,12 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
     epoch's last step), steps (completed in the run), epoch_time_s and images_per_s (training only),
     eval_time_s. Accuracies are fractions in [0, 1].
 
+    distributed=True: data-parallel over the ranks of the MPI job this process belongs to (see the module
+    docstring; one process without a job). Rank 0 alone logs, shows progress, and writes and resumes from
+    out_dir; it broadcasts the initial or resumed state. Every rank returns the same model and metrics.
+    Raises cyconv.distributed.SetupError on every rank, before training, if batch_size does not split
+    evenly over the ranks or the ranks hold different data or settings.
+
     Raises TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C, FloatingPointError if the loss stops
     being finite.
     """
@@ -174,23 +186,37 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
         raise TypeError(f"train(): config must be a TrainConfig, got {type(config).__name__}")
     if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1:
         raise ValueError(f"train(): eval_batch_size must be an int >= 1, got {eval_batch_size!r}")
+    from . import __version__  # here, not at the top: cyconv/__init__.py sets it after its imports
+
+    root = True  # this process logs and writes: the only one, or rank 0 of a distributed run
+    if distributed:
+        root = _join_distributed_run(config)
+        log, progress = (_flushing(log), progress) if root else (_quiet, False)
     train_x, train_y, test_x, test_y = _prepare(data, config.limit)
     n_train = len(train_y)
     steps_per_epoch = -(-n_train // config.batch_size)
     model = build_model(config.model, hidden=config.hidden, rng=np.random.default_rng(config.seed))
-    optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                    weight_decay=config.weight_decay)
-    from . import __version__  # here, not at the top: cyconv/__init__.py sets it after its imports
+    hyperparameters = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if distributed:
+        dist.check_same("settings (TrainConfig, cyconv version)", json.dumps(config.to_dict(), sort_keys=True),
+                        __version__)
+        dist.check_same("data (training and test images and labels)", train_x, train_y, test_x, test_y)
+        optimizer = dist.DistributedSGD(model.parameters(), **hyperparameters)  # rank 0's weights everywhere
+    else:
+        optimizer = SGD(model.parameters(), **hyperparameters)
 
     info = {"cyconv_version": __version__, "num_threads": get_num_threads(), "n_train": n_train,
             "n_test": len(test_y)}
+    if distributed:
+        info["ranks"] = dist.world_size()
 
     checkpoint_path = metrics_path = None
     if out_dir is not None:
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint_path, metrics_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
-        remove_stale_temp_files(out_dir, (CHECKPOINT_NAME, METRICS_NAME))  # of a run killed mid-write
+        if root:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint_path, metrics_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
+            remove_stale_temp_files(out_dir, (CHECKPOINT_NAME, METRICS_NAME))  # of a run killed mid-write
     elif resume:
         raise ValueError("train(): resume=True needs the out_dir that holds the checkpoint")
 
@@ -199,20 +225,30 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
     saved = None  # the last complete checkpoint of this run
     saved_epochs = 0  # the epochs it holds; not len(metrics): a Ctrl-C can land inside save_checkpoint
     if resume:
-        start_epoch, metrics = _resume(checkpoint_path, config, n_train, model, optimizer)
+        resumed = _resume(checkpoint_path, config, n_train, model, optimizer) if root else None
+        if distributed:  # rank 0 read the checkpoint: its weights, momentum and progress go to every rank
+            dist.broadcast_parameters(model)
+            dist.broadcast_state(optimizer)
+            resumed = dist.broadcast_json(resumed)
+        start_epoch, metrics = resumed
         saved, saved_epochs = checkpoint_path, start_epoch
         if start_epoch >= config.epochs:
             log(f"{checkpoint_path} already holds all {config.epochs} epochs; nothing to do")
             return TrainResult(model, optimizer, metrics, saved)
 
+    workers = _plural(get_num_threads(), 'thread')
+    if distributed:
+        workers = f"{_plural(dist.world_size(), 'rank')} x {workers}"
     log(f"training {config.model} on {n_train} images ({steps_per_epoch} steps/epoch, batch "
-        f"{config.batch_size}), testing on {len(test_y)}; {_plural(get_num_threads(), 'thread')}"
+        f"{config.batch_size}), testing on {len(test_y)}; {workers}"
         + (f"; resuming after epoch {start_epoch}" if start_epoch else ""))
+    if distributed and dist.world_size() > 1:  # launchers name a rank that died by its PID
+        log("ranks: " + ", ".join(f"{r} = PID {pid} on {host}" for r, (host, pid) in enumerate(dist.processes())))
     schedule = lr_schedule(config, steps_per_epoch)
     try:
         for epoch in range(start_epoch, config.epochs):
             stats = train_epoch(model, optimizer, train_x, train_y, config, epoch, schedule, progress)
-            stats.update(evaluate(model, test_x, test_y, eval_batch_size))
+            stats.update(evaluate(model, test_x, test_y, eval_batch_size, sharded=distributed))
             metrics.append(stats)
             log(_epoch_line(stats, config.epochs))
             if checkpoint_path is not None:
@@ -234,6 +270,32 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
         raise TrainingInterrupted(saved, saved_epochs if checkpoint_path is not None else len(metrics),
                                   out_dir) from None
     return TrainResult(model, optimizer, metrics, saved)
+
+
+def _join_distributed_run(config: TrainConfig) -> bool:
+    """Join the MPI job (cyconv.distributed.init) and check that the batch splits; True on rank 0."""
+    dist.init(required=True)
+    ranks = dist.world_size()
+    if config.batch_size % ranks:
+        # Checked, not split unevenly: every step would then weigh the ranks' images differently from the
+        # batch the user asked for. (The last batch of an epoch may still split unevenly; see train_epoch.)
+        raise dist.SetupError(f"train(): batch_size {config.batch_size} (the global batch) does not split "
+                              f"evenly over {ranks} ranks; use a multiple of {ranks}")
+    return dist.rank() == 0
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+def _flushing(log):
+    # A failure in another rank ends this process (MPI_Abort) without flushing its buffers: a log going to a
+    # file or pipe would lose its last lines, the ones that say what happened, unless each is flushed.
+    def flushed(*args, **kwargs):
+        log(*args, **kwargs)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return flushed
 
 
 def _prepare(data, limit):
@@ -292,10 +354,16 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 def train_epoch(model, optimizer, x, y, config: TrainConfig, epoch: int, schedule, progress=None) -> dict:
     """One epoch of SGD over (x, y) in the recipe's shuffled order (which depends on config.seed and epoch
     alone); schedule from lr_schedule; progress: a bar on stderr (None: when stderr is a terminal).
-    Returns the epoch's metrics (train loss and accuracy, time, images/s, last lr, steps so far)."""
+    Returns the epoch's metrics (train loss and accuracy, time, images/s, last lr, steps so far).
+
+    With a cyconv.distributed.DistributedOptimizer (DistributedSGD), each rank trains on its part
+    (distributed.shard) of every batch of config.batch_size, and the loss and accuracy returned are over all
+    ranks' images."""
     n, bs = len(y), config.batch_size
     steps = -(-n // bs)
     order = _epoch_order(config.seed, epoch, n)
+    sharded = isinstance(optimizer, dist.DistributedOptimizer)
+    ranks = dist.world_size() if sharded else 1
     loss_sum = 0.0
     correct = seen = 0
     model.train()
@@ -305,24 +373,35 @@ def train_epoch(model, optimizer, x, y, config: TrainConfig, epoch: int, schedul
     started = time.perf_counter()
     with bar:
         for i in range(steps):
-            index = order[i * bs:(i + 1) * bs]
+            batch = order[i * bs:(i + 1) * bs]
+            index = batch[dist.shard(len(batch))] if sharded else batch
             xb, yb = x[index], y[index]
             optimizer.lr = lr = schedule(epoch * steps + i)
-            logits = model(xb)
-            loss, grad = F.softmax_cross_entropy(logits, yb)
-            if not np.isfinite(loss):
-                raise FloatingPointError(
-                    f"the loss became {loss} at epoch {epoch + 1}, step {i + 1} (lr {lr:.4g}); try a lower lr")
-            optimizer.zero_grad()
-            model.backward(grad)
+            if len(index):
+                logits = model(xb)
+                loss, grad = F.softmax_cross_entropy(logits, yb)
+                if not np.isfinite(loss):
+                    raise FloatingPointError(f"the loss became {loss} at epoch {epoch + 1}, step {i + 1} "
+                                             f"(lr {lr:.4g}); try a lower lr")
+                if len(index) * ranks != len(batch):
+                    # A last batch that splits unevenly: the mean over ranks must still be the mean over
+                    # the batch, so each rank's mean gradient counts by its share of the images.
+                    grad *= len(index) * ranks / len(batch)
+                optimizer.zero_grad()
+                model.backward(grad)
+                loss_sum += loss * len(index)
+                correct += int(np.count_nonzero(logits.argmax(axis=1) == yb))
+                seen += len(index)
+            else:  # no image of a last batch smaller than the ranks: this rank's gradient is zero
+                optimizer.zero_grad()
             optimizer.step()
 
-            loss_sum += loss * len(index)
-            correct += int(np.count_nonzero(logits.argmax(axis=1) == yb))
-            seen += len(index)
-            bar.set_postfix_str(f"loss {loss_sum / seen:.4f}, acc {100 * correct / seen:.2f}%", refresh=False)
-            bar.update(len(index))
+            if seen:  # this rank's images so far: the bar is an estimate on its way
+                bar.set_postfix_str(f"loss {loss_sum / seen:.4f}, acc {100 * correct / seen:.2f}%", refresh=False)
+            bar.update(len(batch))
     elapsed = time.perf_counter() - started
+    if sharded:
+        loss_sum, correct = (float(v) for v in dist.sum_over_ranks([loss_sum, correct]))
     return {
         "epoch": epoch + 1,
         "train_loss": loss_sum / n,
@@ -334,13 +413,19 @@ def train_epoch(model, optimizer, x, y, config: TrainConfig, epoch: int, schedul
     }
 
 
-def evaluate(model, x, y, batch_size=1000) -> dict:
-    """Test accuracy of model on (x, y), in eval mode (left in train mode after), and the time it took."""
+def evaluate(model, x, y, batch_size=1000, *, sharded=False) -> dict:
+    """Test accuracy of model on (x, y), in eval mode (left in train mode after), and the time it took.
+    sharded=True (every rank of a distributed run, with the same model): each rank predicts its part
+    (distributed.shard) and every rank gets the accuracy over all of (x, y)."""
     started = time.perf_counter()
     model.eval()
-    accuracy = float(np.mean(predict_logits(model, x, batch_size).argmax(axis=1) == y))
+    part = dist.shard(len(y)) if sharded else slice(None)
+    x, y_part = x[part], y[part]
+    correct = int(np.count_nonzero(predict_logits(model, x, batch_size).argmax(axis=1) == y_part)) if len(x) else 0
+    if sharded:
+        correct = int(dist.sum_over_ranks([correct])[0])
     model.train()
-    return {"test_acc": accuracy, "eval_time_s": time.perf_counter() - started}
+    return {"test_acc": correct / len(y), "eval_time_s": time.perf_counter() - started}
 
 
 def _epoch_line(m: dict, epochs: int) -> str:
