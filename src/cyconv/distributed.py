@@ -492,6 +492,8 @@ class DistributedOptimizer:
     parts of the batch are the same size; a rank with a part of another size scales its loss gradient by
     its share, part size * ranks / batch size, first (as cyconv.train does for an uneven last batch).
     With one rank, the optimizer is the plain one.
+
+    `allreduce_seconds`: the time step() has spent averaging so far, waiting for slower ranks included.
     """
 
     def __init__(self, params, *args, root=0, buckets=None, **kwargs):
@@ -500,6 +502,7 @@ class DistributedOptimizer:
         init()
         broadcast_parameters(self.params, root)
         self._gradients = _Gradients(groups, bind=True) if world_size() > 1 else None
+        self.allreduce_seconds = 0.0
 
     def _groups(self, buckets):
         if buckets is None:
@@ -523,7 +526,9 @@ class DistributedOptimizer:
     def step(self):
         """Average the gradients over the ranks, then take the optimizer's step."""
         if self._gradients is not None:
+            started = time.perf_counter()
             self._gradients.finish()
+            self.allreduce_seconds += time.perf_counter() - started
         super().step()
 
 
