@@ -25,6 +25,7 @@ from cyconv.models import MODELS, build_model
 from cyconv.models import summary
 from cyconv.data import load_mnist, prepare_digit, to_float32
 from cyconv.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, train
+from cyconv.checkpoint import load_checkpoint
 from cli_helpers import assert_error, continue_command, ctrl_c_in_the_second_epoch, run, run_captured
 from cli_helpers import no_download  # noqa: F401 (autouse)
 
@@ -92,6 +93,8 @@ def test_python_m_cyconv_help():
     (["train", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["train", "--threads", "0"], "argument --threads: must be >= 1"),
     (["train", "--hidden", "32"], "--hidden applies to --model mlp only"),
+    (["train", "--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
+    (["train", "--optimizer", "adam", "--momentum", "0.5"], "--momentum applies to --optimizer sgd only"),
     (["predict", "--checkpoint", "x.npz"], "the following arguments are required: IMAGE"),
     (["evaluate"], "one of the arguments --checkpoint --model is required"),
 ])
@@ -484,6 +487,18 @@ def test_evaluate_prints_accuracy_and_confusion_matrix(capsys, trained_run, mnis
     counts = np.array([[int(v) for v in row[1:11]] for row in rows])
     assert [int(row[0]) for row in rows] == list(range(10))
     assert counts.sum() == 10000 and np.trace(counts) == correct
+
+
+def test_train_with_adam_records_it_and_its_lr(capsys, tmp_path, mnist_dir):
+    out = tmp_path / "run"
+    status, stdout, err = run(capsys, "train", "--model", "mlp", "--hidden", "16", "--epochs", "2", "--limit", "2000", "--batch-size", "16",
+                              "--optimizer", "adam", "--data", mnist_dir, "--out", out, "--no-progress",
+                              "--threads", "1")
+    assert status == 0, err
+    ckpt = load_checkpoint(out / CHECKPOINT_NAME)
+    assert (ckpt.config["optimizer"], ckpt.config["lr"]) == ("adam", train_module.DEFAULT_LR["adam"])
+    assert {"exp_avg.0", "exp_avg_sq.0", "beta1"} <= set(ckpt.optimizer_state)  # Adam's state, not SGD's
+    assert json.loads((out / METRICS_NAME).read_text())[-1]["test_acc"] > 0.8
 
 
 def test_resume_continues_with_the_saved_options(capsys, tmp_path, mnist_dir):

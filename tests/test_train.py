@@ -141,10 +141,15 @@ def test_different_seed_gives_a_different_run(data):
     assert a.metrics[0]["train_loss"] != b.metrics[0]["train_loss"]
 
 
-@pytest.mark.parametrize("arch", [SMALL_MLP, SMALL_LENET], ids=["mlp", "lenet5"])
+SMALL_LENET_ADAM = dict(model="lenet5", batch_size=32, optimizer="adam")
+SMALL_MLP_ADAMW = dict(model="mlp", hidden=16, batch_size=32, optimizer="adamw", lr=3e-3)
+
+
+@pytest.mark.parametrize("arch", [SMALL_MLP, SMALL_LENET, SMALL_LENET_ADAM, SMALL_MLP_ADAMW],
+                         ids=["mlp", "lenet5", "lenet5-adam", "mlp-adamw"])
 def test_resumed_run_equals_uninterrupted_run(data, tmp_path, monkeypatch, arch):
     small = MNIST(data.train_images[:200], data.train_labels[:200], data.test_images, data.test_labels)
-    config = TrainConfig(**arch, epochs=2, momentum=0.9, weight_decay=5e-4, seed=7)
+    config = TrainConfig(**arch, epochs=2, weight_decay=5e-4, seed=7)
     whole = run(config, small, out_dir=tmp_path / "whole")
 
     with monkeypatch.context() as m:
@@ -162,6 +167,30 @@ def test_resumed_run_equals_uninterrupted_run(data, tmp_path, monkeypatch, arch)
     assert without_timing(resumed.metrics) == without_timing(whole.metrics)
     saved = json.loads((tmp_path / "split" / METRICS_NAME).read_text())
     assert without_timing(saved) == without_timing(whole.metrics)
+
+
+@pytest.mark.parametrize("name, cls, lr", [("sgd", "SGD", 0.04), ("adam", "Adam", 1e-3), ("adamw", "AdamW", 1e-3)])
+def test_the_optimizer_is_the_configs_with_its_default_lr(data, name, cls, lr):
+    config = TrainConfig(**{**SMALL_MLP, "lr": None}, epochs=1, optimizer=name)
+    assert config.lr == lr and config.to_dict()["lr"] == lr  # the number is what a checkpoint records
+    result = run(config, data)
+    assert type(result.optimizer).__name__ == cls
+    assert result.optimizer.lr == cosine_lr(7, 8, lr)  # the schedule runs from the optimizer's lr: 8 steps of 32
+    assert result.metrics[0]["test_acc"] > 0.5  # it learned: 10 classes, chance is 0.1
+
+
+def test_a_checkpoint_without_an_optimizer_field_was_sgd():
+    old = TrainConfig().to_dict()
+    del old["optimizer"]
+    assert TrainConfig.from_dict(old).optimizer == "sgd"
+    with pytest.raises(ValueError, match="optimizer must be one of sgd, adam, adamw, got 'rmsprop'"):
+        TrainConfig(optimizer="rmsprop")
+
+
+def test_resume_refuses_another_optimizer(data, tmp_path):
+    run(TrainConfig(**SMALL_MLP, epochs=1), data, out_dir=tmp_path)
+    with pytest.raises(ValueError, match="optimizer 'sgd' -> 'adam'"):
+        run(TrainConfig(**SMALL_MLP, epochs=2, optimizer="adam"), data, out_dir=tmp_path, resume=True)
 
 
 def test_interrupt_before_first_checkpoint_names_none(data, tmp_path, monkeypatch):

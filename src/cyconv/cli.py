@@ -2,6 +2,7 @@
 
     cyconv train                          LeNet-5 on MNIST, 3 epochs; checkpoint in ./runs/lenet5
     cyconv train --resume                 continue that run where it stopped
+    mpiexec -n 4 cyconv train --distributed   the same on 4 processes (cyconv[mpi]); --batch-size is global
     cyconv evaluate --checkpoint runs/lenet5/checkpoint.npz
     cyconv predict --checkpoint runs/lenet5/checkpoint.npz digit.png more.npy
     cyconv train --data-dir photos        small_cnn on an image folder (one sub-folder per class)
@@ -42,14 +43,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import __version__, compare, data, set_num_threads
+from . import __version__, compare, data, distributed, set_num_threads
 from . import predictor as predictor_module
 from ._files import atomic_write
 from .checkpoint import load_checkpoint, load_model
 from .data import ImageError
 from .models import MODELS, build_model, default_input
 from .models import summary
-from .train import (CHECKPOINT_NAME, FOLDER_RECIPE, SCHEDULES, TrainConfig, TrainingInterrupted, confusion_matrix,
+from .optim import OPTIMIZERS
+from .train import (CHECKPOINT_NAME, DEFAULT_LR, FOLDER_RECIPE, SCHEDULES, TrainConfig, TrainingInterrupted, confusion_matrix,
                     predict_logits, train)
 
 __all__ = ["main", "ImageError", "load_image"]
@@ -152,7 +154,7 @@ def _build_parser():
     p = commands.add_parser(
         "train", help="train a model on MNIST or an image folder",
         description="Train on MNIST, or on an image folder (--data-dir: one sub-folder of pictures per class), "
-                    "with SGD, evaluating on the test set and saving a checkpoint (OUT/checkpoint.npz) and "
+                    "with SGD (or --optimizer adam/adamw), evaluating on the test set and saving a checkpoint (OUT/checkpoint.npz) and "
                     "metrics (OUT/metrics.json) after every epoch. With --resume, options not given are taken "
                     "from the checkpoint.")
     p.add_argument("--model", choices=MODELS,
@@ -162,9 +164,12 @@ def _build_parser():
                    help=f"default: {d.epochs}; with --data-dir {FOLDER_RECIPE['epochs']}")
     p.add_argument("--batch-size", type=_int_at_least(1), metavar="N",
                    help=f"default: {d.batch_size}; with --data-dir {FOLDER_RECIPE['batch_size']}")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default: {d.optimizer} (with momentum)")
     p.add_argument("--lr", type=_float_in(0, low_open=True), metavar="LR",
-                   help=f"base learning rate (default: {d.lr}; with --data-dir {FOLDER_RECIPE['lr']})")
-    p.add_argument("--momentum", type=_float_in(0, 1, high_open=True), metavar="M", help=f"default: {d.momentum}")
+                   help=f"base learning rate (default: {DEFAULT_LR['sgd']} for sgd, {FOLDER_RECIPE['lr']} with "
+                        f"--data-dir; {DEFAULT_LR['adam']} for adam and adamw)")
+    p.add_argument("--momentum", type=_float_in(0, 1, high_open=True), metavar="M",
+                   help=f"SGD's momentum (default: {d.momentum})")
     p.add_argument("--weight-decay", type=_float_in(0), metavar="WD", help=f"default: {d.weight_decay}")
     p.add_argument("--schedule", choices=SCHEDULES,
                    help=f"learning-rate schedule over the whole run (default: {d.schedule})")
@@ -180,6 +185,10 @@ def _build_parser():
     p.add_argument("--out", metavar="DIR", help="output directory (default: ./runs/<model>)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes of an MPI launch (mpiexec -n N cyconv train "
+                        "--distributed; needs cyconv[mpi]): --batch-size is the global batch, rank 0 prints and "
+                        "writes OUT; --threads defaults to the node's cores divided by its ranks")
     data_options(p)
     folder_options(p, training=True)
     threads_option(p)
@@ -319,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         with _threads(getattr(args, "threads", None)):
             return args.run(args)
     except TrainingInterrupted as e:
+        if _quiet_rank():
+            return EXIT_INTERRUPTED
         if e.checkpoint is None:
             message = "interrupted before the first epoch ended; no checkpoint was written"
         else:
@@ -328,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {message}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        if not _quiet_rank():
+            print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except UsageError as e:
         return _fail(e, EXIT_USAGE)
@@ -339,8 +351,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(error: BaseException, status: int) -> int:
+    if _distributed_run():
+        # A SetupError comes from every rank alike: rank 0 reports it and they all exit. Any other error is
+        # this rank's alone, and the others would wait for it forever: end them all (MPI_Abort).
+        if isinstance(error, distributed.SetupError):
+            if not _quiet_rank():
+                print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+            return status
+        distributed.abort(_one_line(error), status)
     print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
     return status
+
+
+def _distributed_run() -> bool:
+    """This process is one of several ranks of a `train --distributed` run."""
+    return distributed.is_initialized() and distributed.world_size() > 1
+
+
+def _quiet_rank() -> bool:
+    """A rank other than 0 of a distributed run: it prints nothing of its own."""
+    return _distributed_run() and distributed.rank() != 0
 
 
 def _one_line(error: BaseException) -> str:
@@ -360,12 +390,15 @@ def _default_out(model: str = TrainConfig.model) -> Path:
 
 def _resume_command(out_dir, data_dir) -> str:
     """The command that continues an interrupted `cyconv train`: with --out unless out_dir is where a plain
-    `cyconv train --resume` looks, and with --data if the run was given one."""
+    `cyconv train --resume` looks, with --data if the run was given one, and under mpiexec if it was
+    --distributed."""
     words = [PROG, "train", "--resume"]
     if out_dir is not None and Path(out_dir) != _default_out():
         words += ["--out", str(out_dir)]
     if data_dir is not None:
         words += ["--data", str(data_dir)]
+    if _distributed_run():  # the same launch again (any number of ranks would do)
+        words = ["mpiexec", "-n", str(distributed.world_size()), *words, "--distributed"]
     return shlex.join(words)
 
 
@@ -397,19 +430,34 @@ def _cmd_train(args) -> int:
         raise UsageError("train: --data is the MNIST directory, --data-dir an image folder: give one "
                          "(see 'cyconv train --help')")
     recipe = FOLDER_RECIPE if args.data_dir is not None else {}
+    if given.get("optimizer", "sgd") != "sgd":
+        recipe = {k: v for k, v in recipe.items() if k != "lr"}  # the folder lr is SGD's; Adam's default fits
     model = given.get("model", recipe.get("model", TrainConfig.model))
     if "hidden" in given and model != "mlp":
         raise UsageError("train: --hidden applies to --model mlp only (see 'cyconv train --help')")
+    if "momentum" in given and given.get("optimizer", "sgd") != "sgd":
+        raise UsageError("train: --momentum applies to --optimizer sgd only (Adam's moments have betas of "
+                         "their own; see 'cyconv train --help')")
     out = Path(args.out) if args.out else _default_out(model)
+    threads = contextlib.nullcontext()
+    if args.distributed:
+        try:
+            distributed.init(required=True)
+        except ImportError as e:
+            raise _MissingDependency(f"train: --distributed: {e}") from None
+        if args.threads is None and not os.environ.get("OMP_NUM_THREADS", "").strip():
+            threads = set_num_threads(distributed.threads_per_rank())
     spec = None
     if args.resume:
         # What the command line does not say comes from the run being resumed, so a plain
         # `cyconv train --resume` continues it; what it does say must agree (train() checks).
-        if not (out / CHECKPOINT_NAME).is_file():
-            raise FileNotFoundError(f"nothing to resume: {out / CHECKPOINT_NAME} does not exist")
-        saved = load_checkpoint(out / CHECKPOINT_NAME)
-        config = TrainConfig.from_dict({**saved.config, **given})
-        spec = saved.data
+        # In a distributed run rank 0 reads it: the other ranks' machines need not see OUT.
+        if args.distributed:
+            saved = distributed.broadcast_json(_saved_run(out) if distributed.rank() == 0 else None)
+        else:
+            saved = _saved_run(out)
+        config = TrainConfig.from_dict({**saved["config"], **given})
+        spec = None if saved["data"] is None else data.FolderSpec.from_dict(saved["data"])
     else:
         config = TrainConfig(**{**recipe, **given})
     if args.data_dir is None and spec is None:
@@ -417,11 +465,14 @@ def _cmd_train(args) -> int:
         if stray:
             raise UsageError(f"train: --{stray[0].replace('_', '-')} applies to image folders (--data-dir) "
                              "only (see 'cyconv train --help')")
-        dataset = _load_mnist(args)
+        # One rank per node first: a missing MNIST is downloaded once per node, not once per rank.
+        dataset = (distributed.first_on_each_node(lambda: _load_mnist(args)) if args.distributed
+                   else _load_mnist(args))
     else:
         dataset = _folder_split(args.data_dir, spec, **{name: getattr(args, name) for name in _FOLDER_OPTIONS})
-    result = train(config, dataset, out_dir=out, resume=args.resume,
-                   progress=False if args.no_progress else None)
+    with threads:
+        result = train(config, dataset, out_dir=out, resume=args.resume,
+                       progress=False if args.no_progress else None, distributed=args.distributed)
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")
     return 0
@@ -470,6 +521,14 @@ def _test_set(args, ckpt):
               f"{len(split.test_labels)} images, the model was tested on {ckpt.info.get('n_test')}; some "
               "of these may be images it was trained on", file=sys.stderr)
     return data.normalize(split.test_images, spec.mean, spec.std), split.test_labels, list(spec.classes)
+
+
+def _saved_run(out: Path) -> dict:
+    """The config and image-folder spec (None for MNIST) of the run saved in out, as JSON-able dicts."""
+    if not (out / CHECKPOINT_NAME).is_file():
+        raise FileNotFoundError(f"nothing to resume: {out / CHECKPOINT_NAME} does not exist")
+    saved = load_checkpoint(out / CHECKPOINT_NAME)
+    return {"config": saved.config, "data": None if saved.data is None else saved.data.to_dict()}
 
 
 def _cmd_evaluate(args) -> int:

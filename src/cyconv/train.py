@@ -25,6 +25,11 @@ Augmentation (config.augment, image folders only): each training batch is flippe
 (`augment`) from np.random.default_rng([seed, 2, epoch]), so it too is the same run after run and resumes
 exactly.
 
+Distributed (train(..., distributed=True) under `mpiexec -n N`, cyconv.distributed): batch_size is the
+global batch; each rank trains on its part of every batch (distributed.shard) with the same shuffle, the
+gradients are averaged over the ranks before each step, and each rank evaluates its part of the test set.
+The run follows the trajectory of one process with the same batch, to float rounding.
+
 Left out on purpose: a validation split (the test set is evaluated after each epoch, as in the classic
 MNIST results, and nothing is selected by it), mixed precision.
 """
@@ -41,13 +46,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from . import distributed as dist
 from . import functional as F
 from ._threads import get_num_threads
 from ._files import atomic_write, remove_stale_temp_files
 from .checkpoint import build_model_for, load_checkpoint, restore, save_checkpoint
 from .data import FolderSpec, ImageSplit, normalize, to_float32
 from .models import MODELS
-from .optim import SGD, cosine_lr, step_lr
+from .optim import OPTIMIZERS, build_optimizer, cosine_lr, step_lr
 
 __all__ = [
     "SCHEDULES",
@@ -63,10 +69,14 @@ __all__ = [
     "predict_logits",
     "confusion_matrix",
     "CHECKPOINT_NAME",
+    "DEFAULT_LR",
     "METRICS_NAME",
 ]
 
 SCHEDULES = ("cosine", "constant", "step")
+# The base lr where TrainConfig.lr is None. SGD's was chosen by measurement (benchmarks/RESULTS.md, "the default
+# recipe, again"); Adam's is its paper's and PyTorch's default.
+DEFAULT_LR = {"sgd": 0.04, "adam": 1e-3, "adamw": 1e-3}
 # What `cyconv train --data-dir` trains where the command line is silent (TrainConfig's defaults are the MNIST
 # recipe). Chosen on make_shapes(600) (480 training pictures): small_cnn's 4096-wide classifier over batch-normed
 # features diverges at the MNIST lr of 0.04 (and at 0.01), so a lower lr with more, smaller steps; without
@@ -88,13 +98,16 @@ class TrainConfig:
                   "step": lr times `gamma` every `step_size` epochs; "constant"
     limit         train on the first `limit` training images only (None: all)
     augment       flip and crop each training batch at random (`augment`); image folders only
+    optimizer     "sgd" (with momentum), "adam" or "adamw" (cyconv.optim; momentum applies to SGD only)
+    lr            None: the optimizer's default, DEFAULT_LR (0.04 for SGD, measured; 1e-3 for Adam/AdamW);
+                  the config then holds the number, so a checkpoint records what was used
     """
 
     model: str = "lenet5"
     hidden: int = 500
     epochs: int = 3
     batch_size: int = 64
-    lr: float = 0.04  # chosen by measurement: see benchmarks/RESULTS.md, "the default recipe, again"
+    lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"
@@ -104,6 +117,7 @@ class TrainConfig:
     seed: int = 0
     limit: int | None = None
     augment: bool = False
+    optimizer: str = "sgd"
 
     def __post_init__(self):
         def fail(name, expected):
@@ -118,6 +132,10 @@ class TrainConfig:
 
         if self.model not in MODELS:
             fail("model", f"one of {', '.join(MODELS)}")
+        if self.optimizer not in OPTIMIZERS:
+            fail("optimizer", f"one of {', '.join(OPTIMIZERS)}")
+        if self.lr is None:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.optimizer])  # frozen: set once, here
         if self.schedule not in SCHEDULES:
             fail("schedule", f"one of {', '.join(SCHEDULES)}")
         for name in ("hidden", "epochs", "batch_size", "step_size"):
@@ -178,7 +196,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, progress: bool | None = None,
-          log=print, eval_batch_size: int = 1000) -> TrainResult:
+          log=print, eval_batch_size: int = 1000, distributed: bool = False) -> TrainResult:
     """Train config.model on `data`, evaluating on its test set after each epoch. data: a cyconv.data.MNIST
     of uint8 arrays, or an image folder's cyconv.data.ImageSplit (ImageFolder.split), for which the model is
     built with the data's channels, image size and number of classes (and must take them).
@@ -195,6 +213,12 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
     epoch's last step), steps (completed in the run), epoch_time_s and images_per_s (training only),
     eval_time_s. Accuracies are fractions in [0, 1].
 
+    distributed=True: data-parallel over the ranks of the MPI job this process belongs to (see the module
+    docstring; one process without a job). Rank 0 alone logs, shows progress, and writes and resumes from
+    out_dir; it broadcasts the initial or resumed state. Every rank returns the same model and metrics.
+    Raises cyconv.distributed.SetupError on every rank, before training, if batch_size does not split
+    evenly over the ranks or the ranks hold different data or settings.
+
     Raises TrainingInterrupted (a KeyboardInterrupt) on Ctrl-C, FloatingPointError if the loss stops
     being finite.
     """
@@ -202,23 +226,34 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
         raise TypeError(f"train(): config must be a TrainConfig, got {type(config).__name__}")
     if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1:
         raise ValueError(f"train(): eval_batch_size must be an int >= 1, got {eval_batch_size!r}")
+    from . import __version__  # here, not at the top: cyconv/__init__.py sets it after its imports
+
+    root = True  # this process logs and writes: the only one, or rank 0 of a distributed run
+    if distributed:
+        root = _join_distributed_run(config)
+        log, progress = (_flushing(log), progress) if root else (_quiet, False)
     train_x, train_y, test_x, test_y, spec = _prepare(data, config)
     n_train = len(train_y)
     steps_per_epoch = -(-n_train // config.batch_size)
     model = build_model_for(config.model, hidden=config.hidden, spec=spec, rng=np.random.default_rng(config.seed))
-    optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                    weight_decay=config.weight_decay)
-    from . import __version__  # here, not at the top: cyconv/__init__.py sets it after its imports
+    if distributed:
+        dist.check_same("settings (TrainConfig, cyconv version)", json.dumps(config.to_dict(), sort_keys=True),
+                        __version__)
+        dist.check_same("data (training and test images and labels)", train_x, train_y, test_x, test_y)
+    optimizer = _build_optimizer(config, model, distributed)
 
     info = {"cyconv_version": __version__, "num_threads": get_num_threads(), "n_train": n_train,
             "n_test": len(test_y)}
+    if distributed:
+        info["ranks"] = dist.world_size()
 
     checkpoint_path = metrics_path = None
     if out_dir is not None:
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint_path, metrics_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
-        remove_stale_temp_files(out_dir, (CHECKPOINT_NAME, METRICS_NAME))  # of a run killed mid-write
+        if root:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint_path, metrics_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
+            remove_stale_temp_files(out_dir, (CHECKPOINT_NAME, METRICS_NAME))  # of a run killed mid-write
     elif resume:
         raise ValueError("train(): resume=True needs the out_dir that holds the checkpoint")
 
@@ -227,21 +262,31 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
     saved = None  # the last complete checkpoint of this run
     saved_epochs = 0  # the epochs it holds; not len(metrics): a Ctrl-C can land inside save_checkpoint
     if resume:
-        start_epoch, metrics = _resume(checkpoint_path, config, n_train, spec, model, optimizer)
+        resumed = _resume(checkpoint_path, config, n_train, spec, model, optimizer) if root else None
+        if distributed:  # rank 0 read the checkpoint: its weights, optimizer state and progress go to every rank
+            dist.broadcast_parameters(model)
+            dist.broadcast_state(optimizer)
+            resumed = dist.broadcast_json(resumed)
+        start_epoch, metrics = resumed
         saved, saved_epochs = checkpoint_path, start_epoch
         if start_epoch >= config.epochs:
             log(f"{checkpoint_path} already holds all {config.epochs} epochs; nothing to do")
             return TrainResult(model, optimizer, metrics, saved)
 
+    workers = _plural(get_num_threads(), 'thread')
+    if distributed:
+        workers = f"{_plural(dist.world_size(), 'rank')} x {workers}"
     shape = "" if spec is None else f" of {'x'.join(map(str, train_x.shape[1:]))} in {len(spec.classes)} classes"
     log(f"training {config.model} on {n_train} images{shape} ({steps_per_epoch} steps/epoch, batch "
-        f"{config.batch_size}), testing on {len(test_y)}; {_plural(get_num_threads(), 'thread')}"
+        f"{config.batch_size}), testing on {len(test_y)}; {workers}"
         + (f"; resuming after epoch {start_epoch}" if start_epoch else ""))
+    if distributed and dist.world_size() > 1:  # launchers name a rank that died by its PID
+        log("ranks: " + ", ".join(f"{r} = PID {pid} on {host}" for r, (host, pid) in enumerate(dist.processes())))
     schedule = lr_schedule(config, steps_per_epoch)
     try:
         for epoch in range(start_epoch, config.epochs):
             stats = train_epoch(model, optimizer, train_x, train_y, config, epoch, schedule, progress)
-            stats.update(evaluate(model, test_x, test_y, eval_batch_size))
+            stats.update(evaluate(model, test_x, test_y, eval_batch_size, sharded=distributed))
             metrics.append(stats)
             log(_epoch_line(stats, config.epochs))
             if checkpoint_path is not None:
@@ -264,6 +309,41 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
         raise TrainingInterrupted(saved, saved_epochs if checkpoint_path is not None else len(metrics),
                                   out_dir) from None
     return TrainResult(model, optimizer, metrics, saved)
+
+
+def _build_optimizer(config: TrainConfig, model, distributed: bool):
+    """config.optimizer over the model's parameters; in a distributed run its Distributed* twin, which
+    averages the gradients over the ranks and starts from rank 0's weights."""
+    hyperparameters = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if not distributed:
+        return build_optimizer(config.optimizer, model.parameters(), **hyperparameters)
+    return dist.build_optimizer(config.optimizer, model.parameters(), **hyperparameters)
+
+
+def _join_distributed_run(config: TrainConfig) -> bool:
+    """Join the MPI job (cyconv.distributed.init) and check that the batch splits; True on rank 0."""
+    dist.init(required=True)
+    ranks = dist.world_size()
+    if config.batch_size % ranks:
+        # Checked, not split unevenly: every step would then weigh the ranks' images differently from the
+        # batch the user asked for. (The last batch of an epoch may still split unevenly; see train_epoch.)
+        raise dist.SetupError(f"train(): batch_size {config.batch_size} (the global batch) does not split "
+                              f"evenly over {ranks} ranks; use a multiple of {ranks}")
+    return dist.rank() == 0
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+def _flushing(log):
+    # A failure in another rank ends this process (MPI_Abort) without flushing its buffers: a log going to a
+    # file or pipe would lose its last lines, the ones that say what happened, unless each is flushed.
+    def flushed(*args, **kwargs):
+        log(*args, **kwargs)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return flushed
 
 
 def _prepare(data, config):
@@ -343,11 +423,17 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 def train_epoch(model, optimizer, x, y, config: TrainConfig, epoch: int, schedule, progress=None) -> dict:
     """One epoch of SGD over (x, y) in the recipe's shuffled order (which depends on config.seed and epoch
     alone); schedule from lr_schedule; progress: a bar on stderr (None: when stderr is a terminal).
-    Returns the epoch's metrics (train loss and accuracy, time, images/s, last lr, steps so far)."""
+    Returns the epoch's metrics (train loss and accuracy, time, images/s, last lr, steps so far).
+
+    With a cyconv.distributed.DistributedOptimizer (DistributedSGD), each rank trains on its part
+    (distributed.shard) of every batch of config.batch_size, and the loss and accuracy returned are over all
+    ranks' images."""
     n, bs = len(y), config.batch_size
     steps = -(-n // bs)
     order = _epoch_order(config.seed, epoch, n)
     rng = np.random.default_rng([config.seed, _AUGMENT_STREAM, epoch]) if config.augment else None
+    sharded = isinstance(optimizer, dist.DistributedOptimizer)
+    ranks = dist.world_size() if sharded else 1
     loss_sum = 0.0
     correct = seen = 0
     model.train()
@@ -357,26 +443,39 @@ def train_epoch(model, optimizer, x, y, config: TrainConfig, epoch: int, schedul
     started = time.perf_counter()
     with bar:
         for i in range(steps):
-            index = order[i * bs:(i + 1) * bs]
-            xb, yb = x[index], y[index]
-            if rng is not None:
-                xb = augment(xb, rng)
+            batch = order[i * bs:(i + 1) * bs]
+            part = dist.shard(len(batch)) if sharded else slice(None)
+            index = batch[part]
+            if rng is None:
+                xb, yb = x[index], y[index]
+            else:  # the whole batch's draws on every rank, so N ranks see what one process would
+                xb, yb = augment(x[batch], rng)[part], y[index]
             optimizer.lr = lr = schedule(epoch * steps + i)
-            logits = model(xb)
-            loss, grad = F.softmax_cross_entropy(logits, yb)
-            if not np.isfinite(loss):
-                raise FloatingPointError(
-                    f"the loss became {loss} at epoch {epoch + 1}, step {i + 1} (lr {lr:.4g}); try a lower lr")
-            optimizer.zero_grad()
-            model.backward(grad)
+            if len(index):
+                logits = model(xb)
+                loss, grad = F.softmax_cross_entropy(logits, yb)
+                if not np.isfinite(loss):
+                    raise FloatingPointError(f"the loss became {loss} at epoch {epoch + 1}, step {i + 1} "
+                                             f"(lr {lr:.4g}); try a lower lr")
+                if len(index) * ranks != len(batch):
+                    # A last batch that splits unevenly: the mean over ranks must still be the mean over
+                    # the batch, so each rank's mean gradient counts by its share of the images.
+                    grad *= len(index) * ranks / len(batch)
+                optimizer.zero_grad()
+                model.backward(grad)
+                loss_sum += loss * len(index)
+                correct += int(np.count_nonzero(logits.argmax(axis=1) == yb))
+                seen += len(index)
+            else:  # no image of a last batch smaller than the ranks: this rank's gradient is zero
+                optimizer.zero_grad()
             optimizer.step()
 
-            loss_sum += loss * len(index)
-            correct += int(np.count_nonzero(logits.argmax(axis=1) == yb))
-            seen += len(index)
-            bar.set_postfix_str(f"loss {loss_sum / seen:.4f}, acc {100 * correct / seen:.2f}%", refresh=False)
-            bar.update(len(index))
+            if seen:  # this rank's images so far: the bar is an estimate on its way
+                bar.set_postfix_str(f"loss {loss_sum / seen:.4f}, acc {100 * correct / seen:.2f}%", refresh=False)
+            bar.update(len(batch))
     elapsed = time.perf_counter() - started
+    if sharded:
+        loss_sum, correct = (float(v) for v in dist.sum_over_ranks([loss_sum, correct]))
     return {
         "epoch": epoch + 1,
         "train_loss": loss_sum / n,
@@ -414,13 +513,19 @@ def augment(x: np.ndarray, rng: np.random.Generator, padding: int | None = None)
     return np.ascontiguousarray(windows[np.arange(n), :, dy, dx])
 
 
-def evaluate(model, x, y, batch_size=1000) -> dict:
-    """Test accuracy of model on (x, y), in eval mode (left in train mode after), and the time it took."""
+def evaluate(model, x, y, batch_size=1000, *, sharded=False) -> dict:
+    """Test accuracy of model on (x, y), in eval mode (left in train mode after), and the time it took.
+    sharded=True (every rank of a distributed run, with the same model): each rank predicts its part
+    (distributed.shard) and every rank gets the accuracy over all of (x, y)."""
     started = time.perf_counter()
     model.eval()
-    accuracy = float(np.mean(predict_logits(model, x, batch_size).argmax(axis=1) == y))
+    part = dist.shard(len(y)) if sharded else slice(None)
+    x, y_part = x[part], y[part]
+    correct = int(np.count_nonzero(predict_logits(model, x, batch_size).argmax(axis=1) == y_part)) if len(x) else 0
+    if sharded:
+        correct = int(dist.sum_over_ranks([correct])[0])
     model.train()
-    return {"test_acc": accuracy, "eval_time_s": time.perf_counter() - started}
+    return {"test_acc": correct / len(y), "eval_time_s": time.perf_counter() - started}
 
 
 def _epoch_line(m: dict, epochs: int) -> str:
