@@ -9,6 +9,7 @@ and fail without it; downloading is always disabled.
 """
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -104,6 +105,18 @@ def test_usage_errors_exit_2_with_one_line(capsys, argv, match):
 
 # ---------------------------------------------------------------------------------------------------------
 # Runtime errors
+
+
+def test_a_reader_that_went_away_ends_the_command_quietly():
+    """`cyconv summary | head -1`, deterministically: stdout is a pipe whose reading end is already closed."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "cyconv", "summary"], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (cli.EXIT_BROKEN_PIPE, "")
 
 
 def test_missing_checkpoint(capsys, tmp_path):

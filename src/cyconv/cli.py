@@ -60,6 +60,7 @@ PROG = "cyconv"
 ENV_NO_DOWNLOAD = "CYCONV_NO_DOWNLOAD"  # "1": never download MNIST (as --no-download)
 ENV_DEBUG = "CYCONV_DEBUG"
 EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool its pipe's reader left
 IMAGE_SIZE = 28
 
 
@@ -326,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get(ENV_DEBUG, "") not in ("", "0")
     try:
         with _threads(getattr(args, "threads", None)):
-            return args.run(args)
+            status = args.run(args)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below rather than at exit
+        return status
     except TrainingInterrupted as e:
         if _quiet_rank():
             return EXIT_INTERRUPTED
@@ -344,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except UsageError as e:
         return _fail(e, EXIT_USAGE)
+    except BrokenPipeError:
+        # The reader of stdout went away (`cyconv evaluate ... | head`): stop quietly, as Unix tools do, and
+        # point stdout at /dev/null so the interpreter's final flush does not fail again.
+        with contextlib.suppress(OSError, ValueError):  # not a real file (a test's capture): nothing to flush
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (OSError, ValueError, FloatingPointError, MemoryError, _MissingDependency) as e:
         if debug:
             raise
