@@ -180,6 +180,14 @@ def compute_s(phases):
     return sum(phases[k] for k in ("forward", "backward_classifier", "backward_features", "update"))
 
 
+def machines_table(title, cell, nbytes):
+    """A table of MACHINES rows by BANDWIDTHS_GBPS columns, cell(machines, ring allreduce seconds) each."""
+    return [f"\n{title}", "| machines | " + " | ".join(f"{g} Gb/s" for g in BANDWIDTHS_GBPS) + " |",
+            "|---|" + "---|" * len(BANDWIDTHS_GBPS),
+            *(f"| {n} | " + " | ".join(cell(n, ring_allreduce_s(n, nbytes, g)) for g in BANDWIDTHS_GBPS) + " |"
+              for n in MACHINES)]
+
+
 def model_tables(runs, batches, nbytes, step_ms=None):
     """N machines like this one, one rank each with all its cores: this machine's 1 rank x 2 threads, its
     phases scaled to the step times step_ms ({batch: ms}) if given (measured without other load)."""
@@ -194,43 +202,29 @@ def model_tables(runs, batches, nbytes, step_ms=None):
         if step_ms else "as measured above"
     lines = [f"\none machine: 1 rank x 2 threads, {source}",
              f"gradient volume per step: {nbytes:,} bytes ({nbytes / 1e6:.2f} MB); ring allreduce "
-             f"2(N-1)/N x bytes / bandwidth + 2(N-1) x {LATENCY_S * 1e6:.0f} us",
-             "\nring allreduce, ms per step:",
-             "| machines | " + " | ".join(f"{g} Gb/s" for g in BANDWIDTHS_GBPS) + " |",
-             "|---|" + "---|" * len(BANDWIDTHS_GBPS)]
-    for n in MACHINES:
-        lines.append(f"| {n} | " + " | ".join(f"{1e3 * ring_allreduce_s(n, nbytes, g):.2f}" for g in BANDWIDTHS_GBPS)
-                     + " |")
+             f"2(N-1)/N x bytes / bandwidth + 2(N-1) x {LATENCY_S * 1e6:.0f} us"]
+    lines += machines_table("ring allreduce, ms per step:",
+                            lambda n, t: f"{1e3 * t:.2f}", nbytes)
     for batch in batches:
         c = one[batch]
         compute = compute_s(c)
         before_conv_backward = c["forward"] + c["backward_classifier"]
-        lines += [f"\nper-machine batch {batch} (global batch {batch} x N): compute {1e3 * compute:.1f} ms per step "
-                  f"on one machine; speedup over one machine, no overlap / the classifier's allreduce overlapped "
-                  "with the conv backward (a NIC or thread that progresses it)",
-                  "| machines | " + " | ".join(f"{g} Gb/s" for g in BANDWIDTHS_GBPS) + " |",
-                  "|---|" + "---|" * len(BANDWIDTHS_GBPS)]
-        for n in MACHINES:
-            cells = []
-            for g in BANDWIDTHS_GBPS:
-                t = ring_allreduce_s(n, nbytes, g)
-                plain = n * compute / (compute + t)
-                overlapped = n * compute / (before_conv_backward + max(c["backward_features"], t) + c["update"])
-                cells.append(f"{plain:.1f} / {overlapped:.1f}")
-            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+
+        def speedups(n, t):
+            plain = n * compute / (compute + t)
+            overlapped = n * compute / (before_conv_backward + max(c["backward_features"], t) + c["update"])
+            return f"{plain:.1f} / {overlapped:.1f}"
+        lines += machines_table(f"per-machine batch {batch} (global batch {batch} x N): compute {1e3 * compute:.1f} ms "
+                                "per step on one machine; speedup over one machine, no overlap / the classifier's "
+                                "allreduce overlapped with the conv backward (a NIC or thread that progresses it)",
+                                speedups, nbytes)
     for batch in batches:
         compute = compute_s(one[batch])
-        lines += [f"\nglobal batch {batch} fixed (each machine {batch}/N images; compute taken as {1e3 * compute:.1f}/N "
-                  "ms, which small batches do not quite reach): speedup over one machine, and where the allreduce "
-                  "takes longer than the compute",
-                  "| machines | " + " | ".join(f"{g} Gb/s" for g in BANDWIDTHS_GBPS) + " |",
-                  "|---|" + "---|" * len(BANDWIDTHS_GBPS)]
-        for n in MACHINES:
-            cells = []
-            for g in BANDWIDTHS_GBPS:
-                t = ring_allreduce_s(n, nbytes, g)
-                cells.append(f"{compute / (compute / n + t):.1f}{' (comm > compute)' if t > compute / n else ''}")
-            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        lines += machines_table(f"global batch {batch} fixed (each machine {batch}/N images; compute taken as "
+                                f"{1e3 * compute:.1f}/N ms, which small batches do not quite reach): speedup over one "
+                                "machine, and where the allreduce takes longer than the compute",
+                                lambda n, t: f"{compute / (compute / n + t):.1f}"
+                                             f"{' (comm > compute)' if t > compute / n else ''}", nbytes)
     return "\n".join(lines)
 
 

@@ -28,12 +28,17 @@
 /* exp(x): x = n ln2 + r with |r| <= ln2/2 (ln2 split in two so n ln2 is exact,
  * Cody and Waite), exp(r) by Cephes' expf polynomial, 2^n written straight into
  * the exponent bits. n is rounded to nearest by adding and subtracting 1.5*2^23
- * (the build has -ffp-contract=off, so the two stay separate operations). */
+ * (the build has -ffp-contract=off, so the two stay separate operations); the
+ * sum's low mantissa bits are then n itself, so no float-to-int conversion is
+ * needed. The clamps keep a NaN (a comparison with NaN is false), the polynomial
+ * carries it to the result, and the garbage exponent bits of a NaN multiply a
+ * NaN: no branch or select for it, which keeps the vectorised loop short. */
 static inline float exp_f32(float x)
 {
-    float c = x > 88.0f ? 88.0f : x < -87.3f ? -87.3f : x;
-    c = c == c ? c : 0.0f; /* NaN: any finite value here; the NaN is returned below */
-    float n = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float c = x < -87.3f ? -87.3f : x;
+    c = c > 88.0f ? 88.0f : c;
+    float t = c * 1.44269504088896341f + 12582912.0f;
+    float n = t - 12582912.0f;
     float r = c - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -43,10 +48,12 @@ static inline float exp_f32(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * (r * r) + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
+    uint32_t tb;
+    memcpy(&tb, &t, sizeof tb);
+    uint32_t bits = (tb - 0x4B400000u + 127u) << 23; /* 0x4B400000: the bits of 1.5*2^23 */
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return x == x ? p * scale : x;
+    return p * scale;
 }
 
 /* tanh: an odd polynomial below 0.625 (relative error < 1e-7, fitted on

@@ -12,9 +12,11 @@
 Threads: `get_num_threads()`, `set_num_threads(n)` (also a context manager),
 `openmp_enabled()`. Instruction set: `get_isa()`, `set_isa(name)` (also a context
 manager), `supported_isas()`; `build_info()` says what this build runs with.
+Memory: on glibc, freed arrays' memory stays in the process for reuse (cyconv._malloc;
+CYCONV_MALLOC=system leaves malloc alone).
 """
 
-from . import _isa, _threads, data, features, functional, models, nn, optim, predictor, reference
+from . import _isa, _malloc, _threads, data, features, functional, models, nn, optim, predictor, reference
 from ._isa import build_info, get_isa, set_isa, supported_isas
 from ._kernels import openmp_enabled
 from ._threads import get_num_threads, set_num_threads
@@ -24,5 +26,6 @@ __version__ = "0.1.0"
 __all__ = ["openmp_enabled", "get_num_threads", "set_num_threads", "get_isa", "set_isa", "supported_isas",
            "build_info", "compile", "Predictor"]
 
+_malloc.keep_freed_memory()
 _threads._install_blas_hooks()
 _isa._select_from_environment()

@@ -91,7 +91,9 @@ def build_info():
                    convolutions' GEMMs (the linear layers always use BLAS)
     blas           the BLAS library behind SciPy that cyconv calls
     compiler       the C compiler that built the kernels
+    malloc         "kept" when freed memory stays in the process for reuse, else "system" (cyconv._malloc)
     """
+    from . import _malloc
     from ._threads import blas_description, get_num_threads
 
     return {
@@ -102,4 +104,5 @@ def build_info():
         "gemm": {"float32": "own" if _kernels.own_gemm_enabled() else "blas", "float64": "blas"},
         "blas": blas_description(),
         "compiler": _kernels.compiler(),
+        "malloc": "kept" if _malloc.tuned else "system",
     }
