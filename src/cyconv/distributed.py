@@ -46,7 +46,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .nn import Module, Parameter
-from .optim import OPTIMIZERS, SGD, Adam, AdamW
+from . import optim
+from .optim import SGD, Adam, AdamW
 
 __all__ = [
     "INSTALL_HINT",
@@ -551,15 +552,14 @@ class DistributedAdamW(DistributedOptimizer, AdamW):
     """cyconv.optim.AdamW averaging every gradient over the ranks before each step (see DistributedSGD)."""
 
 
+_DISTRIBUTED = {"sgd": DistributedSGD, "adam": DistributedAdam, "adamw": DistributedAdamW}
+
+
 def build_optimizer(name, params, *, lr, momentum=0.0, weight_decay=0.0, **kwargs):
     """cyconv.optim.build_optimizer's Distributed* twin: "sgd", "adam" or "adamw" (momentum is SGD's only);
     kwargs (root, buckets) go to DistributedOptimizer."""
-    if name == "sgd":
-        return DistributedSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **kwargs)
-    if name in ("adam", "adamw"):
-        cls = DistributedAdam if name == "adam" else DistributedAdamW
-        return cls(params, lr=lr, weight_decay=weight_decay, **kwargs)
-    raise ValueError(f"build_optimizer(): name must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    return optim.build_optimizer(name, params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                 classes=_DISTRIBUTED, **kwargs)
 
 
 def threads_per_rank() -> int:

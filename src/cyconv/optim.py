@@ -260,13 +260,16 @@ class AdamW(Adam):
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
-def build_optimizer(name, params, *, lr, momentum=0.0, weight_decay=0.0):
-    """The optimiser `name` ("sgd", "adam", "adamw") over params; momentum is SGD's only."""
+def build_optimizer(name, params, *, lr, momentum=0.0, weight_decay=0.0, classes=None, **kwargs):
+    """The optimiser `name` ("sgd", "adam", "adamw") over params; momentum is SGD's only.
+    classes: {name: class} to build from instead (cyconv.distributed passes its Distributed* twins),
+    which take kwargs besides."""
+    classes = classes or {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+    if name not in OPTIMIZERS:
+        raise ValueError(f"build_optimizer(): name must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
     if name == "sgd":
-        return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name in ("adam", "adamw"):
-        return (Adam if name == "adam" else AdamW)(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"build_optimizer(): name must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+        kwargs["momentum"] = momentum
+    return classes[name](params, lr=lr, weight_decay=weight_decay, **kwargs)
 
 
 # ---------------------------------------------------------------------------
