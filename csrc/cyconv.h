@@ -66,6 +66,9 @@ void relu_forward_f32(float *y, const float *x, ptrdiff_t n);
 void relu_forward_f64(double *y, const double *x, ptrdiff_t n);
 void relu_backward_f32(float *dx, const float *dy, const float *x, ptrdiff_t n);
 void relu_backward_f64(double *dx, const double *dy, const double *x, ptrdiff_t n);
+/* y = a + b on n elements, then ReLU when relu != 0; y may alias a or b. */
+void add_forward_f32(float *y, const float *a, const float *b, ptrdiff_t n, int relu);
+void add_forward_f64(double *y, const double *a, const double *b, ptrdiff_t n, int relu);
 
 /* Sigmoid and tanh on n contiguous elements; backward from the forward's output y. */
 void sigmoid_forward_f32(float *y, const float *x, ptrdiff_t n);

@@ -67,6 +67,8 @@ cdef extern from "cyconv.h" nogil:
     void relu_forward_f64(double *y, const double *x, Py_ssize_t n) noexcept
     void relu_backward_f32(float *dx, const float *dy, const float *x, Py_ssize_t n) noexcept
     void relu_backward_f64(double *dx, const double *dy, const double *x, Py_ssize_t n) noexcept
+    void add_forward_f32(float *y, const float *a, const float *b, Py_ssize_t n, int relu) noexcept
+    void add_forward_f64(double *y, const double *a, const double *b, Py_ssize_t n, int relu) noexcept
     void sgd_update_f32(float *p, float *buf, const float *grad, Py_ssize_t n,
                         float lr, float momentum, float weight_decay, int first_step) noexcept
     void sgd_update_f64(double *p, double *buf, const double *grad, Py_ssize_t n,
@@ -970,6 +972,22 @@ def relu_backward(floating[::1] grad_x, const floating[::1] grad_y, const floati
                 relu_backward_f32(&grad_x[lo], &grad_y[lo], &x[lo], min(ELEMENTWISE_BLOCK, n - lo))
             else:
                 relu_backward_f64(&grad_x[lo], &grad_y[lo], &x[lo], min(ELEMENTWISE_BLOCK, n - lo))
+
+
+def add_forward(floating[::1] y, const floating[::1] a, const floating[::1] b, bint relu, int num_threads):
+    # OUT y (n,) = a + b, then ReLU if relu; IN a (n,), b (n,)
+    cdef Py_ssize_t n = a.shape[0], nblocks = (n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK, blk, lo
+    check_scratch("add_forward", "y", y.shape[0], n)
+    check_scratch("add_forward", "b", b.shape[0], n)
+    if nblocks < 2:
+        num_threads = 1
+    with nogil:
+        for blk in prange(nblocks, schedule='static', num_threads=num_threads):
+            lo = blk * ELEMENTWISE_BLOCK
+            if floating is float:
+                add_forward_f32(&y[lo], &a[lo], &b[lo], min(ELEMENTWISE_BLOCK, n - lo), relu)
+            else:
+                add_forward_f64(&y[lo], &a[lo], &b[lo], min(ELEMENTWISE_BLOCK, n - lo), relu)
 
 
 # ---------------------------------------------------------------------------

@@ -563,6 +563,50 @@ def relu_backward(grad_y, x):
 
 
 # ---------------------------------------------------------------------------
+# Add and concat: the merges of a graph
+
+def add(a, b, relu=False):
+    """y = a + b elementwise (a residual connection), then ReLU when relu=True (relu(a + b) in one
+    pass: the end of a ResNet block). a and b have one shape and dtype. Backward: the gradient of
+    a + b is grad_y for both; with relu, relu_backward(grad_y, y) for both."""
+    fn = "add"
+    a = _float_array(a, "a", fn)
+    b = _float_array(b, "b", fn, dtype=a.dtype)
+    if a.shape != b.shape:
+        raise ValueError(f"{fn}(): a and b must have one shape, got {a.shape} and {b.shape}")
+    relu = _bool_flag(fn, "relu", relu)
+    y = np.empty_like(a)
+    _kernels.add_forward(y.reshape(-1), a.reshape(-1), b.reshape(-1), relu, threads_for(a.size, 1))
+    return y
+
+
+def concat(xs):
+    """The arrays of xs joined along axis 1 (channels): (N, C1, ...), (N, C2, ...) -> (N, C1 + C2, ...).
+    All of one dtype, equal but for axis 1."""
+    fn = "concat"
+    if not isinstance(xs, (list, tuple)) or not xs:
+        raise ValueError(f"{fn}(): xs must be a non-empty list of arrays, got {type(xs).__name__}")
+    first = _float_array(xs[0], "xs[0]", fn)
+    arrays = [first] + [_float_array(x, f"xs[{i}]", fn, dtype=first.dtype) for i, x in enumerate(xs[1:], 1)]
+    for i, x in enumerate(arrays):
+        if x.ndim < 2 or x.shape[:1] + x.shape[2:] != first.shape[:1] + first.shape[2:]:
+            raise ValueError(f"{fn}(): xs[{i}] has shape {x.shape}, which differs from xs[0]'s {first.shape} "
+                             "on an axis other than 1")
+    return np.concatenate(arrays, axis=1)
+
+
+def concat_backward(grad_y, channels):
+    """The gradient of concat, split back: a tuple of arrays with channels[i] channels each."""
+    fn = "concat_backward"
+    grad_y = _float_array(grad_y, "grad_y", fn)
+    channels = [int(c) for c in channels]
+    if grad_y.ndim < 2 or sum(channels) != grad_y.shape[1] or min(channels, default=0) < 0:
+        raise ValueError(f"{fn}(): channels {channels} must sum to grad_y's axis 1, got shape {grad_y.shape}")
+    bounds = np.cumsum([0] + channels)
+    return tuple(np.ascontiguousarray(grad_y[:, lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:]))
+
+
+# ---------------------------------------------------------------------------
 # Sigmoid and tanh: backward from the forward's output
 
 def sigmoid(x):

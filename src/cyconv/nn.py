@@ -48,7 +48,7 @@ from .functional import _pair
 
 __all__ = [
     "Parameter", "Module", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
-    "Dropout", "BatchNorm1d", "BatchNorm2d", "Flatten", "Linear", "Sequential",
+    "Dropout", "BatchNorm1d", "BatchNorm2d", "Flatten", "Linear", "Identity", "Add", "Concat", "Sequential", "Graph",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -115,13 +115,46 @@ class Module:
     def forward(self, x):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
 
-    def __call__(self, x):
-        return self.forward(x)
+    def __call__(self, *inputs):
+        """A layer runs its forward. A composite module (one that defines forward in terms of its
+        children and no backward of its own) runs its traced graph (cyconv.graph), fused, keeping
+        what its backward needs. Inside a trace, inputs are symbolic values and nothing is computed."""
+        from . import graph
 
-    def backward(self, grad_output, *, input_grad=True):
+        symbolic = [isinstance(x, graph.Value) for x in inputs]
+        if any(symbolic):
+            if not all(symbolic):
+                raise TypeError(f"{type(self).__name__}: inside a traced forward every input must be a value "
+                                "that another layer returned")
+            return inputs[0].tracer.record(self, inputs) if graph.is_leaf(self) else self.forward(*inputs)
+        if graph.is_leaf(self):
+            return self.forward(*inputs)
+        if len(inputs) != 1:
+            raise TypeError(f"{type(self).__name__}: a model takes one input array, got {len(inputs)}")
+        return graph.runner(self).forward(inputs[0])
+
+    def backward(self, grad_output, *, input_grad=False):
         """Gradient w.r.t. the input of the last forward (None when input_grad=False);
-        parameter gradients are added into their .grad."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement backward()")
+        parameter gradients are added into their .grad.
+
+        This default is a composite module's: the traced graph's backward, each layer's in reverse,
+        summing the gradients of a value read by several layers. input_grad=False (the default
+        here) is what training needs: nothing wants d loss / d input, and the layers before the
+        first one that learns are skipped. Layers define their own (default input_grad=True)."""
+        from . import graph
+
+        return graph.runner(self).backward(grad_output, input_grad)
+
+    def output_shape(self, *shapes):
+        """The shape of one output image (no batch axis) for inputs of these per-image shapes.
+        Layers that keep the shape need not define it; a composite's comes from its graph."""
+        from . import graph
+
+        if graph.is_leaf(self):
+            if len(shapes) != 1:
+                raise ValueError(f"{type(self).__name__} takes one input, got {len(shapes)}")
+            return shapes[0]
+        return graph.shapes(graph.trace(self), shapes[0])[graph.trace(self).output]
 
     # -- saved state --------------------------------------------------------
 
@@ -132,7 +165,7 @@ class Module:
             self._saved, self._eval_forward = None, True
 
     def _ran_fused(self):
-        """The last forward ran this layer inside a Sequential's fused pass, which kept what the
+        """The last forward ran this layer inside a fused pass (cyconv.graph), which kept what the
         backward needs: the layer's own backward must refuse (as after an eval-mode forward)."""
         if self.training:
             self._saved, self._eval_forward = _RAN_FUSED, False
@@ -143,8 +176,8 @@ class Module:
         if self._saved is _RAN_FUSED:
             raise RuntimeError(
                 f"{type(self).__name__}.backward(): the last forward ran this layer fused with its neighbours "
-                "(a Sequential runs Conv2d -> ReLU -> MaxPool2d and ReLU -> MaxPool2d as one pass); call the "
-                "Sequential's backward")
+                "(a model runs Conv2d -> ReLU -> MaxPool2d, ReLU -> MaxPool2d and Add -> ReLU as one pass); call "
+                "the model's backward")
         if self._saved is None:
             name = type(self).__name__
             if self._eval_forward:
@@ -239,7 +272,14 @@ class Module:
         return ""
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.extra_repr()})"
+        children = self.named_children()
+        if not children:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"{type(self).__name__}("]
+        for name, child in children:
+            lines.append(f"  ({name}): " + "\n  ".join(repr(child).split("\n")))
+        lines.append(")")
+        return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------
@@ -306,6 +346,18 @@ def _parameter_gradients(weight, bias, backward):
     return result
 
 
+def _window_shape(layer, shape, kernel, stride, padding, dilation=(1, 1)):
+    """(Ho, Wo) of a sliding window over a (C, H, W) image; ValueError when it does not fit."""
+    if len(shape) != 3:
+        raise ValueError(f"{type(layer).__name__} needs (C, H, W) images, got {shape}")
+    _, h, w = shape
+    span = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
+    if h + 2 * padding[0] < span[0] or w + 2 * padding[1] < span[1]:
+        raise ValueError(f"{type(layer).__name__}: kernel {tuple(kernel)} is larger than the padded input "
+                         f"{(h + 2 * padding[0], w + 2 * padding[1])}")
+    return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip((h, w), span, stride, padding))
+
+
 def _square_or_pair(pair):
     return pair[0] if pair[0] == pair[1] else pair
 
@@ -357,6 +409,12 @@ class Conv2d(Module):
             accumulate=accumulate))
         return grad_x
 
+    def output_shape(self, shape):
+        if len(shape) == 3 and shape[0] != self.in_channels:
+            raise ValueError(f"Conv2d expects {self.in_channels} channels, got {shape}")
+        return (self.out_channels, *_window_shape(self, shape, self.kernel_size, self.stride, self.padding,
+                                                  getattr(self, "dilation", (1, 1))))
+
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
@@ -401,6 +459,9 @@ class MaxPool2d(Module):
         indices, input_shape = self._saved_for_backward()
         return F.max_pool2d_backward(grad_output, indices, input_shape) if input_grad else None
 
+    def output_shape(self, shape):
+        return (shape[0], *_window_shape(self, shape, self.kernel_size, self.stride, self.padding))
+
     def extra_repr(self):
         return (f"kernel_size={_square_or_pair(self.kernel_size)}, stride={_square_or_pair(self.stride)}, "
                 f"padding={_square_or_pair(self.padding)}")
@@ -440,6 +501,9 @@ class AvgPool2d(Module):
             return None
         return F.avg_pool2d_backward(grad_output, input_shape, self.kernel_size, self.stride, self.padding,
                                      self.count_include_pad)
+
+    def output_shape(self, shape):
+        return (shape[0], *_window_shape(self, shape, self.kernel_size, self.stride, self.padding))
 
     def extra_repr(self):
         return (f"kernel_size={_square_or_pair(self.kernel_size)}, stride={_square_or_pair(self.stride)}, "
@@ -511,6 +575,11 @@ class Softmax(Module):
             raise ValueError(f"Softmax(): dim must be 1 (the classes of (N, K) scores), got {dim!r}")
         self.dim = 1
 
+    def output_shape(self, shape):
+        if len(shape) != 1:
+            raise ValueError(f"Softmax needs (N, K) scores, got {shape} per example")
+        return shape
+
     def forward(self, x):
         y = F.softmax(x)
         self._save(y)
@@ -535,6 +604,11 @@ class LogSoftmax(Module):
         if dim not in (1, -1):
             raise ValueError(f"LogSoftmax(): dim must be 1 (the classes of (N, K) scores), got {dim!r}")
         self.dim = 1
+
+    def output_shape(self, shape):
+        if len(shape) != 1:
+            raise ValueError(f"LogSoftmax needs (N, K) scores, got {shape} per example")
+        return shape
 
     def forward(self, x):
         y = F.log_softmax(x)
@@ -635,6 +709,11 @@ class _BatchNorm(Module):
             raise ValueError(f"{type(self).__name__}.forward(): x must be {dims} with {self.num_features} "
                              f"channels on axis 1, got {got}")
 
+    def output_shape(self, shape):
+        if len(shape) + 1 not in self._dims or shape[0] != self.num_features:
+            raise ValueError(f"{type(self).__name__} expects {self.num_features} channels, got {shape}")
+        return shape
+
     def forward(self, x):
         self._check_input(x)
         batch_stats = self.training or not self.track_running_stats
@@ -701,6 +780,9 @@ class Flatten(Module):
         # An explicit size, not -1: reshape(0, -1) is ambiguous for an empty batch.
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
+    def output_shape(self, shape):
+        return (math.prod(shape),)
+
     def backward(self, grad_output, *, input_grad=True):
         (input_shape,) = self._saved_for_backward()
         if not input_grad:
@@ -744,6 +826,11 @@ class Linear(Module):
             grad_output, x, self.weight.data, grad_input=input_grad, out=out, accumulate=accumulate))
         return grad_x
 
+    def output_shape(self, shape):
+        if tuple(shape) != (self.in_features,):
+            raise ValueError(f"Linear expects {self.in_features} features, got {shape} (a Flatten missing?)")
+        return (self.out_features,)
+
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
@@ -751,16 +838,14 @@ class Linear(Module):
 class Sequential(Module):
     """Modules applied in order; children are named "0", "1", ... (parameters "0.weight", ...).
 
-    Runs of Conv2d -> ReLU -> MaxPool2d (functional.conv2d_relu_max_pool2d) and of ReLU ->
-    MaxPool2d (functional.relu_max_pool2d) execute as one pass each, with the results of the
-    layers one by one; backward follows the same runs. The plan is made once, when the
-    Sequential is built (see _plan); a fused layer's own backward then refuses to run.
+    A composite like any other (see Module.backward and cyconv.graph): runs of Conv2d -> ReLU ->
+    MaxPool2d and of ReLU -> MaxPool2d execute as one pass each, with the results of the layers one
+    by one, and a fused layer's own backward then refuses to run.
 
     `backward(grad, input_grad=False)` (the default) is what training needs: nothing
-    wants the gradient w.r.t. the network's input, so the first child with
-    parameters gets input_grad=False and the parameter-free children before it are
-    skipped; it returns None. With input_grad=True every child runs and the
-    gradient w.r.t. the input is returned (for gradient checks).
+    wants the gradient w.r.t. the network's input, so the layers before the first one
+    with parameters are skipped; it returns None. With input_grad=True every layer runs
+    and the gradient w.r.t. the input is returned (for gradient checks).
     """
 
     def __init__(self, *modules):
@@ -769,7 +854,6 @@ class Sequential(Module):
             if not isinstance(m, Module):
                 raise TypeError(f"Sequential(): argument {i} must be a Module, got {type(m).__name__}")
         self._modules = list(modules)
-        self._plan = _plan(self._modules)
 
     def named_children(self):
         return [(str(i), m) for i, m in enumerate(self._modules)]
@@ -786,126 +870,152 @@ class Sequential(Module):
         return self._modules[index]
 
     def forward(self, x):
-        for step in self._plan:
-            x = step.forward(x)
+        for module in self._modules:
+            x = module(x)
         return x
 
-    def backward(self, grad_output, *, input_grad=False):
-        first = 0 if input_grad else next(
-            (i for i, m in enumerate(self._modules) if m.parameters()), len(self._modules))
-        grad = grad_output
-        for step in reversed(self._plan):
-            if step.start + len(step.layers) - 1 < first:
-                break
-            grad = step.backward(grad, input_grad or step.start > first)
-        return grad if input_grad else None
 
-    def __repr__(self):
-        if not self._modules:
-            return "Sequential()"
-        lines = ["Sequential("]
-        for name, child in self.named_children():
-            child_lines = repr(child).split("\n")
-            lines.append(f"  ({name}): " + "\n  ".join(child_lines))
-        lines.append(")")
-        return "\n".join(lines)
+class Graph(Module):
+    """A model written as an explicit graph of named layers, for models that branch and merge
+    without a Module subclass of their own (cyconv.onnx.load builds these):
+
+        g = nn.Graph()
+        x = g.input()
+        y = g.node("conv", nn.Conv2d(16, 16, 3, padding=1), x)
+        y = g.node("add", nn.Add(), y, x)
+        g.output(g.node("relu", nn.ReLU(), y))
+
+    Each node's layer is a child under the node's name (parameters "conv.weight", ...); the names may
+    contain dots (a loaded torchvision ResNet keeps "layer1.0.conv1"). Nodes are run in the order
+    added, and each reads values added before it, so the graph has no cycles by construction.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._layers = {}
+        self._nodes = []      # (name, input ports)
+        self._output = None
+
+    def input(self):
+        """The port of the model's input (one input)."""
+        return _Port(self, 0)
+
+    def node(self, name, module, *inputs):
+        """Add layer `module` under `name`, reading the values at the given ports; returns its port."""
+        if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+            raise ValueError(f"Graph.node(): name must be a non-empty string without spaces, got {name!r}")
+        if name in self._layers:
+            raise ValueError(f"Graph.node(): a node named {name!r} exists already")
+        if not isinstance(module, Module):
+            raise TypeError(f"Graph.node(): module of {name!r} must be a Module, got {type(module).__name__}")
+        if any(module is m for m in self._layers.values()):
+            raise ValueError(f"Graph.node(): the module of {name!r} is already the node of another name")
+        if not inputs:
+            raise ValueError(f"Graph.node(): {name!r} reads no value")
+        for i, port in enumerate(inputs):
+            if not isinstance(port, _Port) or port.graph is not self:
+                raise TypeError(f"Graph.node(): input {i} of {name!r} must be a port of this graph (from "
+                                f"input() or node()), got {type(port).__name__}")
+        self._layers[name] = module
+        self._nodes.append((name, tuple(p.index for p in inputs)))
+        return _Port(self, len(self._nodes))
+
+    def output(self, port):
+        """Make the value at `port` the model's output."""
+        if not isinstance(port, _Port) or port.graph is not self:
+            raise TypeError(f"Graph.output(): port must be a port of this graph, got {type(port).__name__}")
+        self._output = port.index
+
+    def named_children(self):
+        return list(self._layers.items())
+
+    def forward(self, x):
+        if self._output is None:
+            raise RuntimeError("Graph: no output set (call output(port) once the nodes are added)")
+        values = [x]
+        for name, inputs in self._nodes:
+            values.append(self._layers[name](*(values[i] for i in inputs)))
+        return values[self._output]
+
+
+class _Port:
+    __slots__ = ("graph", "index")
+
+    def __init__(self, graph, index):
+        self.graph, self.index = graph, index
 
 
 # ---------------------------------------------------------------------------
-# Fusion: how a Sequential runs its layers, planned once from their types. A step runs
-# one layer, or a run of layers as one pass of a fused functional op; a fused step keeps
-# what its backward needs itself and marks its layers as run fused (Module._ran_fused).
+# Layers that only route values: Identity, Add, Concat
 
-class _Step:
-    """One layer, run as itself."""
+class Identity(Module):
+    """Its input, unchanged (a placeholder, as PyTorch's: e.g. a residual block's shortcut).
 
-    def __init__(self, start, *layers):
-        self.start, self.layers = start, layers
+    Shape: any -> the same.
+    """
 
     def forward(self, x):
-        return self.layers[0](x)
+        self._save(True)
+        return x
 
-    def backward(self, grad, input_grad):
-        return self.layers[0].backward(grad, input_grad=input_grad)
+    def backward(self, grad_output, *, input_grad=True):
+        self._saved_for_backward()
+        return grad_output if input_grad else None
 
 
-class _FusedStep(_Step):
-    """A run of layers as one pass; `saved` is what backward needs (None before any
-    training-mode forward)."""
+class Add(Module):
+    """The elementwise sum of two or more inputs of one shape: `functional.add` (a residual
+    connection). Its backward hands grad_output to every input.
 
-    saved = None
-    eval_forward = False
+    Shape: (N, ...) x k -> (N, ...).
+    """
 
-    def forward(self, x):
-        for layer in self.layers:
-            layer._ran_fused()
-        training = self.layers[0].training
-        y, saved = self._run(x, training)
-        self.saved, self.eval_forward = (saved if training else None), not training
+    def forward(self, *xs):
+        if len(xs) < 2:
+            raise ValueError(f"Add.forward(): needs two or more inputs, got {len(xs)}")
+        y = F.add(xs[0], xs[1])
+        for x in xs[2:]:
+            y = F.add(y, x)
+        self._save(len(xs))
         return y
 
-    def backward(self, grad, input_grad):
-        if self.saved is None:
-            names = " -> ".join(type(m).__name__ for m in self.layers)
-            when = "the last forward ran in eval mode; call .train() first" if self.eval_forward else \
-                "called before forward()"
-            raise RuntimeError(f"Sequential.backward(): {names} (layers {self.start}-"
-                               f"{self.start + len(self.layers) - 1}): {when}")
-        return self._backward(grad, input_grad, *self.saved)
+    def backward(self, grad_output, *, input_grad=True):
+        (n,) = self._saved_for_backward()
+        return (grad_output if input_grad else None,) * n
+
+    def output_shape(self, *shapes):
+        if len(shapes) < 2 or any(s != shapes[0] for s in shapes):
+            raise ValueError(f"Add needs two or more inputs of one shape, got {' and '.join(map(str, shapes))}")
+        return shapes[0]
 
 
-class _ConvReluPool(_FusedStep):
-    """Conv2d -> ReLU -> MaxPool2d as functional.conv2d_relu_max_pool2d: each image's convolution
-    output is pooled while in cache, so neither it nor its gradient is ever written to memory.
-    Results are exactly the three layers'."""
+class Concat(Module):
+    """The inputs joined along the channel axis (axis 1): `functional.concat`.
 
-    def _run(self, x, training):
-        conv, _, pool = self.layers
-        bias = None if conv.bias is None else conv.bias.data
-        args = (x, conv.weight.data, bias, conv.stride, conv.padding, pool.kernel_size, pool.stride,
-                pool.padding)
-        if not training:
-            return F.conv2d_relu_max_pool2d(*args), None
-        y, indices = F.conv2d_relu_max_pool2d(*args, return_indices=True)
-        return y, (x, y, indices)
+    Shape: (N, C1, ...), (N, C2, ...), ... -> (N, C1 + C2 + ..., ...).
+    """
 
-    def _backward(self, grad, input_grad, x, y, indices):
-        conv = self.layers[0]
-        grad_x, _, _ = _parameter_gradients(conv.weight, conv.bias, lambda out, accumulate:
-                                            F.conv2d_relu_max_pool2d_backward(
-                                                grad, y, indices, x, conv.weight.data, conv.stride,
-                                                conv.padding, grad_input=input_grad, out=out,
-                                                accumulate=accumulate))
-        return grad_x
+    def __init__(self, dim=1):
+        super().__init__()
+        if dim != 1:
+            raise ValueError(f"Concat(): dim must be 1 (channels), got {dim!r}")
+        self.dim = 1
 
+    def forward(self, *xs):
+        y = F.concat(xs)
+        self._save(tuple(x.shape[1] for x in xs))
+        return y
 
-class _ReluPool(_FusedStep):
-    """ReLU -> MaxPool2d as functional.relu_max_pool2d: the ReLU's separate read and write of its
-    input, and its backward, cost more than pooling itself. Results are exactly the pair's."""
+    def backward(self, grad_output, *, input_grad=True):
+        (channels,) = self._saved_for_backward()
+        if not input_grad:
+            return (None,) * len(channels)
+        return F.concat_backward(grad_output, channels)
 
-    def _run(self, x, training):
-        pool = self.layers[1]
-        args = (x, pool.kernel_size, pool.stride, pool.padding)
-        if not training:
-            return F.relu_max_pool2d(*args), None
-        y, indices = F.relu_max_pool2d(*args, return_indices=True)
-        return y, (y, indices, x.shape)
+    def output_shape(self, *shapes):
+        if not shapes or any(len(s) < 1 or s[1:] != shapes[0][1:] for s in shapes):
+            raise ValueError(f"Concat needs inputs that differ only in channels, got {' and '.join(map(str, shapes))}")
+        return (sum(s[0] for s in shapes), *shapes[0][1:])
 
-    def _backward(self, grad, input_grad, y, indices, input_shape):
-        return F.relu_max_pool2d_backward(grad, y, indices, input_shape) if input_grad else None
-
-
-# The runs that fuse, longest first; exact types, so a subclass with its own forward runs as itself.
-_FUSIONS = (((Conv2d, ReLU, MaxPool2d), _ConvReluPool), ((ReLU, MaxPool2d), _ReluPool))
-
-
-def _plan(modules):
-    """The steps that run `modules` in order, fusing every run listed in _FUSIONS."""
-    plan, i = [], 0
-    while i < len(modules):
-        kinds = tuple(type(m) for m in modules[i:i + 3])
-        step = next((cls(i, *modules[i:i + len(run)]) for run, cls in _FUSIONS if kinds[:len(run)] == run),
-                    None) or _Step(i, modules[i])
-        plan.append(step)
-        i += len(step.layers)
-    return plan
+    def extra_repr(self):
+        return "dim=1"

@@ -368,6 +368,23 @@ def relu_backward(grad_y, x):
 # sigmoid, tanh: backward from the forward's output y
 
 
+def add(a, b, relu=False):
+    """a + b, then max(., 0) when relu."""
+    y = a + b
+    return np.where(y <= 0, 0, y).astype(y.dtype) if relu else y  # NaN stays NaN
+
+
+def concat(xs):
+    """The arrays joined along axis 1."""
+    return np.concatenate(list(xs), axis=1)
+
+
+def concat_backward(grad_y, channels):
+    """grad_y split along axis 1 into pieces of channels[i]."""
+    bounds = np.cumsum([0] + [int(c) for c in channels])
+    return tuple(grad_y[:, lo:hi].copy() for lo, hi in zip(bounds[:-1], bounds[1:]))
+
+
 def sigmoid(x):
     """``y = 1 / (1 + exp(-x))``.
 
