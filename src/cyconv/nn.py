@@ -633,16 +633,19 @@ class Dropout(Module):
     count is saved with the model, so a resumed run continues the same sequence of masks. The mask
     is never stored: backward recomputes it from the seed.
 
+    persistent=False keeps rng_state out of state_dict() (as PyTorch's non-persistent buffers), for
+    models whose state_dict must hold exactly another library's keys (cyconv.models.mobilenet_v2):
+    the masks then restart from the base seed when a run resumes.
+
     Shape: any -> the same.
     """
 
-    _buffers = ("rng_state",)
-
-    def __init__(self, p=0.5, *, rng=None):
+    def __init__(self, p=0.5, *, rng=None, persistent=True):
         super().__init__()
         cls = type(self).__name__
         self.p = F._probability(p, cls, "p")
         self.rng_state = np.array([_generator(rng, cls).integers(2**63), 0], np.int64)
+        self._buffers = ("rng_state",) if _flag(persistent, "persistent", cls) else ()
 
     def forward(self, x):
         if not self.training:
