@@ -105,9 +105,12 @@ def test_batch_norm_without_running_statistics_has_no_onnx_form(tmp_path):
 
 
 def test_export_writes_atomically_and_refuses_what_it_cannot_write(tmp_path):
-    class Mine(nn.Module):
+    class Mine(nn.Module):  # a layer of its own: forward and backward
         def forward(self, x):
             return x
+
+        def backward(self, grad_output, *, input_grad=True):
+            return grad_output
 
     path = tmp_path / "m.onnx"
     with pytest.raises(TypeError, match="no ONNX form for Mine"):

@@ -172,11 +172,14 @@ def test_small_cnn_and_lenet5_classic():
 
 
 def test_unsupported_layer_is_named():
-    class Mine(nn.Module):
+    class Mine(nn.Module):  # a layer of its own: forward and backward
         def forward(self, x):
             return x
 
-    with pytest.raises(TypeError, match="no compiled form for Mine; compilable layers: "):
+        def backward(self, grad_output, *, input_grad=True):
+            return grad_output
+
+    with pytest.raises(TypeError, match=r"no compiled form for Mine \(layer 1\); compilable layers: "):
         cyconv.compile(nn.Sequential(nn.Flatten(), Mine()))
 
 
@@ -199,5 +202,5 @@ def test_kernel_checks_its_buffers():
     x = np.zeros((2, 1, 28, 28), np.float32)
     with pytest.raises(ValueError, match="predict: out has"):
         _kernels.predict(np.empty(19, np.float32), x.reshape(-1), predictor._ops, predictor._params,
-                         predictor._packed, 0, predictor._act[0], predictor._act[1], predictor._scratch,
+                         predictor._packed, 0, predictor._arena, 2 * predictor._largest, predictor._scratch,
                          predictor._per_thread, 2, 1)

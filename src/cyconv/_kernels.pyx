@@ -437,21 +437,13 @@ def conv2d_forward(floating[::1] y, const floating[::1] x, const floating[::1] w
                 for n in range(N):
                     cols = &x[n * C * H * W]
                     if not direct:
-                        # the image's im2col split by input channels
                         for t in prange(num_threads, schedule='static', num_threads=num_threads):
-                            c0 = C * t // num_threads
-                            c1 = C * (t + 1) // num_threads
-                            if c0 < c1:
-                                im2col_image(&scratch[c0 * kh * kw * L], L, &x[(n * C + c0) * H * W],
-                                             c1 - c0, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+                            conv_im2col_part(&scratch[0], &x[n * C * H * W], C, H, W, kh, kw, sh, sw, ph, pw,
+                                             Ho, Wo, t, num_threads)
                         cols = &scratch[0]
                     for t in prange(num_threads, schedule='static', num_threads=num_threads):
-                        l0 = block_start(L, num_threads, t)
-                        l1 = block_start(L, num_threads, t + 1)
-                        if l0 < l1:
-                            # y[n][:, l0:l1] = weight @ cols[:, l0:l1] (+ bias)
-                            conv_output_gemm(g, packed_w, O, l1 - l0, K, &weight[0], cols + l0, L,
-                                             &y[n * O * L + l0], L, bias_ptr)
+                        conv_gemm_part(g, packed_w, O, L, K, &weight[0], cols, &y[n * O * L], bias_ptr, t,
+                                       num_threads)
             else:
                 # One parallel region: pack the weights, then the images one at a time
                 # to whichever thread is free (each image's output is its own).
@@ -531,6 +523,26 @@ cdef inline void pool_planes(floating *y, int64_t *indices, const floating *conv
             maxpool2d_forward_f64(y + o * PL, indices + o * PL if indices != NULL else NULL, conv_out + o * L,
                                   Ho, Wo, pool[0], pool[1], pool[2], pool[3], pool[4], pool[5], pool[6],
                                   pool[7], 1)
+
+
+cdef inline void conv_im2col_part(floating *cols, const floating *img, Py_ssize_t C, Py_ssize_t H,
+                                  Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                                  Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t t,
+                                  Py_ssize_t parts) noexcept nogil:
+    # Part t of `parts` of one image's im2col (into cols (C*kh*kw, Ho*Wo)), split by input channels:
+    # how one image's convolution is shared by threads that have no other image to take.
+    cdef Py_ssize_t c0 = C * t // parts, c1 = C * (t + 1) // parts, L = Ho * Wo
+    if c0 < c1:
+        im2col_image(cols + c0 * kh * kw * L, L, img + c0 * H * W, c1 - c0, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
+
+
+cdef inline void conv_gemm_part(const cyconv_gemm *g, const float *packed_w, Py_ssize_t O, Py_ssize_t L,
+                                Py_ssize_t K, const floating *weight, const floating *cols, floating *y,
+                                const floating *bias, Py_ssize_t t, Py_ssize_t parts) noexcept nogil:
+    # Part t of `parts` of one image's GEMM y (O, L) = weight @ cols (K, L) + bias: a block of columns.
+    cdef Py_ssize_t l0 = block_start(L, parts, t), l1 = block_start(L, parts, t + 1)
+    if l0 < l1:
+        conv_output_gemm(g, packed_w, O, l1 - l0, K, weight, cols + l0, L, y + l0, L, bias)
 
 
 cdef inline void conv_output_gemm(const cyconv_gemm *g, const float *packed_w, Py_ssize_t O, Py_ssize_t L,
@@ -769,26 +781,29 @@ def linear_forward(floating[::1] y, const floating[::1] x, const floating[::1] w
                    int num_threads):
     # OUT y (N,OUT); IN x (N,IN), weight (OUT,IN), bias (OUT,) or empty
     cdef bint has_bias = bias.shape[0] > 0
-    cdef Py_ssize_t n, o0, o1, b, blocks = (OUT + LINEAR_BLOCK - 1) // LINEAR_BLOCK
+    cdef Py_ssize_t b, blocks = (OUT + LINEAR_BLOCK - 1) // LINEAR_BLOCK
     with nogil:
         blas_single_threaded()
         for b in prange(blocks, schedule='dynamic', num_threads=min(num_threads, blocks)):
-            o0 = b * LINEAR_BLOCK
-            o1 = min(OUT, o0 + LINEAR_BLOCK)
-            if N <= LINEAR_GEMV_MAX_ROWS:
-                # A few rows (inference on a few images): one matrix-vector
-                # product per row. GEMM would first pack (copy) the whole
-                # weight, which costs more than the product (10x at N=1).
-                for n in range(N):
-                    gemv_t(<int>IN, <int>(o1 - o0), &weight[o0 * IN], <int>IN,
-                           &x[n * IN], &y[n * OUT + o0])
-            else:
-                # y[:, o0:o1] = x @ weight[o0:o1].T
-                gemm(False, True, <int>N, <int>(o1 - o0), <int>IN, 1, &x[0], <int>IN,
-                     &weight[o0 * IN], <int>IN, 0, &y[o0], <int>OUT)
-            if has_bias:
-                for n in range(N):
-                    add_bias_row(&y[n * OUT + o0], &bias[o0], o1 - o0)
+            linear_block(&y[0], &x[0], &weight[0], &bias[0] if has_bias else NULL, N, IN, OUT, b)
+
+
+cdef inline void linear_block(floating *y, const floating *x, const floating *weight, const floating *bias,
+                              Py_ssize_t N, Py_ssize_t IN, Py_ssize_t OUT, Py_ssize_t b) noexcept nogil:
+    # Block b of the linear layer: y[:, o0:o1] = x (N,IN) @ weight[o0:o1].T (+ bias[o0:o1]),
+    # o0 = b * LINEAR_BLOCK; bias may be NULL.
+    cdef Py_ssize_t n, o0 = b * LINEAR_BLOCK, o1 = min(OUT, b * LINEAR_BLOCK + LINEAR_BLOCK)
+    if N <= LINEAR_GEMV_MAX_ROWS:
+        # A few rows (inference on a few images): one matrix-vector product per row. GEMM
+        # would first pack (copy) the whole weight, which costs more than the product (10x at N=1).
+        for n in range(N):
+            gemv_t(<int>IN, <int>(o1 - o0), weight + o0 * IN, <int>IN, x + n * IN, y + n * OUT + o0)
+    else:
+        gemm(False, True, <int>N, <int>(o1 - o0), <int>IN, 1, x, <int>IN, weight + o0 * IN, <int>IN, 0,
+             y + o0, <int>OUT)
+    if bias != NULL:
+        for n in range(N):
+            add_bias_row(y + n * OUT + o0, bias + o0, o1 - o0)
 
 
 cdef inline void add_bias_row(floating *y, const floating *bias, Py_ssize_t n) noexcept nogil:
@@ -1224,16 +1239,47 @@ def hog(floating[::1] out, const floating[::1] images, float[::1] scratch,
 
 
 # ---------------------------------------------------------------------------
+# Softmax over the rows of (N, K) scores (functional.softmax / log_softmax, and the predictor's op).
+
+cdef inline void softmax_row(floating *y, const floating *x, Py_ssize_t K, bint take_log) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef floating m = x[0], s = 0
+    for k in range(1, K):
+        if x[k] > m:
+            m = x[k]
+    for k in range(K):
+        s = s + exp(x[k] - m)
+    for k in range(K):
+        y[k] = x[k] - m - log(s) if take_log else exp(x[k] - m) / s
+
+
+def softmax_forward(floating[::1] y, const floating[::1] x, Py_ssize_t N, Py_ssize_t K, bint take_log,
+                    int num_threads):
+    # OUT y (N,K) = softmax (or log-softmax) of each row of x (N,K)
+    cdef Py_ssize_t n
+    check_scratch("softmax_forward", "x", x.shape[0], N * K)
+    check_scratch("softmax_forward", "y", y.shape[0], N * K)
+    if K == 0:
+        return
+    with nogil:
+        for n in prange(N, schedule='static', num_threads=num_threads):
+            softmax_row(&y[n * K], &x[n * K], K, take_log)
+
+
+# ---------------------------------------------------------------------------
 # The compiled forward (cyconv.compile): a model's whole inference pass in one
-# call and one parallel region. cyconv.predictor plans it: a table of ops (one
-# row per op, the columns below), the parameters in one array, the float
-# convolutions' weights packed once for the GEMM of the tier it was compiled on,
-# and the buffers sized once. Each op is a worksharing loop over what the batch
-# makes worth splitting (images, or each image's columns and channels when there
-# are fewer images than threads; output columns of the linear layers; planes;
-# rows), with a barrier between ops, so the threads wake once per forward.
-# Activations ping-pong between two buffers; the first op reads the input, the
-# last writes the output.
+# call and one parallel region. cyconv.predictor plans it from the model's graph
+# (cyconv.graph, fused and with BatchNorm folded): a table of ops (one row per
+# op, the columns below), the parameters in one array, the float convolutions'
+# weights packed once for the GEMM of the tier it was compiled on. Each op is a
+# worksharing loop over what the batch makes worth splitting (images, or each
+# image's columns and channels when there are fewer images than threads; output
+# columns of the linear layers; planes; blocks), with a barrier between ops, so
+# the threads wake once per forward. Each op's body is the one its functional
+# op runs (conv_image, conv_im2col_part/conv_gemm_part, linear_block, the C
+# pooling, activation, affine and add kernels, softmax_row): nothing is written
+# twice. Values live in the input, the output, or one of the arena's slots
+# (N times the largest value each), which the planner reuses once a value is dead.
 
 cdef enum:
     OP_CONV = 0
@@ -1242,6 +1288,8 @@ cdef enum:
     OP_ACT = 3
     OP_SOFTMAX = 4
     OP_AFFINE = 5  # y = x * weight[c] + bias[c] per channel (an eval-mode BatchNorm), then the activation
+    OP_ADD = 6     # y = src + src2, then the activation
+    OP_COPY = 7    # y[n, coff:coff+In] = src[n] (a Concat, one input at a time): rows of F_CTOT
 
     ACT_NONE = 0
     ACT_RELU = 1
@@ -1252,6 +1300,9 @@ cdef enum:
     POOL_NONE = 0
     POOL_MAX = 1
     POOL_AVG = 2
+
+    LOC_X = -1    # where a value lives: the input, the output, or slot k >= 0 of the arena
+    LOC_OUT = -2
 
     # columns of the op table
     F_KIND = 0
@@ -1283,7 +1334,12 @@ cdef enum:
     F_PACKED = 26
     F_IN = 27    # elements per image of the op's input and output
     F_OUT = 28
-    OP_FIELDS = 29
+    F_SRC = 29   # locations (LOC_X, LOC_OUT or a slot) of the input, the second input (OP_ADD), the output
+    F_SRC2 = 30
+    F_DST = 31
+    F_COFF = 32  # OP_COPY: offset in the output row, and the row's length
+    F_CTOT = 33
+    OP_FIELDS = 34
 
 
 def op_fields():
@@ -1291,11 +1347,12 @@ def op_fields():
     return dict(kind=F_KIND, act=F_ACT, pool=F_POOL, C=F_C, H=F_H, W=F_W, O=F_O, kh=F_KH, kw=F_KW, sh=F_SH,
                 sw=F_SW, ph=F_PH, pw=F_PW, Ho=F_HO, Wo=F_WO, pkh=F_PKH, pkw=F_PKW, psh=F_PSH, psw=F_PSW, pph=F_PPH,
                 ppw=F_PPW, pHo=F_PHO, pWo=F_PWO, pincl=F_PINCL, weight=F_WEIGHT, bias=F_BIAS, packed=F_PACKED,
-                In=F_IN, Out=F_OUT, count=OP_FIELDS,
+                In=F_IN, Out=F_OUT, src=F_SRC, src2=F_SRC2, dst=F_DST, coff=F_COFF, ctot=F_CTOT, count=OP_FIELDS,
                 OP_CONV=OP_CONV, OP_LINEAR=OP_LINEAR, OP_POOL=OP_POOL, OP_ACT=OP_ACT, OP_SOFTMAX=OP_SOFTMAX,
-                OP_AFFINE=OP_AFFINE,
+                OP_AFFINE=OP_AFFINE, OP_ADD=OP_ADD, OP_COPY=OP_COPY,
                 ACT_NONE=ACT_NONE, ACT_RELU=ACT_RELU, ACT_SIGMOID=ACT_SIGMOID, ACT_TANH=ACT_TANH,
-                ACT_LOG=ACT_LOG, POOL_NONE=POOL_NONE, POOL_MAX=POOL_MAX, POOL_AVG=POOL_AVG)
+                ACT_LOG=ACT_LOG, POOL_NONE=POOL_NONE, POOL_MAX=POOL_MAX, POOL_AVG=POOL_AVG,
+                LOC_X=LOC_X, LOC_OUT=LOC_OUT)
 
 
 def packed_size(Py_ssize_t M, Py_ssize_t K, int isa):
@@ -1361,30 +1418,28 @@ cdef inline void conv_epilogue_plane(const Py_ssize_t *op, floating *y, floating
         pool_plane(op, y, conv_out, relu_in_pool)
 
 
-cdef inline void softmax_row(floating *y, const floating *x, Py_ssize_t K, bint take_log) noexcept nogil:
-    cdef Py_ssize_t k
-    cdef floating m = x[0], s = 0
-    for k in range(1, K):
-        if x[k] > m:
-            m = x[k]
-    for k in range(K):
-        s = s + exp(x[k] - m)
-    for k in range(K):
-        y[k] = x[k] - m - log(s) if take_log else exp(x[k] - m) / s
+cdef inline floating *location(Py_ssize_t loc, const floating *x, floating *out, floating *arena,
+                               Py_ssize_t slot) noexcept nogil:
+    if loc == LOC_X:
+        return <floating *>x  # only ever read: the planner never writes the input
+    if loc == LOC_OUT:
+        return out
+    return arena + loc * slot
 
 
 def predict(floating[::1] out, const floating[::1] x, const Py_ssize_t[:, ::1] ops, const floating[::1] params,
-            const float[::1] packed, int gemm_isa, floating[::1] act_a, floating[::1] act_b,
+            const float[::1] packed, int gemm_isa, floating[::1] arena, Py_ssize_t slot,
             floating[::1] scratch, Py_ssize_t per_thread, Py_ssize_t N, int num_threads):
-    # OUT out (N, last op's F_OUT); IN x (N, first op's F_IN); ops (nops, OP_FIELDS); params: every
+    # OUT out (N, the output's size); IN x (N, the input's size); ops (nops, OP_FIELDS); params: every
     # weight and bias; packed: the float convolutions' weights packed for tier gemm_isa's GEMM.
-    # act_a, act_b (N * the largest activation); SCRATCH (num_threads, per_thread): per thread one
-    # image's im2col columns and its convolution output (with fewer images than threads, the same
+    # arena (slots * slot, slot >= N * the largest value); SCRATCH (num_threads, per_thread): per thread
+    # one image's im2col columns and its convolution output (with fewer images than threads, the same
     # space holds every image's).
-    cdef Py_ssize_t nops = ops.shape[0], l, n, p, it, b, c0, c1, l0, l1, o0, o1, i, K, L, PL, C, H, W, O, chunk
+    cdef Py_ssize_t nops = ops.shape[0], l, n, p, it, b, i, K, L, PL, C, H, W, O, chunk, loc, nslots = 0
     cdef const cyconv_gemm *g = gemm_kernel_for(gemm_isa)
     cdef const Py_ssize_t *op
     cdef const floating *src
+    cdef const floating *src2
     cdef floating *dst
     cdef floating *buf
     cdef floating *conv_out
@@ -1392,23 +1447,31 @@ def predict(floating[::1] out, const floating[::1] x, const Py_ssize_t[:, ::1] o
     cdef const floating *w
     cdef const floating *bias
     cdef const float *pw_
-    cdef bint direct, pooled, split
+    cdef bint direct, pooled
     cdef int t
     if nops == 0 or N == 0:
         return
-    check_scratch("predict", "x", x.shape[0], N * ops[0, F_IN])
-    check_scratch("predict", "out", out.shape[0], N * ops[nops - 1, F_OUT])
     check_scratch("predict", "scratch", scratch.shape[0], num_threads * per_thread)
     for l in range(nops):
-        check_scratch("predict", "act_a", act_a.shape[0], N * ops[l, F_OUT] if l < nops - 1 else 0)
-        check_scratch("predict", "act_b", act_b.shape[0], N * ops[l, F_OUT] if l < nops - 1 else 0)
+        for loc in (ops[l, F_SRC], ops[l, F_SRC2], ops[l, F_DST]):
+            nslots = max(nslots, loc + 1)
+        if ops[l, F_DST] == LOC_X:
+            raise ValueError("predict: an op writes the input (a planning bug)")
+        check_scratch("predict", "x" if ops[l, F_SRC] == LOC_X else "a value", x.shape[0] if ops[l, F_SRC] == LOC_X
+                      else slot, N * ops[l, F_IN])
+        check_scratch("predict", "out" if ops[l, F_DST] == LOC_OUT else "a slot", out.shape[0]
+                      if ops[l, F_DST] == LOC_OUT else slot, N * (ops[l, F_CTOT] if ops[l, F_KIND] == OP_COPY
+                                                                  else ops[l, F_OUT]))
+    check_scratch("predict", "arena", arena.shape[0], nslots * slot)
     with nogil:
         blas_single_threaded()
         with parallel(num_threads=num_threads):
             for l in range(nops):
                 op = &ops[l, 0]
-                src = &x[0] if l == 0 else (&act_a[0] if l % 2 == 1 else &act_b[0])
-                dst = &out[0] if l == nops - 1 else (&act_a[0] if l % 2 == 0 else &act_b[0])
+                src = location(op[F_SRC], &x[0], &out[0], &arena[0] if nslots else NULL, slot)
+                src2 = location(op[F_SRC2], &x[0], &out[0], &arena[0] if nslots else NULL, slot) \
+                    if op[F_KIND] == OP_ADD else NULL
+                dst = location(op[F_DST], &x[0], &out[0], &arena[0] if nslots else NULL, slot)
                 if op[F_KIND] == OP_CONV:
                     C, H, W, O = op[F_C], op[F_H], op[F_W], op[F_O]
                     K = C * op[F_KH] * op[F_KW]
@@ -1419,8 +1482,7 @@ def predict(floating[::1] out, const floating[::1] x, const Py_ssize_t[:, ::1] o
                     w = &params[op[F_WEIGHT]]
                     bias = &params[op[F_BIAS]] if op[F_BIAS] >= 0 else NULL
                     pw_ = &packed[op[F_PACKED]] if op[F_PACKED] >= 0 else NULL
-                    split = N < num_threads
-                    if not split:  # one image at a time per thread, in its cache
+                    if N >= num_threads:  # one image at a time per thread, in its cache
                         for n in prange(N, schedule='dynamic'):
                             buf = &scratch[threadid() * per_thread]
                             conv_out = buf + K * L if pooled else dst + n * O * L
@@ -1434,18 +1496,14 @@ def predict(floating[::1] out, const floating[::1] x, const Py_ssize_t[:, ::1] o
                         if not direct:
                             for it in prange(N * num_threads, schedule='static'):
                                 n, t = it // num_threads, it % num_threads
-                                c0, c1 = C * t // num_threads, C * (t + 1) // num_threads
-                                if c0 < c1:
-                                    im2col_image(&scratch[0] + (n * K + c0 * op[F_KH] * op[F_KW]) * L, L,
-                                                 src + (n * C + c0) * H * W, c1 - c0, H, W, op[F_KH], op[F_KW],
-                                                 op[F_SH], op[F_SW], op[F_PH], op[F_PW], op[F_HO], op[F_WO])
+                                conv_im2col_part(&scratch[0] + n * K * L, src + n * C * H * W, C, H, W, op[F_KH],
+                                                 op[F_KW], op[F_SH], op[F_SW], op[F_PH], op[F_PW], op[F_HO],
+                                                 op[F_WO], t, num_threads)
                         for it in prange(N * num_threads, schedule='static'):
                             n, t = it // num_threads, it % num_threads
-                            l0, l1 = block_start(L, num_threads, t), block_start(L, num_threads, t + 1)
                             cols = src + n * C * H * W if direct else &scratch[0] + n * K * L
                             conv_out = (&scratch[0] + N * K * L + n * O * L) if pooled else dst + n * O * L
-                            if l0 < l1:
-                                conv_output_gemm(g, pw_, O, l1 - l0, K, w, cols + l0, L, conv_out + l0, L, bias)
+                            conv_gemm_part(g, pw_, O, L, K, w, cols, conv_out, bias, t, num_threads)
                         for p in prange(N * O, schedule='static'):
                             conv_out = (&scratch[0] + N * K * L) if pooled else dst
                             conv_epilogue_plane(op, dst + p * PL, conv_out + p * L)
@@ -1454,18 +1512,10 @@ def predict(floating[::1] out, const floating[::1] x, const Py_ssize_t[:, ::1] o
                     w = &params[op[F_WEIGHT]]
                     bias = &params[op[F_BIAS]] if op[F_BIAS] >= 0 else NULL
                     for b in prange((O + LINEAR_BLOCK - 1) // LINEAR_BLOCK, schedule='dynamic'):
-                        o0 = b * LINEAR_BLOCK
-                        o1 = min(O, o0 + LINEAR_BLOCK)
-                        if N <= LINEAR_GEMV_MAX_ROWS:
-                            for n in range(N):
-                                gemv_t(<int>C, <int>(o1 - o0), w + o0 * C, <int>C, src + n * C, dst + n * O + o0)
-                        else:
-                            gemm(False, True, <int>N, <int>(o1 - o0), <int>C, 1, src, <int>C, w + o0 * C, <int>C,
-                                 0, dst + o0, <int>O)
+                        linear_block(dst, src, w, bias, N, C, O, b)
                         for n in range(N):
-                            if bias != NULL:
-                                add_bias_row(dst + n * O + o0, bias + o0, o1 - o0)
-                            activate(op[F_ACT], dst + n * O + o0, dst + n * O + o0, o1 - o0)
+                            activate(op[F_ACT], dst + n * O + b * LINEAR_BLOCK, dst + n * O + b * LINEAR_BLOCK,
+                                     min(O, (b + 1) * LINEAR_BLOCK) - b * LINEAR_BLOCK)
                 elif op[F_KIND] == OP_POOL:
                     for p in prange(N * op[F_C], schedule='static'):
                         pool_plane(op, dst + p * op[F_PHO] * op[F_PWO], src + p * op[F_H] * op[F_W],
@@ -1478,12 +1528,26 @@ def predict(floating[::1] out, const floating[::1] x, const Py_ssize_t[:, ::1] o
                         else:
                             channel_affine_f64(dst, src, &params[op[F_WEIGHT]], &params[op[F_BIAS]], C, L, n, n + 1)
                         activate(op[F_ACT], dst + n * C * L, dst + n * C * L, C * L)
-                elif op[F_KIND] == OP_ACT:
+                elif op[F_KIND] == OP_ACT or op[F_KIND] == OP_ADD:
                     chunk = (N * op[F_IN] + num_threads - 1) // num_threads
                     for t in prange(num_threads, schedule='static'):
                         i = t * chunk
                         if i < N * op[F_IN]:
-                            activate(op[F_ACT], dst + i, src + i, min(chunk, N * op[F_IN] - i))
+                            if op[F_KIND] == OP_ACT:
+                                activate(op[F_ACT], dst + i, src + i, min(chunk, N * op[F_IN] - i))
+                            else:
+                                if floating is float:
+                                    add_forward_f32(dst + i, src + i, src2 + i, min(chunk, N * op[F_IN] - i),
+                                                    op[F_ACT] == ACT_RELU)
+                                else:
+                                    add_forward_f64(dst + i, src + i, src2 + i, min(chunk, N * op[F_IN] - i),
+                                                    op[F_ACT] == ACT_RELU)
+                                if op[F_ACT] != ACT_RELU:
+                                    activate(op[F_ACT], dst + i, dst + i, min(chunk, N * op[F_IN] - i))
+                elif op[F_KIND] == OP_COPY:
+                    for n in prange(N, schedule='static'):
+                        for i in range(op[F_IN]):
+                            dst[n * op[F_CTOT] + op[F_COFF] + i] = src[n * op[F_IN] + i]
                 else:  # OP_SOFTMAX
                     for n in prange(N, schedule='static'):
                         softmax_row(dst + n * op[F_IN], src + n * op[F_IN], op[F_IN], op[F_ACT] == ACT_LOG)

@@ -657,9 +657,7 @@ def _saturating_backward(op, fn, grad_y, y):
 
 def softmax(x):
     """y = exp(x - max) / sum(exp(x - max)) over the last axis of x (N, K)."""
-    x = _float_array(x, "x", "softmax", ndim=2)
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    return _softmax("softmax", x, False)
 
 
 def softmax_backward(grad_y, y):
@@ -670,9 +668,16 @@ def softmax_backward(grad_y, y):
 
 def log_softmax(x):
     """y = x - max - log(sum(exp(x - max))) over the last axis of x (N, K)."""
-    x = _float_array(x, "x", "log_softmax", ndim=2)
-    shifted = x - x.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return _softmax("log_softmax", x, True)
+
+
+def _softmax(fn, x, take_log):
+    """The compiled row kernel the predictor's softmax op runs too."""
+    x = _float_array(x, "x", fn, ndim=2)
+    y = np.empty_like(x)
+    N, K = x.shape
+    _kernels.softmax_forward(y.reshape(-1), x.reshape(-1), N, K, take_log, threads_for(N, K * 16))
+    return y
 
 
 def log_softmax_backward(grad_y, y):

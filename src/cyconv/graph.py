@@ -38,10 +38,12 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import functional as F
 from . import nn
 
-__all__ = ["Value", "Node", "Trace", "trace", "shapes", "FUSIONS", "fuse"]
+__all__ = ["Value", "Node", "Trace", "trace", "shapes", "FUSIONS", "fuse", "fold_batch_norms"]
 
 
 class Value:
@@ -101,6 +103,7 @@ class Trace:
 
 class _Tracer:
     def __init__(self, root):
+        self.root = root
         self.nodes = []
         self.names = {id(m): name for name, m in _named_modules(root)}
         self.used = {}        # id(module) -> how many nodes call it
@@ -113,7 +116,8 @@ class _Tracer:
                 raise TypeError(f"trace(): {type(module).__name__} got argument {i} of type {got}: inside a traced "
                                 "forward, layers take the values other layers return (no arrays or constants)")
         name = self.names.get(id(module))
-        if name is None:
+        if name is None:  # a layer the forward made (`a + b`): not a child, so it follows the model's mode
+            module._original = (self.root,)
             base = anonymous or type(module).__name__.lower()
             count = self.anonymous.get(base, 0)
             self.anonymous[base] = count + 1
@@ -163,46 +167,54 @@ def shapes(tr: Trace, input_shape) -> list:
         try:
             values.append(tuple(int(s) for s in node.module.output_shape(*(values[v] for v in node.inputs))))
         except ValueError as e:
-            raise ValueError(f"layer {node.name!r} ({type(node.module).__name__}): {e}") from None
+            raise ValueError(f"layer {node.name} ({type(node.module).__name__}) {e}") from None
     return values
 
 
 # ---------------------------------------------------------------------------
-# Fusions: a pattern of layer types along a chain (each value inside it read by the next layer only),
-# a condition on the layers, and the fused op. Exact types, so a subclass with its own forward runs as
-# itself. Longest patterns first.
+# Rewrites of the graph. Fusions: a pattern of layer types along a chain (each value inside it read by
+# the next layer only; an element of the pattern is a type or a tuple of types), and which of its
+# matches training runs too (training's fused kernels cover fewer cases than the predictor's op).
+# Exact types, so a subclass with its own forward runs as itself. Longest patterns first.
 
 @dataclass(frozen=True)
 class Fusion:
     name: str
     pattern: tuple
-    training: bool            # the training runner takes it too (else only cyconv.compile)
-    condition: object = None  # layers -> bool
+    trainable: object = None  # layers -> whether training runs this match fused (None: never)
 
-    def matches(self, layers):
-        return all(type(m) is t for m, t in zip(layers, self.pattern)) and (
-            self.condition is None or self.condition(layers))
-
-
-def _bn_after(layers):
-    bn = layers[1]
-    return bn.track_running_stats and (type(layers[0]) is not nn.Linear or type(bn) is nn.BatchNorm1d)
+    def matches(self, layers, training):
+        if not all(type(m) in (t if isinstance(t, tuple) else (t,)) for m, t in zip(layers, self.pattern)):
+            return False
+        return not training or (self.trainable is not None and self.trainable(layers))
 
 
-# The activations a convolution, linear layer, BatchNorm or Add can end in, in cyconv.compile.
-ACTIVATIONS = (nn.ReLU, nn.Sigmoid, nn.Tanh)
+def _activations():
+    return tuple(getattr(nn, name) for name in ("ReLU", "Sigmoid", "Tanh", "Hardtanh", "ReLU6") if hasattr(nn, name))
+
+
+ACTIVATIONS = _activations()       # what a convolution, linear layer, BatchNorm or Add can end in
+POOLS = (nn.MaxPool2d, nn.AvgPool2d)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def _relu_max(act, pool):
+    return type(act) is nn.ReLU and type(pool) is nn.MaxPool2d
+
 
 FUSIONS = (
-    # Training and inference: the convolution's output is pooled while in cache, never written.
-    Fusion("conv_relu_pool", (nn.Conv2d, nn.ReLU, nn.MaxPool2d), training=True),
+    # Each image's convolution output is activated and pooled while in cache, never written to memory.
+    # Training has this kernel for ReLU and max pooling (functional.conv2d_relu_max_pool2d).
+    Fusion("conv_act_pool", (nn.Conv2d, ACTIVATIONS, POOLS), trainable=lambda m: _relu_max(m[1], m[2])),
     # max_pool2d(relu(x)) in one pass: the ReLU's own read and write cost more than pooling.
-    Fusion("relu_pool", (nn.ReLU, nn.MaxPool2d), training=True),
-    # relu(a + b), the end of a residual block: one pass instead of two.
-    Fusion("add_relu", (nn.Add, nn.ReLU), training=True),
-    # Inference only: an eval-mode BatchNorm is a fixed scale and shift per channel, folded into the
-    # weights and bias of the convolution or linear layer before it.
-    Fusion("fold_batch_norm", (nn.Conv2d, nn.BatchNorm2d), training=False, condition=_bn_after),
-    Fusion("fold_batch_norm", (nn.Linear, nn.BatchNorm1d), training=False, condition=_bn_after),
+    Fusion("relu_pool", (nn.ReLU, nn.MaxPool2d), trainable=lambda m: True),
+    # act(a + b), the end of a residual block: one pass instead of two (training: ReLU).
+    Fusion("add_act", (nn.Add, ACTIVATIONS), trainable=lambda m: type(m[1]) is nn.ReLU),
+    # Inference only: the activation (or pooling) applied to each output block while it is in cache.
+    Fusion("conv_act", (nn.Conv2d, ACTIVATIONS)),
+    Fusion("conv_pool", (nn.Conv2d, POOLS)),
+    Fusion("linear_act", (nn.Linear, ACTIVATIONS)),
+    Fusion("batch_norm_act", (BATCH_NORMS, ACTIVATIONS)),
 )
 
 
@@ -223,9 +235,8 @@ def fuse(tr: Trace, *, training: bool, fusions=FUSIONS) -> list:
     readers, nodes = tr.readers(), tr.nodes
     steps, i = [], 0
     while i < len(nodes):
-        match = next(((f, run) for f in fusions if not (training and not f.training)
-                      for run in [_chain(nodes, readers, i, len(f.pattern))]
-                      if run is not None and f.matches([nodes[j].module for j in run])), None)
+        match = next(((f, run) for f in fusions for run in [_chain(nodes, readers, i, len(f.pattern))]
+                      if run is not None and f.matches([nodes[j].module for j in run], training)), None)
         if match is None:
             steps.append((i + 1, nodes[i]))
             i += 1
@@ -235,6 +246,47 @@ def fuse(tr: Trace, *, training: bool, fusions=FUSIONS) -> list:
         steps.append((run[-1] + 1, Fused(fusion, nodes[run[0]].name, layers, nodes[run[0]].inputs)))
         i = run[-1] + 1
     return steps
+
+
+def fold_batch_norms(tr: Trace) -> Trace:
+    """Inference only: each eval-mode BatchNorm (running statistics) that is the only reader of a
+    Conv2d's or Linear's output is folded into a copy of that layer (weight * scale per output channel,
+    bias * scale + shift, computed in float64) and leaves the graph. The model is not changed."""
+    readers = tr.readers()
+    nodes, renumber, i = [], {0: 0}, 0
+    while i < len(tr.nodes):
+        node = tr.nodes[i]
+        nxt = tr.nodes[i + 1] if i + 1 < len(tr.nodes) else None
+        if (nxt is not None and type(node.module) in (nn.Conv2d, nn.Linear) and type(nxt.module) in BATCH_NORMS
+                and nxt.inputs == (i + 1,) and readers[i + 1] == [i + 1] and nxt.module.track_running_stats
+                and (type(node.module) is nn.Conv2d) == (type(nxt.module) is nn.BatchNorm2d)):
+            nodes.append(Node(node.name, _folded(node.module, nxt.module), tuple(renumber[v] for v in node.inputs)))
+            renumber[i + 1] = renumber[i + 2] = len(nodes)
+            i += 2
+            continue
+        nodes.append(Node(node.name, node.module, tuple(renumber[v] for v in node.inputs)))
+        renumber[i + 1] = len(nodes)
+        i += 1
+    return Trace(nodes, renumber[tr.output])
+
+
+def batch_norm_scale_shift(bn):
+    """(scale, shift) per channel, float64, of an eval-mode BatchNorm: y = x * scale + shift."""
+    invstd = 1 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    scale = invstd if bn.weight is None else invstd * bn.weight.data
+    shift = -bn.running_mean * scale + (0 if bn.bias is None else bn.bias.data)
+    return scale, shift
+
+
+def _folded(layer, bn):
+    scale, shift = batch_norm_scale_shift(bn)
+    folded = copy.copy(layer)
+    dtype = layer.weight.data.dtype
+    w = layer.weight.data * scale.reshape((-1,) + (1,) * (layer.weight.data.ndim - 1))
+    b = 0 if layer.bias is None else layer.bias.data.astype(np.float64)
+    folded.weight = nn.Parameter(w.astype(dtype))
+    folded.bias = nn.Parameter((b * scale + shift).astype(dtype))
+    return folded
 
 
 def _chain(nodes, readers, i, length):
@@ -262,9 +314,11 @@ class _Step:
         self.layers = (node.module,)
 
     def sync(self):
-        original = getattr(self.module, "_original", None)
-        if original is not None:
-            self.module.training = original[0].training
+        """A second call of a layer runs a copy (see _Tracer.record): it follows the original's mode."""
+        for layer in self.layers:
+            original = getattr(layer, "_original", None)
+            if original is not None:
+                layer.training = original[0].training
 
     def forward(self, *xs):
         self.sync()
@@ -286,6 +340,7 @@ class _FusedStep(_Step):
         self.name, self.layers, self.inputs = fused.name, fused.layers, fused.inputs
 
     def forward(self, *xs):
+        self.sync()
         for layer in self.layers:
             layer._ran_fused()
         training = self.layers[0].training
@@ -343,26 +398,24 @@ class _ReluPool(_FusedStep):
 
 
 class _AddRelu(_FusedStep):
-    """Add -> ReLU as functional.add(..., relu=True): relu(a + b) in one pass. Its backward hands
-    the same gradient array to both inputs (nobody writes into a gradient it was given)."""
+    """Add -> ReLU as functional.add(..., relu=True): relu(a + b) in one pass (the last two inputs,
+    after the sum of any others). Its backward hands the same gradient array to every input (nobody
+    writes into a gradient it was given)."""
 
-    def __init__(self, fused):
-        super().__init__(fused)
-        if len(self.inputs) != 2:
-            raise TypeError("add_relu fuses a two-input Add")
-
-    def _run(self, a, b, training):
-        y = F.add(a, b, relu=True)
+    def _run(self, *args):
+        *xs, training = args
+        y = xs[0]
+        for x in xs[1:-1]:
+            y = F.add(y, x)
+        y = F.add(y, xs[-1], relu=True)
         return y, (y,)
 
     def _backward(self, grad, input_grad, y):
-        if not input_grad:
-            return (None, None)
-        g = F.relu_backward(grad, y)
-        return (g, g)
+        g = F.relu_backward(grad, y) if input_grad else None
+        return (g,) * len(self.inputs)
 
 
-_FUSED_STEPS = {"conv_relu_pool": _ConvReluPool, "relu_pool": _ReluPool, "add_relu": _AddRelu}
+_FUSED_STEPS = {"conv_act_pool": _ConvReluPool, "relu_pool": _ReluPool, "add_act": _AddRelu}
 
 
 class _Runner:

@@ -349,11 +349,11 @@ def _parameter_gradients(weight, bias, backward):
 def _window_shape(layer, shape, kernel, stride, padding, dilation=(1, 1)):
     """(Ho, Wo) of a sliding window over a (C, H, W) image; ValueError when it does not fit."""
     if len(shape) != 3:
-        raise ValueError(f"{type(layer).__name__} needs (C, H, W) images, got {shape}")
+        raise ValueError(f"needs (C, H, W) images, the input is {shape} per image")
     _, h, w = shape
     span = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
     if h + 2 * padding[0] < span[0] or w + 2 * padding[1] < span[1]:
-        raise ValueError(f"{type(layer).__name__}: kernel {tuple(kernel)} is larger than the padded input "
+        raise ValueError(f"kernel {tuple(kernel)} is larger than its padded input "
                          f"{(h + 2 * padding[0], w + 2 * padding[1])}")
     return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip((h, w), span, stride, padding))
 
@@ -411,7 +411,7 @@ class Conv2d(Module):
 
     def output_shape(self, shape):
         if len(shape) == 3 and shape[0] != self.in_channels:
-            raise ValueError(f"Conv2d expects {self.in_channels} channels, got {shape}")
+            raise ValueError(f"expects {self.in_channels} channels, the input is {shape}")
         return (self.out_channels, *_window_shape(self, shape, self.kernel_size, self.stride, self.padding,
                                                   getattr(self, "dilation", (1, 1))))
 
@@ -577,7 +577,7 @@ class Softmax(Module):
 
     def output_shape(self, shape):
         if len(shape) != 1:
-            raise ValueError(f"Softmax needs (N, K) scores, got {shape} per example")
+            raise ValueError(f"needs (N, K) scores, the input is {shape} per image")
         return shape
 
     def forward(self, x):
@@ -607,7 +607,7 @@ class LogSoftmax(Module):
 
     def output_shape(self, shape):
         if len(shape) != 1:
-            raise ValueError(f"LogSoftmax needs (N, K) scores, got {shape} per example")
+            raise ValueError(f"needs (N, K) scores, the input is {shape} per image")
         return shape
 
     def forward(self, x):
@@ -714,7 +714,7 @@ class _BatchNorm(Module):
 
     def output_shape(self, shape):
         if len(shape) + 1 not in self._dims or shape[0] != self.num_features:
-            raise ValueError(f"{type(self).__name__} expects {self.num_features} channels, got {shape}")
+            raise ValueError(f"expects {self.num_features} channels, the input is {shape} per image")
         return shape
 
     def forward(self, x):
@@ -831,7 +831,7 @@ class Linear(Module):
 
     def output_shape(self, shape):
         if tuple(shape) != (self.in_features,):
-            raise ValueError(f"Linear expects {self.in_features} features, got {shape} (a Flatten missing?)")
+            raise ValueError(f"expects {self.in_features} features, the input is {shape} (a Flatten missing?)")
         return (self.out_features,)
 
     def extra_repr(self):

@@ -67,9 +67,9 @@ def export(model, path, *, input_shape=None):
     from onnx import TensorProto, helper, numpy_helper
 
     from . import __version__
-    from .predictor import _flatten
+    from . import graph
 
-    layers = _flatten(model)
+    layers = [node.module for node in graph.trace(model).nodes]
     params = [p.data for layer in layers for p in layer.parameters()]
     dtypes = {p.dtype for p in params} or {np.dtype(np.float32)}
     if len(dtypes) > 1:

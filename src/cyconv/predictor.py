@@ -3,16 +3,18 @@
     predictor = cyconv.compile(model, batch_size=64)
     logits = predictor(x)                  # equals model.eval()(x), to float rounding
 
-`compile` copies the model's parameters (changing the model afterwards does not change the
-predictor: compile it again), packs the float convolutions' weights once for the GEMM of the ISA
-tier in use, and plans the layers as ops of one compiled call (`cyconv._kernels.predict`): no Python
-between layers, every intermediate buffer allocated once and reused, and the threads woken once per
-call, splitting what the batch makes worth splitting (images; each image's columns and channels
-when there are fewer images than threads; the linear layers' output columns; planes). Runs of
-Conv2d -> activation -> pooling, activation -> MaxPool2d and Linear -> activation run as one op.
-A BatchNorm (eval mode: a fixed scale and shift per channel) right after a Conv2d or Linear is
-folded into its weights and bias; anywhere else it is a per-channel affine op (with the activation
-after it). Dropout does nothing at inference and is left out.
+`compile` copies the model's parameters (changing the model afterwards does not change the predictor:
+compile it again), packs the float convolutions' weights once for the GEMM of the ISA tier in use,
+and plans the model's graph (cyconv.graph: the same description training runs) as ops of one compiled
+call (`cyconv._kernels.predict`): no Python between layers, every intermediate value in a buffer
+allocated once and reused once the value is dead, and the threads woken once per call, splitting
+what the batch makes worth splitting (images; each image's columns and channels when there are fewer
+images than threads; the linear layers' output columns; planes). The graph is rewritten first, each
+rewrite written once in cyconv.graph: every eval-mode BatchNorm right after a Conv2d or Linear is
+folded into its weights and bias (anywhere else it is a per-channel affine op), and the fusions run
+Conv2d -> activation -> pooling, Conv2d -> activation, ReLU -> MaxPool2d, Linear -> activation,
+BatchNorm -> activation and Add -> activation as one op each. Flatten, Identity and Dropout (nothing
+at inference) are no op at all: their output is their input's buffer.
 
 The plan is made for the first input shape a predictor sees (or `input_shape`), and buffers grow
 to the largest batch seen (`batch_size` sizes them up front). A predictor is safe to call from
@@ -21,12 +23,13 @@ several threads (calls take turns). Inference only: eval semantics, no gradients
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 
 import numpy as np
 
-from . import _kernels, nn
+from . import _kernels, graph, nn
 from ._isa import TIERS, get_isa
 from ._threads import MIN_WORK_PER_THREAD, get_num_threads, threads_for
 
@@ -36,14 +39,15 @@ _F = _kernels.op_fields()
 _ACTIVATIONS = {nn.ReLU: _F["ACT_RELU"], nn.Sigmoid: _F["ACT_SIGMOID"], nn.Tanh: _F["ACT_TANH"]}
 _POOLS = {nn.MaxPool2d: _F["POOL_MAX"], nn.AvgPool2d: _F["POOL_AVG"]}
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-# Layers that do nothing at inference (Dropout, and Identity when cyconv has it) are listed here.
-_IDENTITY_AT_INFERENCE = tuple(getattr(nn, name) for name in ("Dropout", "Identity") if hasattr(nn, name))
+_ALIASES = (nn.Flatten, nn.Identity, nn.Dropout)  # no op: the value is the input's buffer
+_COMPILABLE = (nn.Conv2d, nn.Linear, nn.Softmax, nn.LogSoftmax, nn.Add, nn.Concat, *_ACTIVATIONS, *_POOLS,
+               *_BATCH_NORMS, *_ALIASES)
 
 
 def compile(model, *, batch_size=None, input_shape=None):  # noqa: A001 (cyconv.compile, as torch.compile)
     """A Predictor that runs `model`'s inference pass as one compiled call (see the module docstring).
 
-    model: a Sequential (nested ones are flattened) or a single layer of cyconv.nn.
+    model: any cyconv.nn model (a Sequential, an nn.Graph, a composite Module) or a single layer.
     batch_size: size the buffers for batches of up to this many images now (default: on first use).
     input_shape: one image's shape, e.g. (1, 28, 28), to plan now (default: from the first input).
     """
@@ -58,18 +62,25 @@ class Predictor:
     """
 
     def __init__(self, model, *, batch_size=None, input_shape=None):
-        layers = _flatten(model)
-        params = [p for layer in layers for p in layer.parameters()]
-        dtypes = {p.data.dtype for p in params}
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"compile(): model must be a cyconv.nn module, got {type(model).__name__}")
+        dtypes = {p.data.dtype for p in model.parameters()}
         if len(dtypes) > 1:
             raise TypeError(f"compile(): the model mixes parameter dtypes {sorted(map(str, dtypes))}")
         self.dtype = dtypes.pop() if dtypes else np.dtype(np.float32)
-        for layer in layers:
-            if not isinstance(layer, _COMPILABLE):
-                raise TypeError(f"compile(): no compiled form for {type(layer).__name__}; compilable layers: "
-                                f"{', '.join(sorted(cls.__name__ for cls in _COMPILABLE))}")
+        tr = graph.trace(model)
+        for node in tr.nodes:
+            if type(node.module) not in _COMPILABLE:
+                raise TypeError(f"compile(): no compiled form for {type(node.module).__name__} (layer {node.name}); "
+                                f"compilable layers: {', '.join(sorted(c.__name__ for c in _COMPILABLE))}")
+            if isinstance(node.module, _BATCH_NORMS) and not node.module.track_running_stats:
+                raise TypeError(f"compile(): {type(node.module).__name__} without running statistics normalises "
+                                "with each batch's own; a predictor needs the fixed ones of eval mode")
+            _check_compilable(node)
         # Snapshots: the predictor keeps nothing mutable of the model.
-        self._layers = _fold_batch_norms([_Snapshot(layer) for layer in layers])
+        self._trace = graph.fold_batch_norms(graph.Trace([graph.Node(n.name, _snapshot(n.module), n.inputs)
+                                                          for n in tr.nodes], tr.output))
+        self._steps = graph.fuse(self._trace, training=False)
         self.isa = get_isa()
         self.input_shape = None
         self.batch_size = 0
@@ -101,7 +112,7 @@ class Predictor:
             out = np.empty((n,) + self.output_shape, self.dtype)
             if n == 0:
                 return out
-            if not self._ops.shape[0]:  # only Flatten and friends
+            if self._output_is_input:  # nothing but Flatten and friends on the way out
                 out[...] = x.reshape(out.shape)
                 return out
             self._reserve(max(n, self._wanted_batch or 0))
@@ -110,21 +121,24 @@ class Predictor:
             if nt * self._per_thread > self._scratch.size:
                 self._scratch = np.empty(get_num_threads() * self._per_thread, self.dtype)
             _kernels.predict(out.reshape(-1), x.reshape(-1), self._ops, self._params, self._packed,
-                             TIERS.index(self.isa), self._act[0], self._act[1], self._scratch,
+                             TIERS.index(self.isa), self._arena, n * self._largest, self._scratch,
                              self._per_thread, n, nt)
             return out
 
     def __repr__(self):
         shape = "unplanned" if self.input_shape is None else f"input {self.input_shape} -> {self.output_shape}"
-        return (f"Predictor({len(self._layers)} layers, {shape}, dtype={self.dtype}, isa={self.isa!r}, "
+        return (f"Predictor({len(self._trace.nodes)} layers, {shape}, dtype={self.dtype}, isa={self.isa!r}, "
                 f"batch_size={self.batch_size})")
 
     # -- planning -----------------------------------------------------------
 
     def _plan(self, input_shape):
+        try:
+            shapes = graph.shapes(self._trace, input_shape)
+        except ValueError as e:
+            raise ValueError(f"compile(): {e}") from None
         rows, params, packed = [], [], []
-        shape, macs, per_thread = input_shape, 0, 0
-        layers, i = self._layers, 0
+        macs, per_thread = 0, 0
         use_packed = self.dtype == np.float32 and _kernels.own_gemm_enabled()
         isa = TIERS.index(self.isa)
 
@@ -134,110 +148,126 @@ class Predictor:
                          .reshape(-1))
             return start
 
-        while i < len(layers):
-            layer, kind = layers[i], layers[i].cls
+        def new_row(kind, src, dst, in_shape, out_shape):
             row = np.zeros(_F["count"], np.intp)
             row[_F["weight"]] = row[_F["bias"]] = row[_F["packed"]] = -1
-            in_shape = shape
+            row[_F["kind"]], row[_F["src"]], row[_F["dst"]] = _F[kind], src, dst
+            row[_F["In"]], row[_F["Out"]] = math.prod(in_shape), math.prod(out_shape)
+            rows.append(row)
+            return row
+
+        alias = {0: 0}  # value -> the value whose buffer holds it
+        ops = []        # (kind, layers, name, input values, output value)
+        for out, step in self._steps:
+            layers = step.layers if isinstance(step, graph.Fused) else (step.module,)
+            inputs = tuple(alias[v] for v in step.inputs)
+            if isinstance(step, graph.Node) and isinstance(step.module, _ALIASES):
+                alias[out] = inputs[0]
+                continue
+            alias[out] = out
+            ops.append((layers, step.name, inputs, out))
+
+        # Where each value lives: the output's buffer for the model's output, else a slot of the arena
+        # taken when the value is made and given back after its last reader.
+        output = alias[self._trace.output]
+        last_read = {}
+        for k, (_, _, inputs, _) in enumerate(ops):
+            for v in inputs:
+                last_read[v] = k
+        where, free, nslots, largest = {0: _F["LOC_X"]}, [], 0, 1
+        for k, (layers, name, inputs, out) in enumerate(ops):
+            if out == output:
+                where[out] = _F["LOC_OUT"]
+            else:
+                if not free:
+                    free.append(nslots)
+                    nslots += 1
+                where[out] = free.pop()
+                largest = max(largest, math.prod(shapes[out]))
+            for v in set(inputs):
+                if last_read[v] == k and where[v] >= 0 and v != out:
+                    free.append(where[v])
+
+        for layers, name, inputs, out in ops:
+            first, kind = layers[0], type(layers[0])
+            in_shape, out_shape = shapes[inputs[0]], shapes[out]
+            src, dst = where[inputs[0]], where[out]
+            act = next((_ACTIVATIONS[type(m)] for m in layers[1:] if type(m) in _ACTIVATIONS), _F["ACT_NONE"])
+            pool = next((m for m in layers[1:] if type(m) in _POOLS), None)
             if kind is nn.Conv2d:
-                C, H, W = _image(shape, layer, i)
-                if C != layer.in_channels:
-                    raise ValueError(f"compile(): layer {i} (Conv2d) expects {layer.in_channels} channels, "
-                                     f"the input has {C} ({shape})")
-                (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
-                Ho, Wo = _window_out(H, W, (kh, kw), (sh, sw), (ph, pw), layer.name, i)
-                O, K = layer.out_channels, C * kh * kw
-                row[[_F[k] for k in ("kind", "C", "H", "W", "O", "kh", "kw", "sh", "sw", "ph", "pw", "Ho", "Wo")]] = \
-                    (_F["OP_CONV"], C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo)
-                row[_F["weight"]] = add(params, layer.weight)
-                if layer.bias is not None:
-                    row[_F["bias"]] = add(params, layer.bias)
+                row = new_row("OP_CONV", src, dst, in_shape, out_shape)
+                C, H, W = in_shape
+                (kh, kw), (sh, sw), (ph, pw) = first.kernel_size, first.stride, first.padding
+                O, K = first.out_channels, C * kh * kw
+                Ho, Wo = first.output_shape(in_shape)[1:]
+                row[[_F[k] for k in ("C", "H", "W", "O", "kh", "kw", "sh", "sw", "ph", "pw", "Ho", "Wo", "act")]] = \
+                    (C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo, act)
+                row[_F["weight"]] = add(params, first.weight.data)
+                if first.bias is not None:
+                    row[_F["bias"]] = add(params, first.bias.data)
                 if use_packed:
                     buffer = np.empty(_kernels.packed_size(O, K, isa), np.float32)
-                    _kernels.pack_weights(buffer, layer.weight.reshape(-1).astype(np.float32), O, K, isa)
+                    _kernels.pack_weights(buffer, first.weight.data.reshape(-1).astype(np.float32), O, K, isa)
                     row[_F["packed"]] = add(packed, buffer)
-                shape, macs = (O, Ho, Wo), macs + O * Ho * Wo * K
-                i = self._fuse_act(row, i + 1)
-                i = self._fuse_pool(row, i, shape)
-                if row[_F["pool"]]:
-                    shape = (O, row[_F["pHo"]], row[_F["pWo"]])
+                if pool is not None:
+                    self._pool_columns(row, pool, (O, Ho, Wo))
+                macs += O * Ho * Wo * K
                 per_thread = max(per_thread, (K + O) * Ho * Wo)
             elif kind is nn.Linear:
-                if len(shape) != 1 or shape[0] != layer.in_features:
-                    raise ValueError(f"compile(): layer {i} (Linear) expects {layer.in_features} features, the "
-                                     f"input is {shape} (a Flatten missing?)")
-                row[[_F["kind"], _F["C"], _F["O"]]] = (_F["OP_LINEAR"], layer.in_features, layer.out_features)
-                row[_F["weight"]] = add(params, layer.weight)
-                if layer.bias is not None:
-                    row[_F["bias"]] = add(params, layer.bias)
-                shape, macs = (layer.out_features,), macs + layer.in_features * layer.out_features
-                i = self._fuse_act(row, i + 1)
+                row = new_row("OP_LINEAR", src, dst, in_shape, out_shape)
+                row[[_F["C"], _F["O"], _F["act"]]] = (first.in_features, first.out_features, act)
+                row[_F["weight"]] = add(params, first.weight.data)
+                if first.bias is not None:
+                    row[_F["bias"]] = add(params, first.bias.data)
+                macs += first.in_features * first.out_features
             elif kind in _BATCH_NORMS:  # one that could not be folded into a convolution or linear layer
-                C, L = shape[0], int(math.prod(shape[1:]))
-                if C != layer.num_features or len(shape) not in ((3,) if kind is nn.BatchNorm2d else (1, 2)):
-                    raise ValueError(f"compile(): layer {i} ({layer.name}) expects {layer.num_features} channels, "
-                                     f"the input is {shape} per image")
-                row[[_F["kind"], _F["C"], _F["H"], _F["W"]]] = (_F["OP_AFFINE"], C, L, 1)
-                row[_F["weight"]], row[_F["bias"]] = add(params, layer.scale), add(params, layer.shift)
-                i = self._fuse_act(row, i + 1)
+                row = new_row("OP_AFFINE", src, dst, in_shape, out_shape)
+                scale, shift = graph.batch_norm_scale_shift(first)
+                row[[_F["C"], _F["H"], _F["W"], _F["act"]]] = (in_shape[0], math.prod(in_shape[1:]), 1, act)
+                row[_F["weight"]], row[_F["bias"]] = add(params, scale), add(params, shift)
+            elif kind in _POOLS or (kind is nn.ReLU and pool is not None):  # a pooling alone, or ReLU -> MaxPool2d
+                row = new_row("OP_POOL", src, dst, in_shape, out_shape)
+                row[[_F["C"], _F["H"], _F["W"]]] = in_shape
+                row[_F["act"]] = _F["ACT_RELU"] if kind is nn.ReLU else _F["ACT_NONE"]
+                self._pool_columns(row, first if pool is None else pool, in_shape)
             elif kind in _ACTIVATIONS:
+                row = new_row("OP_ACT", src, dst, in_shape, out_shape)
                 row[_F["act"]] = _ACTIVATIONS[kind]
-                nxt = layers[i + 1].cls if i + 1 < len(layers) else None
-                if kind is nn.ReLU and nxt is nn.MaxPool2d and len(shape) == 3:  # max_pool2d(relu(x)) in one pass
-                    self._pool_row(row, layers[i + 1], shape, i + 1)
-                    shape, i = (shape[0], row[_F["pHo"]], row[_F["pWo"]]), i + 2
-                else:
-                    row[_F["kind"]], i = _F["OP_ACT"], i + 1
-            elif kind in _POOLS:
-                self._pool_row(row, layer, _image(shape, layer, i), i)
-                shape, i = (shape[0], row[_F["pHo"]], row[_F["pWo"]]), i + 1
             elif kind in (nn.Softmax, nn.LogSoftmax):
-                if len(shape) != 1:
-                    raise ValueError(f"compile(): layer {i} ({kind.__name__}) needs (N, K) scores, the input is "
-                                     f"{shape} per image")
-                row[_F["kind"]] = _F["OP_SOFTMAX"]
+                row = new_row("OP_SOFTMAX", src, dst, in_shape, out_shape)
                 row[_F["act"]] = _F["ACT_LOG"] if kind is nn.LogSoftmax else _F["ACT_NONE"]
-                i += 1
-            elif kind is nn.Flatten:
-                shape, i = (int(math.prod(shape)),), i + 1
-                continue
-            else:  # identity at inference
-                i += 1
-                continue
-            shape = tuple(int(s) for s in shape)
-            row[_F["In"]], row[_F["Out"]] = math.prod(in_shape), math.prod(shape)
-            rows.append(row)
+            elif kind is nn.Add:  # a + b (+ c ...) summed into the output, the activation with the last one
+                acc = src
+                for i, v in enumerate(inputs[1:], 1):
+                    row = new_row("OP_ADD", acc, dst, in_shape, out_shape)
+                    row[_F["src2"]] = where[v]
+                    row[_F["act"]] = act if i == len(inputs) - 1 else _F["ACT_NONE"]
+                    acc = dst
+            elif kind is nn.Concat:  # each input copied into its channels of the output
+                offset = 0
+                for v in inputs:
+                    row = new_row("OP_COPY", where[v], dst, shapes[v], shapes[v])
+                    row[_F["coff"]], row[_F["ctot"]] = offset, math.prod(out_shape)
+                    offset += math.prod(shapes[v])
+            else:  # pragma: no cover (_check_compilable refused it)
+                raise TypeError(f"compile(): no compiled form for {kind.__name__} (layer {name})")
+
         self._ops = np.array(rows, np.intp).reshape(-1, _F["count"])
         self._params = np.concatenate(params) if params else np.zeros(1, self.dtype)
         self._packed = np.concatenate(packed) if packed else np.zeros(1, np.float32)
         self._per_thread, self._macs = max(per_thread, 1), max(macs, 1)
-        self.input_shape, self.output_shape = input_shape, tuple(int(s) for s in shape)
-        self._largest = max([int(r[_F["Out"]]) for r in rows[:-1]], default=1)
-        self._act = (np.empty(0, self.dtype), np.empty(0, self.dtype))
+        self.input_shape, self.output_shape = input_shape, shapes[self._trace.output]
+        self._output_is_input = output == 0
+        self._nslots, self._largest = nslots, largest
+        self._arena = np.empty(0, self.dtype)
         self._scratch = np.empty(0, self.dtype)
         self.batch_size = 0
 
-    def _fuse_act(self, row, i):
-        """An activation right after a convolution or linear layer joins its op."""
-        if i < len(self._layers) and self._layers[i].cls in _ACTIVATIONS:
-            row[_F["act"]] = _ACTIVATIONS[self._layers[i].cls]
-            return i + 1
-        return i
-
-    def _fuse_pool(self, row, i, shape):
-        """A pooling right after a convolution (and its activation) joins its op."""
-        if i < len(self._layers) and self._layers[i].cls in _POOLS:
-            self._pool_row(row, self._layers[i], shape, i, after_conv=True)
-            return i + 1
-        return i
-
-    def _pool_row(self, row, layer, shape, i, *, after_conv=False):
+    @staticmethod
+    def _pool_columns(row, layer, shape):
         """The pooling's columns of row: its own op (over shape), or the end of a convolution's."""
-        C, H, W = shape
-        Ho, Wo = _window_out(H, W, layer.kernel_size, layer.stride, layer.padding, layer.name, i)
-        if not after_conv:
-            row[[_F["kind"], _F["C"], _F["H"], _F["W"]]] = (_F["OP_POOL"], C, H, W)
-        row[_F["pool"]] = _POOLS[layer.cls]
+        _, Ho, Wo = layer.output_shape(shape)
+        row[_F["pool"]] = _POOLS[type(layer)]
         row[[_F[k] for k in ("pkh", "pkw", "psh", "psw", "pph", "ppw", "pHo", "pWo")]] = \
             (*layer.kernel_size, *layer.stride, *layer.padding, Ho, Wo)
         row[_F["pincl"]] = int(getattr(layer, "count_include_pad", True))
@@ -245,59 +275,29 @@ class Predictor:
     def _reserve(self, n):
         """Buffers for batches of up to n images."""
         if n > self.batch_size:
-            self._act = (np.empty(n * self._largest, self.dtype), np.empty(n * self._largest, self.dtype))
+            self._arena = np.empty(max(1, self._nslots * n * self._largest), self.dtype)
             self._scratch = np.empty(get_num_threads() * self._per_thread, self.dtype)
             self.batch_size = n
 
 
-class _Snapshot:
-    """What a predictor keeps of a layer: its class, hyper-parameters and a copy of its parameters
-    (a BatchNorm's as the scale and shift per channel it applies in eval mode)."""
-
-    def __init__(self, layer):
-        self.cls, self.name = type(layer), type(layer).__name__
-        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "in_features",
-                     "out_features", "count_include_pad", "num_features"):
-            if hasattr(layer, attr):
-                setattr(self, attr, getattr(layer, attr))
-        self.weight = layer.weight.data.copy() if getattr(layer, "weight", None) is not None else None
-        self.bias = layer.bias.data.copy() if getattr(layer, "bias", None) is not None else None
-        if isinstance(layer, _BATCH_NORMS):
-            if not layer.track_running_stats:
-                raise TypeError(f"compile(): {self.name} without running statistics normalises with each batch's "
-                                "own; a predictor needs the fixed ones of eval mode")
-            invstd = 1 / np.sqrt(layer.running_var.astype(np.float64) + layer.eps)
-            self.scale = invstd if self.weight is None else invstd * self.weight
-            self.shift = -layer.running_mean * self.scale + (0 if self.bias is None else self.bias)
+def _check_compilable(node):
+    """Refuse, when the predictor is built, a layer setting its ops do not have."""
+    m = node.module
+    if isinstance(m, nn.Conv2d) and (getattr(m, "groups", 1) != 1 or getattr(m, "dilation", (1, 1)) != (1, 1)):
+        raise TypeError(f"compile(): layer {node.name} (Conv2d) is grouped or dilated, which the compiled "
+                        "predictor does not run yet")
 
 
-def _fold_batch_norms(layers):
-    """The layers with each BatchNorm that directly follows a Conv2d or Linear folded into it:
-    weight * scale per output channel, bias * scale + shift (in float64, then the model's dtype)."""
-    folded = []
-    for layer in layers:
-        previous = folded[-1] if folded else None
-        if layer.cls in _BATCH_NORMS and previous is not None and previous.cls in (nn.Conv2d, nn.Linear):
-            dtype = previous.weight.dtype
-            scale = layer.scale.reshape((-1,) + (1,) * (previous.weight.ndim - 1))
-            previous.weight = (previous.weight * scale).astype(dtype)
-            bias = 0 if previous.bias is None else previous.bias.astype(np.float64)
-            previous.bias = (bias * layer.scale + layer.shift).astype(dtype)
-            continue
-        folded.append(layer)
-    return folded
-
-
-_COMPILABLE = (nn.Conv2d, nn.Linear, nn.Flatten, nn.Softmax, nn.LogSoftmax, *_ACTIVATIONS, *_POOLS, *_BATCH_NORMS,
-               *_IDENTITY_AT_INFERENCE)
-
-
-def _flatten(model):
-    if isinstance(model, nn.Sequential):
-        return [layer for child in model for layer in _flatten(child)]
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"compile(): model must be a cyconv.nn module, got {type(model).__name__}")
-    return [model]
+def _snapshot(layer):
+    """A copy of layer holding copies of its parameters and buffers, and nothing it saved for backward."""
+    snap = copy.copy(layer)
+    snap._saved = None
+    for name, value in vars(layer).items():
+        if isinstance(value, nn.Parameter):
+            setattr(snap, name, nn.Parameter(value.data.copy()))
+    for name in layer._buffers:
+        setattr(snap, name, getattr(layer, name).copy())
+    return snap
 
 
 def _shape(input_shape):
@@ -305,18 +305,3 @@ def _shape(input_shape):
             and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in input_shape)):
         raise ValueError(f"compile(): input_shape must be one image's shape, positive ints, got {input_shape!r}")
     return tuple(int(s) for s in input_shape)
-
-
-def _image(shape, layer, i):
-    if len(shape) != 3:
-        raise ValueError(f"compile(): layer {i} ({layer.name}) needs (C, H, W) images, the input is {shape} "
-                         "per image")
-    return shape
-
-
-def _window_out(H, W, kernel, stride, padding, name, i):
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    if H + 2 * ph < kh or W + 2 * pw < kw:
-        raise ValueError(f"compile(): layer {i} ({name}): kernel {kernel} is larger than its padded input "
-                         f"{(H + 2 * ph, W + 2 * pw)}")
-    return (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
