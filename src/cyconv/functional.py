@@ -148,19 +148,96 @@ def _conv_geometry(fn, x, weight, stride, padding):
 # ---------------------------------------------------------------------------
 # Convolution
 
-def conv2d(x, weight, bias=None, stride=1, padding=0):
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution (cross-correlation, as in PyTorch) by im2col + GEMM.
 
+    groups splits the channels into that many independent convolutions (C and O divisible by
+    groups); groups == C is a depthwise convolution, computed per plane without im2col.
+    dilation spaces the kernel's taps (a 3x3 kernel with dilation 2 spans 5x5).
+
     Shape:
-        x (N, C, H, W), weight (O, C, kh, kw), bias (O,) or None -> y (N, O, Ho, Wo),
-        Ho = (H + 2*ph - kh) // sh + 1,  Wo = (W + 2*pw - kw) // sw + 1.
+        x (N, C, H, W), weight (O, C // groups, kh, kw), bias (O,) or None -> y (N, O, Ho, Wo),
+        Ho = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1,  Wo = (W + 2*pw - dw*(kw - 1) - 1) // sw + 1.
 
     Example:
         >>> x = np.ones((1, 1, 28, 28), np.float32); w = np.ones((20, 1, 5, 5), np.float32)
         >>> conv2d(x, w, padding=2).shape
         (1, 20, 28, 28)
+        >>> conv2d(np.ones((1, 32, 112, 112), np.float32), np.ones((32, 1, 3, 3), np.float32),
+        ...        stride=2, padding=1, groups=32).shape
+        (1, 32, 56, 56)
     """
-    return _conv2d(*_conv_arguments("conv2d", x, weight, bias, stride, padding))
+    fn = "conv2d"
+    dilation, groups = _dilation_groups(fn, dilation, groups)
+    if groups == 1 and dilation == (1, 1):
+        return _conv2d(*_conv_arguments(fn, x, weight, bias, stride, padding))
+    x, weight, bias, geom = _grouped_conv_arguments(fn, x, weight, bias, stride, padding, dilation, groups)
+    N, C, H, W, O, G, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = geom
+    y = np.empty((N, O, Ho, Wo), x.dtype)
+    if N == 0:
+        return y
+    if G == C:
+        _kernels.depthwise_conv2d_forward(y.reshape(-1), x.reshape(-1), weight.reshape(-1), bias, N, C, H, W, O,
+                                          kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
+                                          threads_for(N * O, Ho * Wo * kh * kw))
+        return y
+    K, L = C // G * kh * kw, Ho * Wo
+    nt = threads_for(N * G, O // G * K * L)
+    direct = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
+    scratch = np.empty(0 if direct else nt * K * L, x.dtype)
+    _kernels.grouped_conv2d_forward(y.reshape(-1), x.reshape(-1), weight.reshape(-1), bias, scratch, *geom, nt)
+    return y
+
+
+def _dilation_groups(fn, dilation, groups):
+    """(dilation pair, groups) checked: dilation >= 1, groups a positive int."""
+    dilation = _pair(dilation, "dilation", fn, 1)
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, (bool, np.bool_)):
+        raise TypeError(f"{fn}(): groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"{fn}(): groups must be >= 1, got {groups}")
+    return dilation, int(groups)
+
+
+def _grouped_conv_geometry(fn, x, weight, stride, padding, dilation, groups):
+    """(N, C, H, W, O, G, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo) of a grouped, dilated convolution."""
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = weight.shape
+    G = groups
+    if min(O, C, kh, kw, H, W) < 1:
+        raise ValueError(f"{fn}(): x {x.shape} and weight {weight.shape} must have no zero-size axis but the batch")
+    if C % G:
+        raise ValueError(f"{fn}(): groups={G} must divide x's {C} channels (x {x.shape})")
+    if O % G:
+        raise ValueError(f"{fn}(): groups={G} must divide the {O} out_channels (weight {weight.shape})")
+    if Cg != C // G:
+        raise ValueError(f"{fn}(): weight must have shape ({O}, {C // G}, kh, kw) (in_channels // groups = "
+                         f"{C} // {G}), got {weight.shape}")
+    sh, sw = _pair(stride, "stride", fn, 1)
+    ph, pw = _pair(padding, "padding", fn, 0)
+    dh, dw = dilation
+    span = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)  # the dilated kernel's extent
+    if H + 2 * ph < span[0] or W + 2 * pw < span[1]:
+        raise ValueError(f"{fn}(): kernel_size {(kh, kw)} with dilation {dilation} spans {span}, larger than "
+                         f"the padded input {(H + 2 * ph, W + 2 * pw)}")
+    Ho, Wo = _output_size(H, span[0], sh, ph), _output_size(W, span[1], sw, pw)
+    _check_blas_size(fn, C // G * kh * kw * Ho * Wo, O * Ho * Wo, O * C // G * kh * kw)
+    return (N, C, H, W, O, G, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)
+
+
+def _grouped_conv_arguments(fn, x, weight, bias, stride, padding, dilation, groups):
+    """As _conv_arguments, with the geometry of _grouped_conv_geometry."""
+    x = _float_array(x, "x", fn, ndim=4)
+    weight = _float_array(weight, "weight", fn, ndim=4, dtype=x.dtype)
+    geom = _grouped_conv_geometry(fn, x, weight, stride, padding, dilation, groups)
+    O = geom[4]
+    if bias is None:
+        bias = np.empty(0, x.dtype)
+    else:
+        bias = _float_array(bias, "bias", fn, ndim=1, dtype=x.dtype)
+        if bias.shape[0] != O:
+            raise ValueError(f"{fn}(): bias must have shape ({O},) for {O} out_channels, got {bias.shape}")
+    return x, weight, bias, geom
 
 
 def _conv2d(x, weight, bias, geom):
@@ -278,14 +355,14 @@ def conv2d_relu_max_pool2d_backward(grad_y, y, indices, x, weight, stride=1, pad
     return grad_x, grad_weight, grad_bias
 
 
-def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True, out=None,
+def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1, *, grad_input=True, out=None,
                     accumulate=False):
     """Gradients of conv2d with respect to its input, weight and bias.
 
     Shape:
-        grad_y (N, O, Ho, Wo), x (N, C, H, W), weight (O, C, kh, kw)
+        grad_y (N, O, Ho, Wo), x (N, C, H, W), weight (O, C // groups, kh, kw)
         -> grad_x (N, C, H, W) or None when grad_input=False (a network's first
-           layer needs no input gradient), grad_weight (O, C, kh, kw), grad_bias (O,).
+           layer needs no input gradient), grad_weight (O, C // groups, kh, kw), grad_bias (O,).
 
     grad_weight = sum_n grad_y[n] @ im2col(x)[n].T;  grad_x = col2im(weight.T @ grad_y).
 
@@ -294,6 +371,10 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True, 
     with accumulate=True they are added into them, as a module adds into `.grad`.
     """
     fn = "conv2d_backward"
+    dilation, groups = _dilation_groups(fn, dilation, groups)
+    if groups != 1 or dilation != (1, 1):
+        return _grouped_conv2d_backward(fn, grad_y, x, weight, stride, padding, dilation, groups, grad_input, out,
+                                        accumulate)
     x = _float_array(x, "x", fn, ndim=4)
     weight = _float_array(weight, "weight", fn, ndim=4, dtype=x.dtype)
     grad_y = _float_array(grad_y, "grad_y", fn, ndim=4, dtype=x.dtype)
@@ -317,6 +398,43 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True, 
         grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype), grad_weight.reshape(-1), grad_bias,
         grad_y.reshape(-1), x.reshape(-1), weight.reshape(-1), scratch, acc, *geom, grad_input, accumulate, nt)
     _record_work_split(nt)
+    return grad_x, grad_weight, grad_bias
+
+
+def _grouped_conv2d_backward(fn, grad_y, x, weight, stride, padding, dilation, groups, grad_input, out,
+                             accumulate):
+    """conv2d_backward with groups > 1 or dilation > 1 (arguments as there)."""
+    x = _float_array(x, "x", fn, ndim=4)
+    weight = _float_array(weight, "weight", fn, ndim=4, dtype=x.dtype)
+    grad_y = _float_array(grad_y, "grad_y", fn, ndim=4, dtype=x.dtype)
+    geom = _grouped_conv_geometry(fn, x, weight, stride, padding, dilation, groups)
+    N, C, H, W, O, G, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = geom
+    if grad_y.shape != (N, O, Ho, Wo):
+        raise ValueError(f"{fn}(): grad_y must have shape {(N, O, Ho, Wo)} (the output of conv2d), got {grad_y.shape}")
+    grad_x = np.empty(x.shape, x.dtype) if grad_input else None
+    grad_weight, grad_bias = _gradient_outputs(fn, out, accumulate, weight.shape, O, x.dtype, [x, weight, grad_y])
+    if N == 0:
+        if not accumulate:
+            grad_weight.fill(0)
+            grad_bias.fill(0)
+        return grad_x, grad_weight, grad_bias
+    no_grad_x = np.empty(0, x.dtype)
+    K, L = C // G * kh * kw, Ho * Wo
+    if G == C:
+        nt = threads_for(O, N * L * kh * kw)  # the weight gradient's items: the input gradient has more
+        acc = np.zeros(O * (kh * kw + 1), x.dtype)
+        _kernels.depthwise_conv2d_backward(
+            grad_x.reshape(-1) if grad_input else no_grad_x, grad_weight.reshape(-1), grad_bias, grad_y.reshape(-1),
+            x.reshape(-1), weight.reshape(-1), acc, N, C, H, W, O, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
+            grad_input, accumulate, nt)
+        return grad_x, grad_weight, grad_bias
+    chunks = _kernels.weight_grad_chunks(N)
+    nt = threads_for(chunks * G, N // chunks * O // G * K * L)
+    scratch = np.empty(nt * 2 * K * L, x.dtype)
+    acc = np.zeros(chunks * (O * K + O), x.dtype)
+    _kernels.grouped_conv2d_backward(
+        grad_x.reshape(-1) if grad_input else no_grad_x, grad_weight.reshape(-1), grad_bias, grad_y.reshape(-1),
+        x.reshape(-1), weight.reshape(-1), scratch, acc, *geom, grad_input, accumulate, nt)
     return grad_x, grad_weight, grad_bias
 
 
