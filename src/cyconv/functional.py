@@ -24,7 +24,8 @@ from ._threads import record_work_split, threads_for
 __all__ = [
     "conv2d", "conv2d_backward", "im2col", "col2im", "max_pool2d", "max_pool2d_backward",
     "relu_max_pool2d", "relu_max_pool2d_backward", "conv2d_relu_max_pool2d",
-    "conv2d_relu_max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "relu", "relu_backward",
+    "conv2d_relu_max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward", "relu", "relu_backward", "hardtanh", "hardtanh_backward", "relu6", "relu6_backward",
     "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "softmax", "softmax_backward", "log_softmax",
     "log_softmax_backward", "dropout", "dropout_backward", "batch_norm", "batch_norm_backward", "linear",
     "linear_backward", "softmax_cross_entropy", "sgd_update", "adam_update",
@@ -641,6 +642,57 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     return grad_x
 
 
+# ---------------------------------------------------------------------------
+# Adaptive average pooling
+
+def adaptive_avg_pool2d(x, output_size):
+    """Average pooling to a given output size, PyTorch's bins: output row i averages input rows
+    floor(i*H/Ho) to ceil((i+1)*H/Ho) (exclusive), and the same along the width. Bins may
+    overlap. output_size 1 is a global average pool (the head of ResNet and MobileNet).
+
+    Shape:
+        x (N, C, H, W), output_size Ho or (Ho, Wo) -> y (N, C, Ho, Wo).
+    """
+    fn = "adaptive_avg_pool2d"
+    x = _float_array(x, "x", fn, ndim=4)
+    N, C, H, W = x.shape
+    Ho, Wo = _adaptive_output_size(fn, output_size, (H, W))
+    y = np.empty((N, C, Ho, Wo), x.dtype)
+    if y.size:
+        _kernels.adaptive_avgpool2d_forward(y.reshape(-1), x.reshape(-1), N * C, H, W, Ho, Wo,
+                                            threads_for(N * C, H * W))
+    return y
+
+
+def adaptive_avg_pool2d_backward(grad_y, input_shape, output_size):
+    """Gradient of adaptive_avg_pool2d: each output's gradient, divided by its bin's size,
+    spread over its bin (overlaps add up).
+
+    Shape:
+        grad_y (N, C, Ho, Wo), input_shape (N, C, H, W) -> grad_x (N, C, H, W).
+    """
+    fn = "adaptive_avg_pool2d_backward"
+    grad_y = _float_array(grad_y, "grad_y", fn, ndim=4)
+    N, C, H, W = _input_shape(fn, input_shape)
+    Ho, Wo = _adaptive_output_size(fn, output_size, (H, W))
+    if grad_y.shape != (N, C, Ho, Wo):
+        raise ValueError(f"{fn}(): grad_y must have shape {(N, C, Ho, Wo)} for input_shape {tuple(input_shape)} "
+                         f"and output_size {output_size!r}, got {grad_y.shape}")
+    grad_x = np.empty((N, C, H, W), grad_y.dtype)  # the kernel overwrites every plane
+    if grad_x.size:
+        _kernels.adaptive_avgpool2d_backward(grad_x.reshape(-1), grad_y.reshape(-1), N * C, H, W, Ho, Wo,
+                                             threads_for(N * C, H * W))
+    return grad_x
+
+
+def _adaptive_output_size(fn, output_size, hw):
+    """output_size as an (Ho, Wo) pair of ints >= 1, for non-empty planes hw."""
+    size = _pair(output_size, "output_size", fn, 1)
+    if min(hw) < 1:
+        raise ValueError(f"{fn}(): x must have non-empty planes (H, W >= 1), got {tuple(hw)}")
+    return size
+
+
 def _bool_flag(fn, name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{fn}(): {name} must be True or False, got {value!r}")
@@ -678,6 +730,59 @@ def relu_backward(grad_y, x):
     _kernels.relu_backward(grad_x.reshape(-1), grad_y.reshape(-1), x.reshape(-1),
                           threads_for(x.size, 1))
     return grad_x
+
+
+# ---------------------------------------------------------------------------
+# Hardtanh and ReLU6
+
+def hardtanh(x, min_val=-1.0, max_val=1.0):
+    """y = min(max(x, min_val), max_val), elementwise; NaN stays NaN. Any shape.
+    The bounds are rounded to x's dtype."""
+    fn = "hardtanh"
+    x = _float_array(x, "x", fn)
+    lo, hi = _bounds(fn, min_val, max_val)
+    y = np.empty_like(x)
+    _kernels.hardtanh_forward(y.reshape(-1), x.reshape(-1), lo, hi, threads_for(x.size, 1))
+    return y
+
+
+def hardtanh_backward(grad_y, x, min_val=-1.0, max_val=1.0):
+    """grad_x = grad_y strictly inside (min_val, max_val), 0 at the bounds and beyond (PyTorch's rule;
+    a NaN x passes grad_y, as there)."""
+    fn = "hardtanh_backward"
+    x = _float_array(x, "x", fn)
+    grad_y = _float_array(grad_y, "grad_y", fn, dtype=x.dtype)
+    if grad_y.shape != x.shape:
+        raise ValueError(f"{fn}(): grad_y must have x's shape {x.shape}, got {grad_y.shape}")
+    lo, hi = _bounds(fn, min_val, max_val)
+    grad_x = np.empty_like(x)
+    _kernels.hardtanh_backward(grad_x.reshape(-1), grad_y.reshape(-1), x.reshape(-1), lo, hi,
+                               threads_for(x.size, 1))
+    return grad_x
+
+
+def relu6(x):
+    """y = min(max(x, 0), 6): hardtanh(x, 0, 6) (MobileNetV2's activation)."""
+    return hardtanh(x, 0.0, 6.0)
+
+
+def relu6_backward(grad_y, x):
+    """hardtanh_backward(grad_y, x, 0, 6)."""
+    return hardtanh_backward(grad_y, x, 0.0, 6.0)
+
+
+def _bounds(fn, min_val, max_val):
+    """(min_val, max_val) as floats, checked: real numbers, finite or infinite, min_val <= max_val."""
+    bounds = []
+    for name, v in (("min_val", min_val), ("max_val", max_val)):
+        if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"{fn}(): {name} must be a real number, got {v!r}")
+        if math.isnan(v):
+            raise ValueError(f"{fn}(): {name} must not be NaN")
+        bounds.append(float(v))
+    if bounds[0] > bounds[1]:
+        raise ValueError(f"{fn}(): min_val must be <= max_val, got {min_val!r} > {max_val!r}")
+    return tuple(bounds)
 
 
 # ---------------------------------------------------------------------------

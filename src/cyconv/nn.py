@@ -47,8 +47,9 @@ from . import functional as F
 from .functional import _pair
 
 __all__ = [
-    "Parameter", "Module", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
-    "Dropout", "BatchNorm1d", "BatchNorm2d", "Flatten", "Linear", "Sequential",
+    "Parameter", "Module", "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "ReLU", "Hardtanh", "ReLU6",
+    "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Dropout", "BatchNorm1d", "BatchNorm2d", "Flatten", "Linear",
+    "Sequential",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -482,6 +483,82 @@ class AvgPool2d(Module):
         return (f"kernel_size={_square_or_pair(self.kernel_size)}, stride={_square_or_pair(self.stride)}, "
                 f"padding={_square_or_pair(self.padding)}"
                 + ("" if self.count_include_pad else ", count_include_pad=False"))
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average pooling to a fixed output size: `functional.adaptive_avg_pool2d` (PyTorch's bins).
+    AdaptiveAvgPool2d(1) is the global average pool of ResNet and MobileNet heads.
+
+    Shape:
+        (N, C, H, W) -> (N, C, Ho, Wo) with (Ho, Wo) = output_size.
+
+    Example:
+        >>> AdaptiveAvgPool2d(1)(np.zeros((8, 1280, 7, 7), np.float32)).shape
+        (8, 1280, 1, 1)
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = _pair(output_size, "output_size", type(self).__name__, 1)
+
+    def forward(self, x):
+        self._save(x.shape)
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def backward(self, grad_output, *, input_grad=True):
+        (input_shape,) = self._saved_for_backward()
+        return F.adaptive_avg_pool2d_backward(grad_output, input_shape, self.output_size) if input_grad else None
+
+    def output_shape(self, *shapes):
+        """(C, Ho, Wo) for one image of shape (C, H, W)."""
+        C, _, _ = _image_shape(type(self).__name__, shapes)
+        return (C, *self.output_size)
+
+    def extra_repr(self):
+        return f"output_size={_square_or_pair(self.output_size)}"
+
+
+class Hardtanh(Module):
+    """min(max(x, min_val), max_val) elementwise: `functional.hardtanh`. Keeps its output, as ReLU
+    does: y is at a bound exactly where x is at or beyond it, which is all the backward asks.
+
+    Shape: any -> the same.
+    """
+
+    def __init__(self, min_val=-1.0, max_val=1.0):
+        super().__init__()
+        self.min_val, self.max_val = F._bounds(type(self).__name__, min_val, max_val)
+
+    def forward(self, x):
+        y = F.hardtanh(x, self.min_val, self.max_val)
+        self._save(y)
+        return y
+
+    def backward(self, grad_output, *, input_grad=True):
+        (y,) = self._saved_for_backward()
+        return F.hardtanh_backward(grad_output, y, self.min_val, self.max_val) if input_grad else None
+
+    def output_shape(self, *shapes):
+        """The input shape: elementwise."""
+        if len(shapes) != 1:
+            raise ValueError(f"{type(self).__name__}.output_shape(): expects one per-image shape, got {shapes!r}")
+        return tuple(shapes[0])
+
+    def extra_repr(self):
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+
+class ReLU6(Hardtanh):
+    """min(max(x, 0), 6) elementwise (MobileNetV2): Hardtanh(0, 6), as in PyTorch.
+
+    Shape: any -> the same.
+    """
+
+    def __init__(self):
+        super().__init__(0.0, 6.0)
+
+    def extra_repr(self):
+        return ""
 
 
 class ReLU(Module):

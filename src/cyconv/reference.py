@@ -32,8 +32,14 @@ __all__ = [
     "conv2d_relu_max_pool2d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
     "relu",
     "relu_backward",
+    "hardtanh",
+    "hardtanh_backward",
+    "relu6",
+    "relu6_backward",
     "sigmoid",
     "sigmoid_backward",
     "tanh",
@@ -367,6 +373,42 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
 
 
 # ----------------------------------------------------------------------------
+# adaptive average pooling
+
+
+def _adaptive_bins(n_in, n_out, dtype):
+    """(n_out, n_in) matrix averaging each of PyTorch's bins: row i holds 1/size over
+    inputs [floor(i*n_in/n_out), ceil((i+1)*n_in/n_out))."""
+    m = np.zeros((n_out, n_in), dtype)
+    for i in range(n_out):
+        lo, hi = i * n_in // n_out, -(-(i + 1) * n_in // n_out)
+        m[i, lo:hi] = 1 / (hi - lo)
+    return m
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """Mean over each of PyTorch's adaptive bins. The bins are rectangles, so the mean is
+    separable: ``y[n, c] = Ph @ x[n, c] @ Pw.T`` with Ph, Pw the per-axis averaging matrices.
+
+    Shape: x (N, C, H, W) -> y (N, C, Ho, Wo).
+    """
+    ho, wo = _pair(output_size)
+    ph, pw = _adaptive_bins(x.shape[2], ho, x.dtype), _adaptive_bins(x.shape[3], wo, x.dtype)
+    return np.matmul(np.matmul(ph, x), pw.T)
+
+
+def adaptive_avg_pool2d_backward(grad_y, input_shape, output_size):
+    """The transpose of the forward's linear map: ``grad_x[n, c] = Ph.T @ grad_y[n, c] @ Pw``.
+
+    Shape: grad_y (N, C, Ho, Wo), input_shape = (N, C, H, W) -> grad_x (N, C, H, W).
+    """
+    ho, wo = _pair(output_size)
+    n, c, h, w = input_shape
+    ph, pw = _adaptive_bins(h, ho, grad_y.dtype), _adaptive_bins(w, wo, grad_y.dtype)
+    return np.matmul(np.matmul(ph.T, grad_y), pw).reshape(n, c, h, w)
+
+
+# ----------------------------------------------------------------------------
 # relu
 
 
@@ -384,6 +426,38 @@ def relu_backward(grad_y, x):
     Shape: grad_y, x (any, equal) -> grad_x (same).
     """
     return np.where(x <= 0, 0, grad_y)
+
+
+# ----------------------------------------------------------------------------
+# hardtanh, relu6
+
+
+def hardtanh(x, min_val=-1.0, max_val=1.0):
+    """``y = min_val where x < min_val, max_val where x > max_val, else x``: NaN stays NaN.
+
+    Shape: any -> same.
+    """
+    lo, hi = x.dtype.type(min_val), x.dtype.type(max_val)
+    return np.where(x < lo, lo, np.where(x > hi, hi, x))
+
+
+def hardtanh_backward(grad_y, x, min_val=-1.0, max_val=1.0):
+    """``grad_x = 0 where x <= min_val or x >= max_val, else grad_y`` (0 at the bounds, as PyTorch).
+
+    Shape: grad_y, x (any, equal) -> grad_x (same).
+    """
+    lo, hi = x.dtype.type(min_val), x.dtype.type(max_val)
+    return np.where((x <= lo) | (x >= hi), 0, grad_y).astype(grad_y.dtype)
+
+
+def relu6(x):
+    """``hardtanh(x, 0, 6)``. Shape: any -> same."""
+    return hardtanh(x, 0.0, 6.0)
+
+
+def relu6_backward(grad_y, x):
+    """``hardtanh_backward(grad_y, x, 0, 6)``. Shape: any -> same."""
+    return hardtanh_backward(grad_y, x, 0.0, 6.0)
 
 
 # ----------------------------------------------------------------------------
