@@ -261,3 +261,44 @@ def test_predictor_of_a_model_that_returns_its_input():
     g.output(g.node("flat", nn.Flatten(), x))
     xs = random_array(rng_(22), (2, 3, 2), np.float32)
     np.testing.assert_array_equal(cyconv.compile(g)(xs), xs.reshape(2, 6))
+
+
+def mobile_block(dtype, rng, stride, expand=2, c=4):
+    """An inverted residual (MobileNetV2's) with grouped, depthwise and dilated convolutions, ReLU6 and
+    Hardtanh, and a global average pool head."""
+    g = nn.Graph()
+    x = g.input()
+    h = g.node("expand", nn.Conv2d(c, c * expand, 1, bias=False, dtype=dtype, rng=rng), x)
+    h = g.node("bn0", nn.BatchNorm2d(c * expand, dtype=dtype), h)
+    h = g.node("relu6", nn.ReLU6(), h)
+    h = g.node("dw", nn.Conv2d(c * expand, c * expand, 3, stride=stride, padding=1, groups=c * expand,
+                               dtype=dtype, rng=rng), h)
+    h = g.node("clip", nn.Hardtanh(-0.5, 2.0), h)
+    h = g.node("grouped", nn.Conv2d(c * expand, c, 3, padding=2, dilation=2, groups=2, dtype=dtype, rng=rng), h)
+    h = g.node("pool", nn.MaxPool2d(2, 1), h)
+    if stride == 1:
+        pooled = g.node("skip_pool", nn.MaxPool2d(2, 1), x)
+        h = g.node("add", nn.Add(), h, pooled)
+    h = g.node("gap", nn.AdaptiveAvgPool2d(1), h)
+    h = g.node("flat", nn.Flatten(), h)
+    g.output(g.node("fc", nn.Linear(c, 3, dtype=dtype, rng=rng), h))
+    return g
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("batch, threads", [(1, 2), (4, 2), (3, 1)])
+def test_predictor_runs_grouped_depthwise_dilated_and_pooled_heads(dtype, stride, batch, threads, gemm_path):
+    net = mobile_block(dtype, rng_(23), stride)
+    net.train()
+    net(random_array(rng_(24), (8, 4, 9, 9), dtype))
+    net.eval()
+    x = random_array(rng_(25), (batch, 4, 9, 9), dtype)
+    with cyconv.set_num_threads(threads):
+        assert_close(cyconv.compile(net)(x), net(x), dtype)
+
+
+def test_predictor_adaptive_pooling_to_more_than_one():
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, rng=rng_(26)), nn.AdaptiveAvgPool2d((2, 3)), nn.Flatten())
+    x = random_array(rng_(27), (2, 2, 7, 9), np.float32)
+    assert_close(cyconv.compile(net.eval())(x), net(x), np.float32)

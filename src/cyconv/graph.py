@@ -202,10 +202,15 @@ def _relu_max(act, pool):
     return type(act) is nn.ReLU and type(pool) is nn.MaxPool2d
 
 
+def _plain(conv):
+    """A convolution the fused training kernel takes: no groups, no dilation."""
+    return conv.groups == 1 and conv.dilation == (1, 1)
+
+
 FUSIONS = (
     # Each image's convolution output is activated and pooled while in cache, never written to memory.
     # Training has this kernel for ReLU and max pooling (functional.conv2d_relu_max_pool2d).
-    Fusion("conv_act_pool", (nn.Conv2d, ACTIVATIONS, POOLS), trainable=lambda m: _relu_max(m[1], m[2])),
+    Fusion("conv_act_pool", (nn.Conv2d, ACTIVATIONS, POOLS), trainable=lambda m: _plain(m[0]) and _relu_max(m[1], m[2])),
     # max_pool2d(relu(x)) in one pass: the ReLU's own read and write cost more than pooling.
     Fusion("relu_pool", (nn.ReLU, nn.MaxPool2d), trainable=lambda m: True),
     # act(a + b), the end of a residual block: one pass instead of two (training: ReLU).

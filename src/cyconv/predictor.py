@@ -36,12 +36,13 @@ from ._threads import MIN_WORK_PER_THREAD, get_num_threads, threads_for
 __all__ = ["compile", "Predictor"]
 
 _F = _kernels.op_fields()
-_ACTIVATIONS = {nn.ReLU: _F["ACT_RELU"], nn.Sigmoid: _F["ACT_SIGMOID"], nn.Tanh: _F["ACT_TANH"]}
+_ACTIVATIONS = {nn.ReLU: _F["ACT_RELU"], nn.Sigmoid: _F["ACT_SIGMOID"], nn.Tanh: _F["ACT_TANH"],
+                nn.Hardtanh: _F["ACT_HARDTANH"], nn.ReLU6: _F["ACT_HARDTANH"]}
 _POOLS = {nn.MaxPool2d: _F["POOL_MAX"], nn.AvgPool2d: _F["POOL_AVG"]}
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _ALIASES = (nn.Flatten, nn.Identity, nn.Dropout)  # no op: the value is the input's buffer
-_COMPILABLE = (nn.Conv2d, nn.Linear, nn.Softmax, nn.LogSoftmax, nn.Add, nn.Concat, *_ACTIVATIONS, *_POOLS,
-               *_BATCH_NORMS, *_ALIASES)
+_COMPILABLE = (nn.Conv2d, nn.Linear, nn.Softmax, nn.LogSoftmax, nn.Add, nn.Concat, nn.AdaptiveAvgPool2d,
+               *_ACTIVATIONS, *_POOLS, *_BATCH_NORMS, *_ALIASES)
 
 
 def compile(model, *, batch_size=None, input_shape=None):  # noqa: A001 (cyconv.compile, as torch.compile)
@@ -76,7 +77,6 @@ class Predictor:
             if isinstance(node.module, _BATCH_NORMS) and not node.module.track_running_stats:
                 raise TypeError(f"compile(): {type(node.module).__name__} without running statistics normalises "
                                 "with each batch's own; a predictor needs the fixed ones of eval mode")
-            _check_compilable(node)
         # Snapshots: the predictor keeps nothing mutable of the model.
         self._trace = graph.fold_batch_norms(graph.Trace([graph.Node(n.name, _snapshot(n.module), n.inputs)
                                                           for n in tr.nodes], tr.output))
@@ -152,6 +152,7 @@ class Predictor:
             row = np.zeros(_F["count"], np.intp)
             row[_F["weight"]] = row[_F["bias"]] = row[_F["packed"]] = -1
             row[_F["kind"]], row[_F["src"]], row[_F["dst"]] = _F[kind], src, dst
+            row[_F["src2"]] = _F["LOC_X"]  # read by OP_ADD only
             row[_F["In"]], row[_F["Out"]] = math.prod(in_shape), math.prod(out_shape)
             rows.append(row)
             return row
@@ -192,30 +193,46 @@ class Predictor:
             first, kind = layers[0], type(layers[0])
             in_shape, out_shape = shapes[inputs[0]], shapes[out]
             src, dst = where[inputs[0]], where[out]
-            act = next((_ACTIVATIONS[type(m)] for m in layers[1:] if type(m) in _ACTIVATIONS), _F["ACT_NONE"])
+            act_layer = next((m for m in layers[1:] if type(m) in _ACTIVATIONS), None)
             pool = next((m for m in layers[1:] if type(m) in _POOLS), None)
+
+            def activation(row, layer=act_layer):
+                """The activation's columns of row (its bounds among the parameters for Hardtanh)."""
+                if layer is not None:
+                    row[_F["act"]] = _ACTIVATIONS[type(layer)]
+                    if isinstance(layer, nn.Hardtanh):
+                        row[_F["actp"]] = add(params, np.array([layer.min_val, layer.max_val]))
+
             if kind is nn.Conv2d:
                 row = new_row("OP_CONV", src, dst, in_shape, out_shape)
                 C, H, W = in_shape
-                (kh, kw), (sh, sw), (ph, pw) = first.kernel_size, first.stride, first.padding
-                O, K = first.out_channels, C * kh * kw
+                (kh, kw), (sh, sw), (ph, pw), (dh, dw) = first.kernel_size, first.stride, first.padding, first.dilation
+                O, G = first.out_channels, first.groups
                 Ho, Wo = first.output_shape(in_shape)[1:]
-                row[[_F[k] for k in ("C", "H", "W", "O", "kh", "kw", "sh", "sw", "ph", "pw", "Ho", "Wo", "act")]] = \
-                    (C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo, act)
+                row[[_F[k] for k in ("C", "H", "W", "O", "kh", "kw", "sh", "sw", "ph", "pw", "Ho", "Wo", "G", "dh",
+                                     "dw")]] = (C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo, G, dh, dw)
+                activation(row)
                 row[_F["weight"]] = add(params, first.weight.data)
                 if first.bias is not None:
                     row[_F["bias"]] = add(params, first.bias.data)
-                if use_packed:
-                    buffer = np.empty(_kernels.packed_size(O, K, isa), np.float32)
-                    _kernels.pack_weights(buffer, first.weight.data.reshape(-1).astype(np.float32), O, K, isa)
-                    row[_F["packed"]] = add(packed, buffer)
+                depthwise = G == C and (G, dh, dw) != (1, 1, 1)  # the kernels functional.conv2d picks
+                Og, Kg = O // G, C // G * kh * kw  # one group's GEMM: (Og, Kg) @ (Kg, L)
+                if use_packed and not depthwise:
+                    stride = _kernels.packed_size(Og, Kg, isa)
+                    buffer = np.empty(G * stride, np.float32)
+                    weight = first.weight.data.reshape(G, Og * Kg).astype(np.float32)
+                    for gi in range(G):
+                        _kernels.pack_weights(buffer[gi * stride:(gi + 1) * stride], weight[gi], Og, Kg, isa)
+                    row[_F["packed"]], row[_F["pstride"]] = add(packed, buffer), stride
                 if pool is not None:
                     self._pool_columns(row, pool, (O, Ho, Wo))
-                macs += O * Ho * Wo * K
-                per_thread = max(per_thread, (K + O) * Ho * Wo)
+                macs += O * Ho * Wo * Kg
+                # scratch per thread: a pooled plane (depthwise), or one group's columns and the image's output
+                per_thread = max(per_thread, Ho * Wo if depthwise else (Kg + O) * Ho * Wo)
             elif kind is nn.Linear:
                 row = new_row("OP_LINEAR", src, dst, in_shape, out_shape)
-                row[[_F["C"], _F["O"], _F["act"]]] = (first.in_features, first.out_features, act)
+                row[[_F["C"], _F["O"]]] = (first.in_features, first.out_features)
+                activation(row)
                 row[_F["weight"]] = add(params, first.weight.data)
                 if first.bias is not None:
                     row[_F["bias"]] = add(params, first.bias.data)
@@ -223,16 +240,21 @@ class Predictor:
             elif kind in _BATCH_NORMS:  # one that could not be folded into a convolution or linear layer
                 row = new_row("OP_AFFINE", src, dst, in_shape, out_shape)
                 scale, shift = graph.batch_norm_scale_shift(first)
-                row[[_F["C"], _F["H"], _F["W"], _F["act"]]] = (in_shape[0], math.prod(in_shape[1:]), 1, act)
+                row[[_F["C"], _F["H"], _F["W"]]] = (in_shape[0], math.prod(in_shape[1:]), 1)
+                activation(row)
                 row[_F["weight"]], row[_F["bias"]] = add(params, scale), add(params, shift)
             elif kind in _POOLS or (kind is nn.ReLU and pool is not None):  # a pooling alone, or ReLU -> MaxPool2d
                 row = new_row("OP_POOL", src, dst, in_shape, out_shape)
                 row[[_F["C"], _F["H"], _F["W"]]] = in_shape
                 row[_F["act"]] = _F["ACT_RELU"] if kind is nn.ReLU else _F["ACT_NONE"]
                 self._pool_columns(row, first if pool is None else pool, in_shape)
+            elif kind is nn.AdaptiveAvgPool2d:
+                row = new_row("OP_POOL", src, dst, in_shape, out_shape)
+                row[[_F["C"], _F["H"], _F["W"], _F["pHo"], _F["pWo"]]] = (*in_shape, *out_shape[1:])
+                row[_F["pool"]] = _F["POOL_ADAPTIVE"]
             elif kind in _ACTIVATIONS:
                 row = new_row("OP_ACT", src, dst, in_shape, out_shape)
-                row[_F["act"]] = _ACTIVATIONS[kind]
+                activation(row, first)
             elif kind in (nn.Softmax, nn.LogSoftmax):
                 row = new_row("OP_SOFTMAX", src, dst, in_shape, out_shape)
                 row[_F["act"]] = _F["ACT_LOG"] if kind is nn.LogSoftmax else _F["ACT_NONE"]
@@ -241,7 +263,8 @@ class Predictor:
                 for i, v in enumerate(inputs[1:], 1):
                     row = new_row("OP_ADD", acc, dst, in_shape, out_shape)
                     row[_F["src2"]] = where[v]
-                    row[_F["act"]] = act if i == len(inputs) - 1 else _F["ACT_NONE"]
+                    if i == len(inputs) - 1:
+                        activation(row)
                     acc = dst
             elif kind is nn.Concat:  # each input copied into its channels of the output
                 offset = 0
@@ -278,14 +301,6 @@ class Predictor:
             self._arena = np.empty(max(1, self._nslots * n * self._largest), self.dtype)
             self._scratch = np.empty(get_num_threads() * self._per_thread, self.dtype)
             self.batch_size = n
-
-
-def _check_compilable(node):
-    """Refuse, when the predictor is built, a layer setting its ops do not have."""
-    m = node.module
-    if isinstance(m, nn.Conv2d) and (getattr(m, "groups", 1) != 1 or getattr(m, "dilation", (1, 1)) != (1, 1)):
-        raise TypeError(f"compile(): layer {node.name} (Conv2d) is grouped or dilated, which the compiled "
-                        "predictor does not run yet")
 
 
 def _snapshot(layer):
