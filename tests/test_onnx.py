@@ -357,3 +357,105 @@ def test_without_the_onnx_package_says_what_to_install(monkeypatch, tmp_path):
         conx.load(tmp_path / "m.onnx")
     assert math.isfinite(1.0)  # cyconv itself still imports and runs without onnx
     assert cyconv.compile(models.lenet5(rng=rng()))(np.zeros((1, 1, 28, 28), np.float32)).shape == (1, 10)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# load: graphs that branch and merge, from PyTorch's exporters (tests/torch_models.py)
+
+needs_relu6 = pytest.mark.skipif(not hasattr(nn, "ReLU6"), reason="MobileNetV2's Clip(0, 6) needs nn.ReLU6")
+TORCH_MODELS = {  # name -> (builder of tests/torch_models.py, one image's shape)
+    "resnet18": (lambda tm: tm.resnet18(), (3, 64, 64)),  # fully convolutional + global pool: 64x64 is enough
+    "mobilenet_v2_0.25": (lambda tm: tm.mobilenet_v2(width_mult=0.25), (3, 64, 64)),
+    "mobilenet_v2": (lambda tm: tm.mobilenet_v2(), (3, 64, 64)),
+    "resnet20": (lambda tm: tm.resnet20(), (3, 32, 32)),
+}
+
+
+def torch_models():
+    pytest.importorskip("torch", reason="PyTorch is not installed: its exports cannot be checked here")
+    import torch_models as tm
+
+    return tm
+
+
+def torch_export(tmp_path, name, *, opset, fold, dynamo):
+    """The model `name`, seeded, with BatchNorm statistics that are not the identity, exported in eval mode."""
+    import torch
+
+    tm = torch_models()
+    build, shape = TORCH_MODELS[name]
+    torch.manual_seed(0)
+    net = build(tm)
+    g = torch.Generator().manual_seed(1)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5, generator=g)
+            m.running_var.uniform_(0.5, 2.0, generator=g)
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.uniform_(-0.5, 0.5, generator=g)
+    net.eval()
+    path = tmp_path / f"{name}-{opset}-{fold}-{dynamo}.onnx"
+    x = torch.randn(1, *shape)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript")
+            torch.onnx.export(net, (x,), str(path), dynamo=True, opset_version=opset, external_data=False,
+                              input_names=["input"], output_names=["logits"], do_constant_folding=fold,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+        else:
+            torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=opset, do_constant_folding=fold,
+                              training=torch.onnx.TrainingMode.EVAL, input_names=["input"],
+                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return path, shape
+
+
+def assert_matches_ort(path, model, shape, batch=2):
+    x = random_array(rng(30), (batch, *shape), np.float32)
+    want = run_ort(path, x)
+    got = model(x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    return np.abs(got - want).max()
+
+
+def test_torch_models_have_torchvisions_parameter_counts():
+    tm = torch_models()
+    assert tm.count_parameters(tm.resnet18()) == 11_689_512
+    assert tm.count_parameters(tm.mobilenet_v2()) == 3_504_872
+    assert tm.count_parameters(tm.resnet20()) == 272_474
+    names = dict(tm.mobilenet_v2().named_parameters())
+    assert {"features.0.0.weight", "features.0.1.weight", "features.1.conv.0.0.weight", "features.2.conv.0.0.weight",
+            "features.18.0.weight", "classifier.1.weight"} <= set(names)
+    assert {"layer2.0.downsample.0.weight", "layer2.0.downsample.1.running_var"} <= set(tm.resnet18().state_dict())
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "unfolded"])
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("mobilenet_v2_0.25", marks=needs_relu6), "resnet20"])
+def test_torchscript_exports_load_and_match_onnxruntime(tmp_path, name, opset, fold):
+    path, shape = torch_export(tmp_path, name, opset=opset, fold=fold, dynamo=False)
+    model = conx.load(path)
+    assert type(model) is nn.Graph
+    assert_matches_ort(path, model, shape)
+    keys = set(model.state_dict())
+    first = "features.0.0.weight" if name.startswith("mobilenet") else "conv1.weight"
+    assert first in keys  # PyTorch's module paths name the layers
+    if not fold:  # BatchNorm kept: the state_dict is PyTorch's, layer for layer
+        import torch_models as tm
+
+        assert keys == set(TORCH_MODELS[name][0](tm).state_dict())
+
+
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("mobilenet_v2_0.25", marks=needs_relu6), "resnet20"])
+def test_dynamo_exports_load_and_match_onnxruntime(tmp_path, name):
+    path, shape = torch_export(tmp_path, name, opset=18, fold=True, dynamo=True)
+    assert_matches_ort(path, conx.load(path), shape, batch=3)
+
+
+@needs_relu6
+def test_mobilenet_v2_full_width(tmp_path):
+    path, shape = torch_export(tmp_path, "mobilenet_v2", opset=17, fold=True, dynamo=False)
+    assert_matches_ort(path, conx.load(path), shape, batch=1)
