@@ -654,6 +654,21 @@ def test_a_bad_onnx_model_is_one_line(capsys, tmp_path):
     assert_error(run(capsys, "predict", "--model", bad, digit, "--raw"), 1, f"{bad}: not an ONNX model")
 
 
+def test_an_onnx_model_with_an_op_cyconv_lacks_is_one_line(capsys, tmp_path):
+    pytest.importorskip("onnx", reason="the onnx package (in cyconv[test]) writes the file")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("_init__", ["x"], ["y"], name="weird")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, 28, 28])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    bad = tmp_path / "bad-op.onnx"
+    bad.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    digit = tmp_path / "digit.npy"
+    np.save(digit, np.zeros((28, 28), np.uint8) + 1)
+    assert_error(run(capsys, "predict", "--model", bad, digit, "--raw"), 1,
+                 f"{bad}: node weird (_init__): op type not supported")
+
+
 def test_onnx_commands_without_the_onnx_package_say_what_to_install(capsys, tmp_path, trained_run, monkeypatch):
     out, _, _ = trained_run
     monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import __version__, compare, data, distributed, set_num_threads
+from . import __version__, compare, data, distributed, graph, set_num_threads
 from . import predictor as predictor_module
 from ._files import atomic_write
 from .checkpoint import load_checkpoint, load_model
@@ -631,7 +631,8 @@ def _load_model(args):
     and the Checkpoint (None for an ONNX model)."""
     if args.onnx_model is not None:
         model = _onnx().load(args.onnx_model, final_softmax="drop")
-        return model, f"{args.onnx_model}: ONNX model, {len(model)} layers", None
+        layers = len(graph.trace(model).nodes)
+        return model, f"{args.onnx_model}: ONNX model, {layers} layers", None
     model, ckpt = load_model(args.checkpoint)
     return model, f"{ckpt.path}: {ckpt.model_name}, {ckpt.epoch} epochs", ckpt
 
