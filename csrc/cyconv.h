@@ -42,6 +42,62 @@ void col2im_f64(double *img, const double *cols, ptrdiff_t col_ld,
                 ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw,
                 ptrdiff_t Ho, ptrdiff_t Wo);
 
+/* im2col / col2im with dilation (dh, dw): tap (ki, kj) of output (oh, ow) is
+ * input (oh*sh - ph + ki*dh, ow*sw - pw + kj*dw). Used only when dilation > 1. */
+void im2col_dilated_f32(float *cols, ptrdiff_t col_ld, const float *img, ptrdiff_t C, ptrdiff_t H,
+                        ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph,
+                        ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t Ho, ptrdiff_t Wo);
+void im2col_dilated_f64(double *cols, ptrdiff_t col_ld, const double *img, ptrdiff_t C, ptrdiff_t H,
+                        ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph,
+                        ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t Ho, ptrdiff_t Wo);
+void col2im_dilated_f32(float *img, const float *cols, ptrdiff_t col_ld, ptrdiff_t C, ptrdiff_t H,
+                        ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph,
+                        ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t Ho, ptrdiff_t Wo);
+void col2im_dilated_f64(double *img, const double *cols, ptrdiff_t col_ld, ptrdiff_t C, ptrdiff_t H,
+                        ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph,
+                        ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t Ho, ptrdiff_t Wo);
+
+/* Depthwise convolution on one plane (depthwise.c): x (H,W) with one (kh,kw) filter w
+ * -> y (Ho,Wo), overwritten; bias points at one value or is NULL. Stride, zero padding
+ * and dilation as in conv2d. The input gradient ADDS dy's share into dx (H,W); the
+ * weight gradient ADDS this plane's sums into dweight (kh,kw) and *dbias (unless NULL). */
+void depthwise_conv2d_forward_f32(float *y, const float *x, const float *w, const float *bias,
+                                  ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
+                                  ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw,
+                                  ptrdiff_t Ho, ptrdiff_t Wo);
+void depthwise_conv2d_forward_f64(double *y, const double *x, const double *w, const double *bias,
+                                  ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
+                                  ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw,
+                                  ptrdiff_t Ho, ptrdiff_t Wo);
+void depthwise_conv2d_backward_input_f32(float *dx, const float *dy, const float *w, ptrdiff_t H,
+                                         ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,
+                                         ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw,
+                                         ptrdiff_t Ho, ptrdiff_t Wo);
+void depthwise_conv2d_backward_input_f64(double *dx, const double *dy, const double *w, ptrdiff_t H,
+                                         ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,
+                                         ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw,
+                                         ptrdiff_t Ho, ptrdiff_t Wo);
+void depthwise_conv2d_backward_weight_f32(float *dweight, float *dbias, const float *dy, const float *x,
+                                          ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
+                                          ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw,
+                                          ptrdiff_t Ho, ptrdiff_t Wo);
+void depthwise_conv2d_backward_weight_f64(double *dweight, double *dbias, const double *dy, const double *x,
+                                          ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
+                                          ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw,
+                                          ptrdiff_t Ho, ptrdiff_t Wo);
+
+/* Adaptive average pooling on one plane (adaptive_avgpool.c): x (H,W) -> y (Ho,Wo) with
+ * PyTorch's bins [floor(i*H/Ho), ceil((i+1)*H/Ho)); sums in double. Backward overwrites dx (H,W).
+ * Ho = Wo = 1 is a global average pool (its own loop). */
+void adaptive_avg_pool2d_forward_f32(float *y, const float *x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t Ho,
+                                     ptrdiff_t Wo);
+void adaptive_avg_pool2d_forward_f64(double *y, const double *x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t Ho,
+                                     ptrdiff_t Wo);
+void adaptive_avg_pool2d_backward_f32(float *dx, const float *dy, ptrdiff_t H, ptrdiff_t W, ptrdiff_t Ho,
+                                      ptrdiff_t Wo);
+void adaptive_avg_pool2d_backward_f64(double *dx, const double *dy, ptrdiff_t H, ptrdiff_t W, ptrdiff_t Ho,
+                                      ptrdiff_t Wo);
+
 /* Max pooling on one plane: x is (H,W), y and ind are (Ho,Wo).
  * ind (may be NULL) receives the flat position in x of each maximum; relu != 0
  * applies ReLU to y (max_pool2d(relu(x)) in one pass). */
@@ -69,6 +125,13 @@ void relu_backward_f64(double *dx, const double *dy, const double *x, ptrdiff_t 
 /* y = a + b on n elements, then ReLU when relu != 0; y may alias a or b. */
 void add_forward_f32(float *y, const float *a, const float *b, ptrdiff_t n, int relu);
 void add_forward_f64(double *y, const double *a, const double *b, ptrdiff_t n, int relu);
+
+/* Hardtanh on n contiguous elements (hardtanh.c): y = min(max(x, lo), hi), NaN propagates;
+ * backward passes dy strictly inside (lo, hi), 0 at and beyond the bounds (ReLU6: lo 0, hi 6). */
+void hardtanh_forward_f32(float *y, const float *x, ptrdiff_t n, float lo, float hi);
+void hardtanh_forward_f64(double *y, const double *x, ptrdiff_t n, double lo, double hi);
+void hardtanh_backward_f32(float *dx, const float *dy, const float *x, ptrdiff_t n, float lo, float hi);
+void hardtanh_backward_f64(double *dx, const double *dy, const double *x, ptrdiff_t n, double lo, double hi);
 
 /* Sigmoid and tanh on n contiguous elements; backward from the forward's output y. */
 void sigmoid_forward_f32(float *y, const float *x, ptrdiff_t n);

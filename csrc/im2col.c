@@ -287,6 +287,20 @@ void FN(col2im)(real *img, const real *cols, ptrdiff_t col_ld, ptrdiff_t C, ptrd
     TIERED(col2im)(img, cols, col_ld, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo);
 }
 
+void FN(im2col_dilated)(real *cols, ptrdiff_t col_ld, const real *img, ptrdiff_t C, ptrdiff_t H,
+                        ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph,
+                        ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t Ho, ptrdiff_t Wo)
+{
+    TIERED(im2col_dilated)(cols, col_ld, img, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo);
+}
+
+void FN(col2im_dilated)(real *img, const real *cols, ptrdiff_t col_ld, ptrdiff_t C, ptrdiff_t H,
+                        ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph,
+                        ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t Ho, ptrdiff_t Wo)
+{
+    TIERED(col2im_dilated)(img, cols, col_ld, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo);
+}
+
 void FN(add_bias)(real *y, ptrdiff_t ldy, const real *bias, ptrdiff_t O, ptrdiff_t L)
 {
     TIERED(add_bias)(y, ldy, bias, O, L);
@@ -433,6 +447,67 @@ TIER_FN void FN(im2row)(float *rows, const float *img, ptrdiff_t C, ptrdiff_t H,
     }
 }
 #endif
+
+/* im2col and col2im with dilation (dh, dw): tap (ki, kj) reads input row
+ * oh*sh - ph + ki*dh, column ow*sw - pw + kj*dw. Only dilated convolutions call
+ * these, so the undilated pair above keeps its fast paths untouched; plain
+ * loops, which the compiler vectorises per tier where the stride is 1. */
+TIER_FN void FN(im2col_dilated)(real *cols, ptrdiff_t col_ld, const real *img, ptrdiff_t C, ptrdiff_t H,
+                                ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,
+                                ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t Ho,
+                                ptrdiff_t Wo)
+{
+    // img is (C,H,W); cols is (C*kh*kw, Ho*Wo) with row stride col_ld
+    for (ptrdiff_t c = 0; c < C; c++) {
+        const real *plane = img + c * H * W;
+        for (ptrdiff_t ki = 0; ki < kh; ki++) {
+            ptrdiff_t oh_lo, oh_hi;
+            valid_output_range(H, Ho, sh, ph, ki * dh, &oh_lo, &oh_hi);
+            for (ptrdiff_t kj = 0; kj < kw; kj++) {
+                real *row = cols + ((c * kh + ki) * kw + kj) * col_ld;
+                ptrdiff_t ow_lo, ow_hi;
+                valid_output_range(W, Wo, sw, pw, kj * dw, &ow_lo, &ow_hi);
+                for (ptrdiff_t oh = 0; oh < Ho; oh++) {
+                    real *dst = row + oh * Wo;
+                    if (oh < oh_lo || oh >= oh_hi) {
+                        for (ptrdiff_t ow = 0; ow < Wo; ow++) dst[ow] = 0;
+                        continue;
+                    }
+                    const real *src = plane + (oh * sh - ph + ki * dh) * W;
+                    for (ptrdiff_t ow = 0; ow < ow_lo; ow++) dst[ow] = 0;
+                    for (ptrdiff_t ow = ow_lo; ow < ow_hi; ow++) dst[ow] = src[ow * sw - pw + kj * dw];
+                    for (ptrdiff_t ow = ow_hi; ow < Wo; ow++) dst[ow] = 0;
+                }
+            }
+        }
+    }
+}
+
+TIER_FN void FN(col2im_dilated)(real *img, const real *cols, ptrdiff_t col_ld, ptrdiff_t C, ptrdiff_t H,
+                                ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,
+                                ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t Ho,
+                                ptrdiff_t Wo)
+{
+    // cols is (C*kh*kw, Ho*Wo) with row stride col_ld; img is (C,H,W), overwritten
+    memset(img, 0, (size_t)(C * H * W) * sizeof(real));
+    for (ptrdiff_t c = 0; c < C; c++) {
+        real *plane = img + c * H * W;
+        for (ptrdiff_t ki = 0; ki < kh; ki++) {
+            ptrdiff_t oh_lo, oh_hi;
+            valid_output_range(H, Ho, sh, ph, ki * dh, &oh_lo, &oh_hi);
+            for (ptrdiff_t kj = 0; kj < kw; kj++) {
+                const real *row = cols + ((c * kh + ki) * kw + kj) * col_ld;
+                ptrdiff_t ow_lo, ow_hi;
+                valid_output_range(W, Wo, sw, pw, kj * dw, &ow_lo, &ow_hi);
+                for (ptrdiff_t oh = oh_lo; oh < oh_hi; oh++) {
+                    real *dst = plane + (oh * sh - ph + ki * dh) * W;
+                    const real *src = row + oh * Wo;
+                    for (ptrdiff_t ow = ow_lo; ow < ow_hi; ow++) dst[ow * sw - pw + kj * dw] += src[ow];
+                }
+            }
+        }
+    }
+}
 
 TIER_FN void FN(add_bias)(real *y, ptrdiff_t ldy, const real *bias, ptrdiff_t O, ptrdiff_t L)
 {

@@ -61,7 +61,7 @@ CONV_CASES = [  # (x shape, out_channels, kernel_size, stride, padding, bias)
 @pytest.mark.parametrize("shape, out_channels, kernel_size, stride, padding, bias", CONV_CASES)
 def test_conv2d_matches_reference(shape, out_channels, kernel_size, stride, padding, bias, dtype):
     rng = seeded(1)
-    conv = nn.Conv2d(shape[1], out_channels, kernel_size, stride, padding, bias, dtype=dtype, rng=rng)
+    conv = nn.Conv2d(shape[1], out_channels, kernel_size, stride, padding, bias=bias, dtype=dtype, rng=rng)
     x = random_array(rng, shape, dtype)
     b = conv.bias.data if bias else None
     want_y = R.conv2d(x, conv.weight.data, b, stride, padding)

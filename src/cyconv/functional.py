@@ -24,7 +24,8 @@ from ._threads import record_work_split, threads_for
 __all__ = [
     "conv2d", "conv2d_backward", "im2col", "col2im", "max_pool2d", "max_pool2d_backward",
     "relu_max_pool2d", "relu_max_pool2d_backward", "conv2d_relu_max_pool2d",
-    "conv2d_relu_max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "relu", "relu_backward",
+    "conv2d_relu_max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward", "relu", "relu_backward", "hardtanh", "hardtanh_backward", "relu6", "relu6_backward",
     "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "softmax", "softmax_backward", "log_softmax",
     "log_softmax_backward", "dropout", "dropout_backward", "batch_norm", "batch_norm_backward", "linear",
     "linear_backward", "softmax_cross_entropy", "sgd_update", "adam_update",
@@ -148,19 +149,96 @@ def _conv_geometry(fn, x, weight, stride, padding):
 # ---------------------------------------------------------------------------
 # Convolution
 
-def conv2d(x, weight, bias=None, stride=1, padding=0):
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution (cross-correlation, as in PyTorch) by im2col + GEMM.
 
+    groups splits the channels into that many independent convolutions (C and O divisible by
+    groups); groups == C is a depthwise convolution, computed per plane without im2col.
+    dilation spaces the kernel's taps (a 3x3 kernel with dilation 2 spans 5x5).
+
     Shape:
-        x (N, C, H, W), weight (O, C, kh, kw), bias (O,) or None -> y (N, O, Ho, Wo),
-        Ho = (H + 2*ph - kh) // sh + 1,  Wo = (W + 2*pw - kw) // sw + 1.
+        x (N, C, H, W), weight (O, C // groups, kh, kw), bias (O,) or None -> y (N, O, Ho, Wo),
+        Ho = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1,  Wo = (W + 2*pw - dw*(kw - 1) - 1) // sw + 1.
 
     Example:
         >>> x = np.ones((1, 1, 28, 28), np.float32); w = np.ones((20, 1, 5, 5), np.float32)
         >>> conv2d(x, w, padding=2).shape
         (1, 20, 28, 28)
+        >>> conv2d(np.ones((1, 32, 112, 112), np.float32), np.ones((32, 1, 3, 3), np.float32),
+        ...        stride=2, padding=1, groups=32).shape
+        (1, 32, 56, 56)
     """
-    return _conv2d(*_conv_arguments("conv2d", x, weight, bias, stride, padding))
+    fn = "conv2d"
+    dilation, groups = _dilation_groups(fn, dilation, groups)
+    if groups == 1 and dilation == (1, 1):
+        return _conv2d(*_conv_arguments(fn, x, weight, bias, stride, padding))
+    x, weight, bias, geom = _grouped_conv_arguments(fn, x, weight, bias, stride, padding, dilation, groups)
+    N, C, H, W, O, G, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = geom
+    y = np.empty((N, O, Ho, Wo), x.dtype)
+    if N == 0:
+        return y
+    if G == C:
+        _kernels.depthwise_conv2d_forward(y.reshape(-1), x.reshape(-1), weight.reshape(-1), bias, N, C, H, W, O,
+                                          kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
+                                          threads_for(N * O, Ho * Wo * kh * kw))
+        return y
+    K, L = C // G * kh * kw, Ho * Wo
+    nt = threads_for(N * G, O // G * K * L)
+    direct = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
+    scratch = np.empty(0 if direct else nt * K * L, x.dtype)
+    _kernels.grouped_conv2d_forward(y.reshape(-1), x.reshape(-1), weight.reshape(-1), bias, scratch, *geom, nt)
+    return y
+
+
+def _dilation_groups(fn, dilation, groups):
+    """(dilation pair, groups) checked: dilation >= 1, groups a positive int."""
+    dilation = _pair(dilation, "dilation", fn, 1)
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, (bool, np.bool_)):
+        raise TypeError(f"{fn}(): groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"{fn}(): groups must be >= 1, got {groups}")
+    return dilation, int(groups)
+
+
+def _grouped_conv_geometry(fn, x, weight, stride, padding, dilation, groups):
+    """(N, C, H, W, O, G, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo) of a grouped, dilated convolution."""
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = weight.shape
+    G = groups
+    if min(O, C, kh, kw, H, W) < 1:
+        raise ValueError(f"{fn}(): x {x.shape} and weight {weight.shape} must have no zero-size axis but the batch")
+    if C % G:
+        raise ValueError(f"{fn}(): groups={G} must divide x's {C} channels (x {x.shape})")
+    if O % G:
+        raise ValueError(f"{fn}(): groups={G} must divide the {O} out_channels (weight {weight.shape})")
+    if Cg != C // G:
+        raise ValueError(f"{fn}(): weight must have shape ({O}, {C // G}, kh, kw) (in_channels // groups = "
+                         f"{C} // {G}), got {weight.shape}")
+    sh, sw = _pair(stride, "stride", fn, 1)
+    ph, pw = _pair(padding, "padding", fn, 0)
+    dh, dw = dilation
+    span = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)  # the dilated kernel's extent
+    if H + 2 * ph < span[0] or W + 2 * pw < span[1]:
+        raise ValueError(f"{fn}(): kernel_size {(kh, kw)} with dilation {dilation} spans {span}, larger than "
+                         f"the padded input {(H + 2 * ph, W + 2 * pw)}")
+    Ho, Wo = _output_size(H, span[0], sh, ph), _output_size(W, span[1], sw, pw)
+    _check_blas_size(fn, C // G * kh * kw * Ho * Wo, O * Ho * Wo, O * C // G * kh * kw)
+    return (N, C, H, W, O, G, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)
+
+
+def _grouped_conv_arguments(fn, x, weight, bias, stride, padding, dilation, groups):
+    """As _conv_arguments, with the geometry of _grouped_conv_geometry."""
+    x = _float_array(x, "x", fn, ndim=4)
+    weight = _float_array(weight, "weight", fn, ndim=4, dtype=x.dtype)
+    geom = _grouped_conv_geometry(fn, x, weight, stride, padding, dilation, groups)
+    O = geom[4]
+    if bias is None:
+        bias = np.empty(0, x.dtype)
+    else:
+        bias = _float_array(bias, "bias", fn, ndim=1, dtype=x.dtype)
+        if bias.shape[0] != O:
+            raise ValueError(f"{fn}(): bias must have shape ({O},) for {O} out_channels, got {bias.shape}")
+    return x, weight, bias, geom
 
 
 def _conv2d(x, weight, bias, geom):
@@ -278,14 +356,14 @@ def conv2d_relu_max_pool2d_backward(grad_y, y, indices, x, weight, stride=1, pad
     return grad_x, grad_weight, grad_bias
 
 
-def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True, out=None,
+def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1, *, grad_input=True, out=None,
                     accumulate=False):
     """Gradients of conv2d with respect to its input, weight and bias.
 
     Shape:
-        grad_y (N, O, Ho, Wo), x (N, C, H, W), weight (O, C, kh, kw)
+        grad_y (N, O, Ho, Wo), x (N, C, H, W), weight (O, C // groups, kh, kw)
         -> grad_x (N, C, H, W) or None when grad_input=False (a network's first
-           layer needs no input gradient), grad_weight (O, C, kh, kw), grad_bias (O,).
+           layer needs no input gradient), grad_weight (O, C // groups, kh, kw), grad_bias (O,).
 
     grad_weight = sum_n grad_y[n] @ im2col(x)[n].T;  grad_x = col2im(weight.T @ grad_y).
 
@@ -294,6 +372,10 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True, 
     with accumulate=True they are added into them, as a module adds into `.grad`.
     """
     fn = "conv2d_backward"
+    dilation, groups = _dilation_groups(fn, dilation, groups)
+    if groups != 1 or dilation != (1, 1):
+        return _grouped_conv2d_backward(fn, grad_y, x, weight, stride, padding, dilation, groups, grad_input, out,
+                                        accumulate)
     x = _float_array(x, "x", fn, ndim=4)
     weight = _float_array(weight, "weight", fn, ndim=4, dtype=x.dtype)
     grad_y = _float_array(grad_y, "grad_y", fn, ndim=4, dtype=x.dtype)
@@ -317,6 +399,43 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True, 
         grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype), grad_weight.reshape(-1), grad_bias,
         grad_y.reshape(-1), x.reshape(-1), weight.reshape(-1), scratch, acc, *geom, grad_input, accumulate, nt)
     _record_work_split(nt)
+    return grad_x, grad_weight, grad_bias
+
+
+def _grouped_conv2d_backward(fn, grad_y, x, weight, stride, padding, dilation, groups, grad_input, out,
+                             accumulate):
+    """conv2d_backward with groups > 1 or dilation > 1 (arguments as there)."""
+    x = _float_array(x, "x", fn, ndim=4)
+    weight = _float_array(weight, "weight", fn, ndim=4, dtype=x.dtype)
+    grad_y = _float_array(grad_y, "grad_y", fn, ndim=4, dtype=x.dtype)
+    geom = _grouped_conv_geometry(fn, x, weight, stride, padding, dilation, groups)
+    N, C, H, W, O, G, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = geom
+    if grad_y.shape != (N, O, Ho, Wo):
+        raise ValueError(f"{fn}(): grad_y must have shape {(N, O, Ho, Wo)} (the output of conv2d), got {grad_y.shape}")
+    grad_x = np.empty(x.shape, x.dtype) if grad_input else None
+    grad_weight, grad_bias = _gradient_outputs(fn, out, accumulate, weight.shape, O, x.dtype, [x, weight, grad_y])
+    if N == 0:
+        if not accumulate:
+            grad_weight.fill(0)
+            grad_bias.fill(0)
+        return grad_x, grad_weight, grad_bias
+    no_grad_x = np.empty(0, x.dtype)
+    K, L = C // G * kh * kw, Ho * Wo
+    if G == C:
+        nt = threads_for(O, N * L * kh * kw)  # the weight gradient's items: the input gradient has more
+        acc = np.zeros(O * (kh * kw + 1), x.dtype)
+        _kernels.depthwise_conv2d_backward(
+            grad_x.reshape(-1) if grad_input else no_grad_x, grad_weight.reshape(-1), grad_bias, grad_y.reshape(-1),
+            x.reshape(-1), weight.reshape(-1), acc, N, C, H, W, O, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
+            grad_input, accumulate, nt)
+        return grad_x, grad_weight, grad_bias
+    chunks = _kernels.weight_grad_chunks(N)
+    nt = threads_for(chunks * G, N // chunks * O // G * K * L)
+    scratch = np.empty(nt * 2 * K * L, x.dtype)
+    acc = np.zeros(chunks * (O * K + O), x.dtype)
+    _kernels.grouped_conv2d_backward(
+        grad_x.reshape(-1) if grad_input else no_grad_x, grad_weight.reshape(-1), grad_bias, grad_y.reshape(-1),
+        x.reshape(-1), weight.reshape(-1), scratch, acc, *geom, grad_input, accumulate, nt)
     return grad_x, grad_weight, grad_bias
 
 
@@ -523,6 +642,57 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     return grad_x
 
 
+# ---------------------------------------------------------------------------
+# Adaptive average pooling
+
+def adaptive_avg_pool2d(x, output_size):
+    """Average pooling to a given output size, PyTorch's bins: output row i averages input rows
+    floor(i*H/Ho) to ceil((i+1)*H/Ho) (exclusive), and the same along the width. Bins may
+    overlap. output_size 1 is a global average pool (the head of ResNet and MobileNet).
+
+    Shape:
+        x (N, C, H, W), output_size Ho or (Ho, Wo) -> y (N, C, Ho, Wo).
+    """
+    fn = "adaptive_avg_pool2d"
+    x = _float_array(x, "x", fn, ndim=4)
+    N, C, H, W = x.shape
+    Ho, Wo = _adaptive_output_size(fn, output_size, (H, W))
+    y = np.empty((N, C, Ho, Wo), x.dtype)
+    if y.size:
+        _kernels.adaptive_avgpool2d_forward(y.reshape(-1), x.reshape(-1), N * C, H, W, Ho, Wo,
+                                            threads_for(N * C, H * W))
+    return y
+
+
+def adaptive_avg_pool2d_backward(grad_y, input_shape, output_size):
+    """Gradient of adaptive_avg_pool2d: each output's gradient, divided by its bin's size,
+    spread over its bin (overlaps add up).
+
+    Shape:
+        grad_y (N, C, Ho, Wo), input_shape (N, C, H, W) -> grad_x (N, C, H, W).
+    """
+    fn = "adaptive_avg_pool2d_backward"
+    grad_y = _float_array(grad_y, "grad_y", fn, ndim=4)
+    N, C, H, W = _input_shape(fn, input_shape)
+    Ho, Wo = _adaptive_output_size(fn, output_size, (H, W))
+    if grad_y.shape != (N, C, Ho, Wo):
+        raise ValueError(f"{fn}(): grad_y must have shape {(N, C, Ho, Wo)} for input_shape {tuple(input_shape)} "
+                         f"and output_size {output_size!r}, got {grad_y.shape}")
+    grad_x = np.empty((N, C, H, W), grad_y.dtype)  # the kernel overwrites every plane
+    if grad_x.size:
+        _kernels.adaptive_avgpool2d_backward(grad_x.reshape(-1), grad_y.reshape(-1), N * C, H, W, Ho, Wo,
+                                             threads_for(N * C, H * W))
+    return grad_x
+
+
+def _adaptive_output_size(fn, output_size, hw):
+    """output_size as an (Ho, Wo) pair of ints >= 1, for non-empty planes hw."""
+    size = _pair(output_size, "output_size", fn, 1)
+    if min(hw) < 1:
+        raise ValueError(f"{fn}(): x must have non-empty planes (H, W >= 1), got {tuple(hw)}")
+    return size
+
+
 def _bool_flag(fn, name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{fn}(): {name} must be True or False, got {value!r}")
@@ -604,6 +774,59 @@ def concat_backward(grad_y, channels):
         raise ValueError(f"{fn}(): channels {channels} must sum to grad_y's axis 1, got shape {grad_y.shape}")
     bounds = np.cumsum([0] + channels)
     return tuple(np.ascontiguousarray(grad_y[:, lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:]))
+
+
+# ---------------------------------------------------------------------------
+# Hardtanh and ReLU6
+
+def hardtanh(x, min_val=-1.0, max_val=1.0):
+    """y = min(max(x, min_val), max_val), elementwise; NaN stays NaN. Any shape.
+    The bounds are rounded to x's dtype."""
+    fn = "hardtanh"
+    x = _float_array(x, "x", fn)
+    lo, hi = _bounds(fn, min_val, max_val)
+    y = np.empty_like(x)
+    _kernels.hardtanh_forward(y.reshape(-1), x.reshape(-1), lo, hi, threads_for(x.size, 1))
+    return y
+
+
+def hardtanh_backward(grad_y, x, min_val=-1.0, max_val=1.0):
+    """grad_x = grad_y strictly inside (min_val, max_val), 0 at the bounds and beyond (PyTorch's rule;
+    a NaN x passes grad_y, as there)."""
+    fn = "hardtanh_backward"
+    x = _float_array(x, "x", fn)
+    grad_y = _float_array(grad_y, "grad_y", fn, dtype=x.dtype)
+    if grad_y.shape != x.shape:
+        raise ValueError(f"{fn}(): grad_y must have x's shape {x.shape}, got {grad_y.shape}")
+    lo, hi = _bounds(fn, min_val, max_val)
+    grad_x = np.empty_like(x)
+    _kernels.hardtanh_backward(grad_x.reshape(-1), grad_y.reshape(-1), x.reshape(-1), lo, hi,
+                               threads_for(x.size, 1))
+    return grad_x
+
+
+def relu6(x):
+    """y = min(max(x, 0), 6): hardtanh(x, 0, 6) (MobileNetV2's activation)."""
+    return hardtanh(x, 0.0, 6.0)
+
+
+def relu6_backward(grad_y, x):
+    """hardtanh_backward(grad_y, x, 0, 6)."""
+    return hardtanh_backward(grad_y, x, 0.0, 6.0)
+
+
+def _bounds(fn, min_val, max_val):
+    """(min_val, max_val) as floats, checked: real numbers, finite or infinite, min_val <= max_val."""
+    bounds = []
+    for name, v in (("min_val", min_val), ("max_val", max_val)):
+        if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"{fn}(): {name} must be a real number, got {v!r}")
+        if math.isnan(v):
+            raise ValueError(f"{fn}(): {name} must not be NaN")
+        bounds.append(float(v))
+    if bounds[0] > bounds[1]:
+        raise ValueError(f"{fn}(): min_val must be <= max_val, got {min_val!r} > {max_val!r}")
+    return tuple(bounds)
 
 
 # ---------------------------------------------------------------------------

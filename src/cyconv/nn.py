@@ -47,8 +47,9 @@ from . import functional as F
 from .functional import _pair
 
 __all__ = [
-    "Parameter", "Module", "Conv2d", "MaxPool2d", "AvgPool2d", "ReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
-    "Dropout", "BatchNorm1d", "BatchNorm2d", "Flatten", "Linear", "Identity", "Add", "Concat", "Sequential", "Graph",
+    "Parameter", "Module", "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "ReLU", "Hardtanh", "ReLU6",
+    "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Dropout", "BatchNorm1d", "BatchNorm2d", "Flatten", "Linear",
+    "Identity", "Add", "Concat", "Sequential", "Graph",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -368,20 +369,24 @@ def _square_or_pair(pair):
 class Conv2d(Module):
     """2-D convolution (cross-correlation) over NCHW batches: `functional.conv2d`.
 
-    Parameters: weight (out_channels, in_channels, kh, kw), bias (out_channels,) unless bias=False.
+    Parameters: weight (out_channels, in_channels // groups, kh, kw), bias (out_channels,) unless
+    bias=False. groups splits the channels into independent convolutions (groups == in_channels:
+    depthwise, as in MobileNet); dilation spaces the kernel's taps.
 
     Shape:
         (N, in_channels, H, W) -> (N, out_channels, Ho, Wo),
-        Ho = (H + 2*ph - kh) // sh + 1,  Wo = (W + 2*pw - kw) // sw + 1.
+        Ho = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1,  Wo = (W + 2*pw - dw*(kw - 1) - 1) // sw + 1.
 
     Example:
         >>> conv = Conv2d(1, 20, 5, padding=2, rng=np.random.default_rng(0))
         >>> conv(np.zeros((8, 1, 28, 28), np.float32)).shape
         (8, 20, 28, 28)
+        >>> Conv2d(32, 32, 3, stride=2, padding=1, groups=32).output_shape((32, 112, 112))
+        (32, 56, 56)
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, *,
-                 dtype=np.float32, rng=None):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, *, dtype=np.float32, rng=None):
         super().__init__()
         cls = type(self).__name__
         self.in_channels = _count(in_channels, "in_channels", cls)
@@ -389,40 +394,67 @@ class Conv2d(Module):
         self.kernel_size = _pair(kernel_size, "kernel_size", cls, 1)
         self.stride = _pair(stride, "stride", cls, 1)
         self.padding = _pair(padding, "padding", cls, 0)
+        self.dilation = _pair(dilation, "dilation", cls, 1)
+        self.groups = _count(groups, "groups", cls)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"{cls}(): groups={self.groups} must divide in_channels ({self.in_channels}) and "
+                             f"out_channels ({self.out_channels})")
         has_bias = _flag(bias, "bias", cls)
         dtype = _float_dtype(dtype, cls)
         rng = _generator(rng, cls)
         kh, kw = self.kernel_size
-        fan_in = self.in_channels * kh * kw
-        self.weight = _uniform(rng, fan_in, (self.out_channels, self.in_channels, kh, kw), dtype)
+        fan_in = self.in_channels // self.groups * kh * kw
+        self.weight = _uniform(rng, fan_in, (self.out_channels, self.in_channels // self.groups, kh, kw), dtype)
         self.bias = _uniform(rng, fan_in, (self.out_channels,), dtype) if has_bias else None
 
     def forward(self, x):
         self._save(x)
         bias = None if self.bias is None else self.bias.data
-        return F.conv2d(x, self.weight.data, bias, self.stride, self.padding)
+        return F.conv2d(x, self.weight.data, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def backward(self, grad_output, *, input_grad=True):
         (x,) = self._saved_for_backward()
         grad_x, _, _ = _parameter_gradients(self.weight, self.bias, lambda out, accumulate: F.conv2d_backward(
-            grad_output, x, self.weight.data, self.stride, self.padding, grad_input=input_grad, out=out,
-            accumulate=accumulate))
+            grad_output, x, self.weight.data, self.stride, self.padding, self.dilation, self.groups,
+            grad_input=input_grad, out=out, accumulate=accumulate))
         return grad_x
 
-    def output_shape(self, shape):
-        if len(shape) == 3 and shape[0] != self.in_channels:
-            raise ValueError(f"Conv2d expects {self.in_channels} channels, got {shape}")
-        return (self.out_channels, *_window_shape(self, shape, self.kernel_size, self.stride, self.padding,
-                                                  getattr(self, "dilation", (1, 1))))
+    def output_shape(self, *shapes):
+        """The output shape (out_channels, Ho, Wo) of one image of shape (in_channels, H, W)."""
+        (C, H, W) = _image_shape(type(self).__name__, shapes)
+        if C != self.in_channels:
+            raise ValueError(f"{type(self).__name__}.output_shape(): expects {self.in_channels} channels, "
+                             f"got input shape {(C, H, W)}")
+        out = []
+        for n, k, s, p, d in zip((H, W), self.kernel_size, self.stride, self.padding, self.dilation):
+            span = d * (k - 1) + 1
+            if n + 2 * p < span:
+                raise ValueError(f"{type(self).__name__}.output_shape(): kernel_size {self.kernel_size} "
+                                 f"(dilation {self.dilation}) does not fit the padded input of shape {(C, H, W)}")
+            out.append((n + 2 * p - span) // s + 1)
+        return (self.out_channels, *out)
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
         if self.padding != (0, 0):
             s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
         return s
+
+
+def _image_shape(cls, shapes):
+    """The one per-image (C, H, W) shape an output_shape() takes, checked."""
+    if len(shapes) != 1 or not (isinstance(shapes[0], (tuple, list)) and len(shapes[0]) == 3 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in shapes[0])):
+        raise ValueError(f"{cls}.output_shape(): expects one per-image shape (C, H, W) of positive ints, "
+                         f"got {shapes!r}")
+    return tuple(int(v) for v in shapes[0])
 
 
 class MaxPool2d(Module):
@@ -509,6 +541,82 @@ class AvgPool2d(Module):
         return (f"kernel_size={_square_or_pair(self.kernel_size)}, stride={_square_or_pair(self.stride)}, "
                 f"padding={_square_or_pair(self.padding)}"
                 + ("" if self.count_include_pad else ", count_include_pad=False"))
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average pooling to a fixed output size: `functional.adaptive_avg_pool2d` (PyTorch's bins).
+    AdaptiveAvgPool2d(1) is the global average pool of ResNet and MobileNet heads.
+
+    Shape:
+        (N, C, H, W) -> (N, C, Ho, Wo) with (Ho, Wo) = output_size.
+
+    Example:
+        >>> AdaptiveAvgPool2d(1)(np.zeros((8, 1280, 7, 7), np.float32)).shape
+        (8, 1280, 1, 1)
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = _pair(output_size, "output_size", type(self).__name__, 1)
+
+    def forward(self, x):
+        self._save(x.shape)
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def backward(self, grad_output, *, input_grad=True):
+        (input_shape,) = self._saved_for_backward()
+        return F.adaptive_avg_pool2d_backward(grad_output, input_shape, self.output_size) if input_grad else None
+
+    def output_shape(self, *shapes):
+        """(C, Ho, Wo) for one image of shape (C, H, W)."""
+        C, _, _ = _image_shape(type(self).__name__, shapes)
+        return (C, *self.output_size)
+
+    def extra_repr(self):
+        return f"output_size={_square_or_pair(self.output_size)}"
+
+
+class Hardtanh(Module):
+    """min(max(x, min_val), max_val) elementwise: `functional.hardtanh`. Keeps its output, as ReLU
+    does: y is at a bound exactly where x is at or beyond it, which is all the backward asks.
+
+    Shape: any -> the same.
+    """
+
+    def __init__(self, min_val=-1.0, max_val=1.0):
+        super().__init__()
+        self.min_val, self.max_val = F._bounds(type(self).__name__, min_val, max_val)
+
+    def forward(self, x):
+        y = F.hardtanh(x, self.min_val, self.max_val)
+        self._save(y)
+        return y
+
+    def backward(self, grad_output, *, input_grad=True):
+        (y,) = self._saved_for_backward()
+        return F.hardtanh_backward(grad_output, y, self.min_val, self.max_val) if input_grad else None
+
+    def output_shape(self, *shapes):
+        """The input shape: elementwise."""
+        if len(shapes) != 1:
+            raise ValueError(f"{type(self).__name__}.output_shape(): expects one per-image shape, got {shapes!r}")
+        return tuple(shapes[0])
+
+    def extra_repr(self):
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+
+class ReLU6(Hardtanh):
+    """min(max(x, 0), 6) elementwise (MobileNetV2): Hardtanh(0, 6), as in PyTorch.
+
+    Shape: any -> the same.
+    """
+
+    def __init__(self):
+        super().__init__(0.0, 6.0)
+
+    def extra_repr(self):
+        return ""
 
 
 class ReLU(Module):

@@ -32,8 +32,14 @@ __all__ = [
     "conv2d_relu_max_pool2d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
     "relu",
     "relu_backward",
+    "hardtanh",
+    "hardtanh_backward",
+    "relu6",
+    "relu6_backward",
     "sigmoid",
     "sigmoid_backward",
     "tanh",
@@ -66,18 +72,24 @@ def _out_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _windows(padded, kernel, stride, out_shape):
+def _windows(padded, kernel, stride, out_shape, dilation=(1, 1)):
     """Yield ``(i, j, view)`` for every kernel offset.
 
-    ``view[..., a, b] == padded[..., a*sh + i, b*sw + j]``: the element at kernel
+    ``view[..., a, b] == padded[..., a*sh + i*dh, b*sw + j*dw]``: the element at kernel
     offset (i, j) of every output position's window, as one strided slice.
     """
     kh, kw = kernel
     sh, sw = stride
+    dh, dw = dilation
     ho, wo = out_shape
     for i in range(kh):
         for j in range(kw):
-            yield i, j, padded[..., i : i + sh * ho : sh, j : j + sw * wo : sw]
+            yield i, j, padded[..., i * dh : i * dh + sh * ho : sh, j * dw : j * dw + sw * wo : sw]
+
+
+def _dilated_out_size(size, kernel, stride, padding, dilation):
+    """Output size of a kernel whose taps are ``dilation`` apart: it spans dilation*(kernel - 1) + 1."""
+    return _out_size(size, dilation * (kernel - 1) + 1, stride, padding)
 
 
 # ----------------------------------------------------------------------------
@@ -93,15 +105,21 @@ def im2col(x, kernel_size, stride=1, padding=0):
 
     Shape: x (N, C, H, W) -> cols (N, C*kh*kw, Ho*Wo).
     """
+    return _im2col(x, kernel_size, stride, padding, 1)
+
+
+def _im2col(x, kernel_size, stride, padding, dilation):
+    """:func:`im2col` with the kernel's taps ``dilation`` apart."""
     kh, kw = _pair(kernel_size)
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
     n, c, h, w = x.shape
-    ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+    ho, wo = _dilated_out_size(h, kh, sh, ph, dh), _dilated_out_size(w, kw, sw, pw, dw)
 
     padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     cols = np.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
-    for i, j, view in _windows(padded, (kh, kw), (sh, sw), (ho, wo)):
+    for i, j, view in _windows(padded, (kh, kw), (sh, sw), (ho, wo), (dh, dw)):
         cols[:, :, i, j] = view
     return cols.reshape(n, c * kh * kw, ho * wo)
 
@@ -115,15 +133,21 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
 
     Shape: cols (N, C*kh*kw, Ho*Wo) -> x (N, C, H, W) with input_shape = (N, C, H, W).
     """
+    return _col2im(cols, input_shape, kernel_size, stride, padding, 1)
+
+
+def _col2im(cols, input_shape, kernel_size, stride, padding, dilation):
+    """:func:`col2im` with the kernel's taps ``dilation`` apart."""
     kh, kw = _pair(kernel_size)
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
     n, c, h, w = input_shape
-    ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+    ho, wo = _dilated_out_size(h, kh, sh, ph, dh), _dilated_out_size(w, kw, sw, pw, dw)
 
     cols = cols.reshape(n, c, kh, kw, ho, wo)
     padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
-    for i, j, view in _windows(padded, (kh, kw), (sh, sw), (ho, wo)):
+    for i, j, view in _windows(padded, (kh, kw), (sh, sw), (ho, wo), (dh, dw)):
         view += cols[:, :, i, j]
     return np.ascontiguousarray(padded[:, :, ph : ph + h, pw : pw + w])
 
@@ -132,34 +156,35 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
 # conv2d
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0):
-    """2-D cross-correlation (PyTorch's ``conv2d``), as im2col + one GEMM.
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation (PyTorch's ``conv2d``), as im2col + one GEMM per group.
 
-    ``y[n, o, a, b] = bias[o] + sum_{c,i,j} weight[o, c, i, j] * xpad[n, c, a*sh + i, b*sw + j]``
+    ``y[n, o, a, b] = bias[o] + sum_{c,i,j} weight[o, c, i, j] * xpad[n, g*C/G + c, a*sh + i*dh, b*sw + j*dw]``
+    for output channel o of group g = o // (O/G): per image and group,
+    ``y[n, group] = weight[group].reshape(O/G, C/G*kh*kw) @ im2col(x[n, group])``.
 
-    i.e. per image ``y[n] = weight.reshape(O, C*kh*kw) @ im2col(x)[n]``.
-
-    Shape: x (N, C, H, W), weight (O, C, kh, kw), bias (O,) or None -> y (N, O, Ho, Wo),
-    Ho = (H + 2*ph - kh) // sh + 1, Wo = (W + 2*pw - kw) // sw + 1.
+    Shape: x (N, C, H, W), weight (O, C/groups, kh, kw), bias (O,) or None -> y (N, O, Ho, Wo),
+    Ho = (H + 2*ph - dh*(kh - 1) - 1) // sh + 1, Wo = (W + 2*pw - dw*(kw - 1) - 1) // sw + 1.
     """
     n, c, h, w = x.shape
-    o, _, kh, kw = weight.shape
-    sh, sw = _pair(stride)
-    ph, pw = _pair(padding)
-    ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
-
-    cols = im2col(x, (kh, kw), stride, padding)  # (N, C*kh*kw, Ho*Wo)
-    y = np.matmul(weight.reshape(o, c * kh * kw), cols)  # (N, O, Ho*Wo)
+    o, cg, kh, kw = weight.shape
+    og = o // groups
+    ho, wo = (_dilated_out_size(s, k, st, p, d) for s, k, st, p, d in
+              zip((h, w), (kh, kw), _pair(stride), _pair(padding), _pair(dilation)))
+    y = np.empty((n, o, ho * wo), dtype=x.dtype)
+    for g in range(groups):
+        cols = _im2col(x[:, g * cg : (g + 1) * cg], (kh, kw), stride, padding, dilation)  # (N, C/G*kh*kw, Ho*Wo)
+        y[:, g * og : (g + 1) * og] = np.matmul(weight[g * og : (g + 1) * og].reshape(og, cg * kh * kw), cols)
     if bias is not None:
         y += bias[:, None]
     return y.reshape(n, o, ho, wo)
 
 
-def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True):
+def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1, *, grad_input=True):
     """Gradients of :func:`conv2d` given ``grad_y = dL/dy``.
 
-    With ``W = weight.reshape(O, C*kh*kw)``, ``cols = im2col(x)`` and ``G[n] = grad_y[n]``
-    flattened to (O, Ho*Wo):
+    Per group (the slices of x, weight and grad_y it owns), with ``W = weight.reshape(O/G, C/G*kh*kw)``,
+    ``cols = im2col(x)`` and ``G[n] = grad_y[n]`` flattened to (O/G, Ho*Wo):
 
     * grad_weight = sum_n G[n] @ cols[n].T          (weight-gradient GEMM)
     * grad_bias   = sum of grad_y over N, Ho, Wo
@@ -169,22 +194,25 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, *, grad_input=True):
     has no use for it.
 
     Shape: grad_y (N, O, Ho, Wo) -> grad_x (N, C, H, W) or None,
-    grad_weight (O, C, kh, kw), grad_bias (O,).
+    grad_weight (O, C/groups, kh, kw), grad_bias (O,).
     """
     n, o, ho, wo = grad_y.shape
-    _, c, kh, kw = weight.shape
-    # Explicit sizes rather than -1: reshape cannot infer a dimension of an empty batch.
-    weight2d = weight.reshape(o, c * kh * kw)
-    grad_y2d = grad_y.reshape(n, o, ho * wo)
-
-    cols = im2col(x, (kh, kw), stride, padding)
-    # One contraction over batch and output positions.
-    grad_weight = np.tensordot(grad_y2d, cols, axes=([0, 2], [0, 2])).reshape(weight.shape)
+    _, cg, kh, kw = weight.shape
+    og = o // groups
+    grad_weight = np.empty_like(weight)
+    grad_x = np.empty_like(x) if grad_input else None
+    for g in range(groups):
+        xs, outs = slice(g * cg, (g + 1) * cg), slice(g * og, (g + 1) * og)
+        # Explicit sizes rather than -1: reshape cannot infer a dimension of an empty batch.
+        weight2d = weight[outs].reshape(og, cg * kh * kw)
+        grad_y2d = grad_y[:, outs].reshape(n, og, ho * wo)
+        cols = _im2col(x[:, xs], (kh, kw), stride, padding, dilation)
+        # One contraction over batch and output positions.
+        grad_weight[outs] = np.tensordot(grad_y2d, cols, axes=([0, 2], [0, 2])).reshape(og, cg, kh, kw)
+        if grad_input:
+            grad_x[:, xs] = _col2im(np.matmul(weight2d.T, grad_y2d), x[:, xs].shape, (kh, kw), stride, padding,
+                                    dilation)
     grad_bias = grad_y.sum(axis=(0, 2, 3))
-
-    grad_x = None
-    if grad_input:
-        grad_x = col2im(np.matmul(weight2d.T, grad_y2d), x.shape, (kh, kw), stride, padding)
     return grad_x, grad_weight, grad_bias
 
 
@@ -345,6 +373,42 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
 
 
 # ----------------------------------------------------------------------------
+# adaptive average pooling
+
+
+def _adaptive_bins(n_in, n_out, dtype):
+    """(n_out, n_in) matrix averaging each of PyTorch's bins: row i holds 1/size over
+    inputs [floor(i*n_in/n_out), ceil((i+1)*n_in/n_out))."""
+    m = np.zeros((n_out, n_in), dtype)
+    for i in range(n_out):
+        lo, hi = i * n_in // n_out, -(-(i + 1) * n_in // n_out)
+        m[i, lo:hi] = 1 / (hi - lo)
+    return m
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """Mean over each of PyTorch's adaptive bins. The bins are rectangles, so the mean is
+    separable: ``y[n, c] = Ph @ x[n, c] @ Pw.T`` with Ph, Pw the per-axis averaging matrices.
+
+    Shape: x (N, C, H, W) -> y (N, C, Ho, Wo).
+    """
+    ho, wo = _pair(output_size)
+    ph, pw = _adaptive_bins(x.shape[2], ho, x.dtype), _adaptive_bins(x.shape[3], wo, x.dtype)
+    return np.matmul(np.matmul(ph, x), pw.T)
+
+
+def adaptive_avg_pool2d_backward(grad_y, input_shape, output_size):
+    """The transpose of the forward's linear map: ``grad_x[n, c] = Ph.T @ grad_y[n, c] @ Pw``.
+
+    Shape: grad_y (N, C, Ho, Wo), input_shape = (N, C, H, W) -> grad_x (N, C, H, W).
+    """
+    ho, wo = _pair(output_size)
+    n, c, h, w = input_shape
+    ph, pw = _adaptive_bins(h, ho, grad_y.dtype), _adaptive_bins(w, wo, grad_y.dtype)
+    return np.matmul(np.matmul(ph.T, grad_y), pw).reshape(n, c, h, w)
+
+
+# ----------------------------------------------------------------------------
 # relu
 
 
@@ -362,6 +426,38 @@ def relu_backward(grad_y, x):
     Shape: grad_y, x (any, equal) -> grad_x (same).
     """
     return np.where(x <= 0, 0, grad_y)
+
+
+# ----------------------------------------------------------------------------
+# hardtanh, relu6
+
+
+def hardtanh(x, min_val=-1.0, max_val=1.0):
+    """``y = min_val where x < min_val, max_val where x > max_val, else x``: NaN stays NaN.
+
+    Shape: any -> same.
+    """
+    lo, hi = x.dtype.type(min_val), x.dtype.type(max_val)
+    return np.where(x < lo, lo, np.where(x > hi, hi, x))
+
+
+def hardtanh_backward(grad_y, x, min_val=-1.0, max_val=1.0):
+    """``grad_x = 0 where x <= min_val or x >= max_val, else grad_y`` (0 at the bounds, as PyTorch).
+
+    Shape: grad_y, x (any, equal) -> grad_x (same).
+    """
+    lo, hi = x.dtype.type(min_val), x.dtype.type(max_val)
+    return np.where((x <= lo) | (x >= hi), 0, grad_y).astype(grad_y.dtype)
+
+
+def relu6(x):
+    """``hardtanh(x, 0, 6)``. Shape: any -> same."""
+    return hardtanh(x, 0.0, 6.0)
+
+
+def relu6_backward(grad_y, x):
+    """``hardtanh_backward(grad_y, x, 0, 6)``. Shape: any -> same."""
+    return hardtanh_backward(grad_y, x, 0.0, 6.0)
 
 
 # ----------------------------------------------------------------------------
