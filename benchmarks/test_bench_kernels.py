@@ -247,3 +247,45 @@ def test_adam_step(benchmark, impl, threads):
             for p, g, m, v in state:
                 mod.adam_update(p, g, m, v, count[0])
     benchmark(step)
+
+
+# MobileNetV2's depthwise 3x3 layers (C, H, W, stride), padding 1, at batch 1 (inference) and 32
+DEPTHWISE = {"32x112s1": (32, 112, 112, 1), "96x112s2": (96, 112, 112, 2), "144x56s1": (144, 56, 56, 1),
+             "960x7s1": (960, 7, 7, 1)}
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("batch", [1, 32])
+@pytest.mark.parametrize("layer", DEPTHWISE)
+@pytest.mark.parametrize("impl", ["cyconv", "cyconv-im2col"] + IMPLS[1:])
+def test_depthwise_conv2d(benchmark, impl, layer, batch, phase, threads):
+    """Depthwise 3x3 (groups == channels) on its per-plane kernel. "cyconv-im2col" is what a model
+    had to do before groups existed: one plain conv2d (im2col + GEMM) per channel (batch 1 only)."""
+    mod = _setup(benchmark, f"depthwise_conv2d-{layer}-b{batch}", impl, phase, threads)
+    C, H, W, s = DEPTHWISE[layer]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, C, H, W), dtype=np.float32)
+    w = rng.standard_normal((C, 1, 3, 3), dtype=np.float32)
+    b = np.zeros(C, np.float32)
+    gy = np.ones((batch, C, (H - 1) // s + 1, (W - 1) // s + 1), np.float32)
+    if impl == "torch":
+        tx = mod.from_numpy(x).requires_grad_()
+        tw, tb = mod.from_numpy(w).requires_grad_(), mod.from_numpy(b).requires_grad_()
+        step = _torch_step(mod, phase, lambda: mod.nn.functional.conv2d(tx, tw, tb, stride=s, padding=1, groups=C),
+                           (tx, tw, tb), mod.from_numpy(gy))
+    elif impl == "cyconv-im2col":
+        if batch > 1:
+            pytest.skip("the im2col baseline is timed at batch 1 only (it is C plain convolutions)")
+        planes = [np.ascontiguousarray(x[:, c:c + 1]) for c in range(C)]
+
+        def step():
+            for c in range(C):
+                F.conv2d(planes[c], w[c:c + 1], b[c:c + 1], stride=s, padding=1)
+                if phase == "fwd+bwd":
+                    F.conv2d_backward(gy[:, c:c + 1], planes[c], w[c:c + 1], stride=s, padding=1)
+    else:
+        def step():
+            mod.conv2d(x, w, b, stride=s, padding=1, groups=C)
+            if phase == "fwd+bwd":
+                mod.conv2d_backward(gy, x, w, stride=s, padding=1, groups=C)
+    benchmark(step)

@@ -104,3 +104,34 @@ def test_batchnorm_passes_check_their_buffers(kernel, short):
     }[kernel]
     with pytest.raises(ValueError, match=f"{kernel}: {short} has"):
         getattr(K, kernel)(*args)
+
+
+def test_grouped_and_depthwise_kernels_check_their_buffers():
+    x, _, _ = arrays()
+    # depthwise: weight (C, 1, 3, 3)
+    weight = np.ones(C * KH * KH, np.float32)
+    dgeom = (N, C, H, W, C, KH, KH, 1, 1, 1, 1, 1, 1, H, W)
+    with pytest.raises(ValueError, match="depthwise_conv2d_forward: y has"):
+        K.depthwise_conv2d_forward(np.empty(N * C * H * W - 1, np.float32), x, weight, np.zeros(C, np.float32),
+                                   *dgeom, 2)
+    with pytest.raises(ValueError, match="depthwise_conv2d_forward: bias has"):
+        K.depthwise_conv2d_forward(np.empty(N * C * H * W, np.float32), x, weight, np.zeros(C - 1, np.float32),
+                                   *dgeom, 2)
+    with pytest.raises(ValueError, match="depthwise_conv2d_backward: acc has"):
+        K.depthwise_conv2d_backward(np.empty(N * C * H * W, np.float32), np.empty(C * KH * KH, np.float32),
+                                    np.empty(C, np.float32), np.empty(N * C * H * W, np.float32), x, weight,
+                                    np.zeros(C * (KH * KH + 1) - 1, np.float32), *dgeom, True, False, 2)
+    ggeom = (N, C, H, W, C, 1, KH, KH, 1, 1, 1, 1, 2, 2, H - 2, W - 2)  # groups 1, dilation 2
+    wg = np.ones(C * C * KH * KH, np.float32)
+    with pytest.raises(ValueError, match="grouped_conv2d_forward: scratch has"):
+        K.grouped_conv2d_forward(np.empty(N * C * (H - 2) * (W - 2), np.float32), x, wg, np.zeros(0, np.float32),
+                                 np.empty(2 * C * KH * KH * (H - 2) * (W - 2) - 1, np.float32), *ggeom, 2)
+    with pytest.raises(ValueError, match="grouped_conv2d_backward: acc has"):
+        K.grouped_conv2d_backward(np.empty(N * C * H * W, np.float32), np.empty(C * C * KH * KH, np.float32),
+                                  np.empty(C, np.float32), np.empty(N * C * (H - 2) * (W - 2), np.float32), x, wg,
+                                  np.empty(2 * 2 * C * KH * KH * (H - 2) * (W - 2), np.float32),
+                                  np.zeros(1, np.float32), *ggeom, True, False, 2)
+    with pytest.raises(ValueError, match="adaptive_avgpool2d_forward: y has"):
+        K.adaptive_avgpool2d_forward(np.empty(N * C - 1, np.float32), x, N * C, H, W, 1, 1, 2)
+    with pytest.raises(ValueError, match="hardtanh_forward: y has"):
+        K.hardtanh_forward(np.empty(x.size - 1, np.float32), x, -1.0, 1.0, 2)

@@ -1285,6 +1285,8 @@ def depthwise_conv2d_forward(floating[::1] y, const floating[::1] x, const float
     check_scratch("depthwise_conv2d_forward", "y", y.shape[0], N * O * L)
     check_scratch("depthwise_conv2d_forward", "x", x.shape[0], N * C * H * W)
     check_scratch("depthwise_conv2d_forward", "weight", weight.shape[0], O * K)
+    if has_bias:
+        check_scratch("depthwise_conv2d_forward", "bias", bias.shape[0], O)
     with nogil:
         for p in prange(N * O, schedule='static', num_threads=num_threads):
             o = p % O
@@ -1413,6 +1415,8 @@ def grouped_conv2d_forward(floating[::1] y, const floating[::1] x, const floatin
     check_scratch("grouped_conv2d_forward", "y", y.shape[0], N * O * L)
     check_scratch("grouped_conv2d_forward", "x", x.shape[0], N * C * H * W)
     check_scratch("grouped_conv2d_forward", "weight", weight.shape[0], O * K)
+    if bias_ptr != NULL:
+        check_scratch("grouped_conv2d_forward", "bias", bias.shape[0], O)
     cdef const cyconv_gemm *g = gemm_kernel()
     cdef float *packed_w = NULL
     if floating is float:
