@@ -581,7 +581,9 @@ def test_summary_prints_the_course_table(capsys, argv, expected):
 # What each registered name must build, as models.py defines it (a new name fails here until it is added).
 ARCHITECTURES = {"lenet5": lambda rng: models.lenet5(rng=rng), "mlp": lambda rng: models.mlp(hidden=32, rng=rng),
                  "lenet5_classic": lambda rng: models.lenet5_classic(rng=rng),
-                 "small_cnn": lambda rng: models.small_cnn(rng=rng)}
+                 "small_cnn": lambda rng: models.small_cnn(rng=rng), "resnet20": lambda rng: models.resnet20(rng=rng),
+                 "resnet18": lambda rng: models.resnet18(10, rng=rng),
+                 "mobilenet_v2": lambda rng: models.mobilenet_v2(10, rng=rng)}
 
 
 @pytest.mark.parametrize("name", MODELS)

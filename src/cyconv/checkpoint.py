@@ -6,7 +6,8 @@ A checkpoint holds numbers and strings only, never a pickle: it is written with 
     format             int, CHECKPOINT_FORMAT (the layout version)
     model_name         str, a name in cyconv.models.MODELS
     epoch              int, the number of completed epochs
-    config             str, JSON: the training configuration (at least "model", and "hidden" for mlp)
+    config             str, JSON: the training configuration (at least "model", "hidden" for mlp and
+                       "width_mult" for mobilenet_v2: with "data" the arguments the model is built with)
     metrics            str, JSON: the list of per-epoch metrics so far
     info               str, JSON: what the run does not depend on (cyconv version, threads, n_train)
     data               str, JSON: null for MNIST; for an image folder its cyconv.data.FolderSpec (root,
@@ -175,7 +176,8 @@ def load_model(checkpoint):
         raise CheckpointError(f"{checkpoint.path}: 'data' names {len(spec.classes)} classes, but the saved weights "
                               f"hold only {saved} values, too few for that many outputs")
     try:
-        model = build_model_for(checkpoint.model_name, hidden=_hidden(checkpoint), spec=spec)
+        model = build_model_for(checkpoint.model_name, hidden=_hidden(checkpoint), width_mult=_width_mult(checkpoint),
+                                spec=spec)
     except ValueError as e:
         raise CheckpointError(f"{checkpoint.path}: {e}") from e
     restore(model, checkpoint.model_state, checkpoint.path, f"saved weights do not fit a {checkpoint.model_name}")
@@ -183,16 +185,17 @@ def load_model(checkpoint):
     return model, checkpoint
 
 
-def build_model_for(model_name: str, *, hidden: int, spec: FolderSpec | None, rng=None):
+def build_model_for(model_name: str, *, hidden: int, spec: FolderSpec | None, width_mult: float = 1.0, rng=None):
     """A fresh build_model(model_name) for the data that `spec` describes: its channels, (square)
     image size and number of classes; spec None: MNIST's 1 x 28 x 28 digits, 10 classes."""
     if spec is None:
-        return build_model(model_name, hidden=hidden, in_channels=1, num_classes=10, image_size=28, rng=rng)
+        return build_model(model_name, hidden=hidden, in_channels=1, num_classes=10, image_size=28,
+                           width_mult=width_mult, rng=rng)
     height, width = spec.size
     if height != width:
         raise ValueError(f"the models take square images, not {height}x{width}")
     return build_model(model_name, hidden=hidden, in_channels=spec.channels, num_classes=len(spec.classes),
-                       image_size=height, rng=rng)
+                       image_size=height, width_mult=width_mult, rng=rng)
 
 
 def restore(target, state: dict, path, problem: str) -> None:
@@ -215,6 +218,20 @@ def _hidden(checkpoint: Checkpoint) -> int:
         raise CheckpointError(f"{checkpoint.path}: config 'hidden' is {hidden}, but the saved weights hold only "
                               f"{saved} values, too few for an mlp of that size")
     return hidden
+
+
+def _width_mult(checkpoint: Checkpoint) -> float:
+    width_mult = checkpoint.config.get("width_mult", 1.0)
+    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not math.isfinite(width_mult) \
+            or width_mult <= 0:
+        raise CheckpointError(f"{checkpoint.path}: config 'width_mult' must be a number > 0, got {width_mult!r}")
+    # As for 'hidden': mobilenet_v2's last 1x1 convolution alone has about (320 w) x (1280 max(1, w)) weights
+    # (each rounded to a multiple of 8, at most 10% down), the whole network about 9 times that, so saved weights that hold fewer bound what a lying config builds.
+    saved = sum(a.size for a in checkpoint.model_state.values())
+    if checkpoint.model_name == "mobilenet_v2" and 0.8 * 320 * width_mult * 1280 * max(1.0, width_mult) > saved:
+        raise CheckpointError(f"{checkpoint.path}: config 'width_mult' is {width_mult}, but the saved weights hold "
+                              f"only {saved} values, too few for a mobilenet_v2 of that width")
+    return float(width_mult)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -51,8 +51,8 @@ from .data import ImageError
 from .models import MODELS, build_model, default_input
 from .models import summary
 from .optim import OPTIMIZERS
-from .train import (CHECKPOINT_NAME, DEFAULT_LR, FOLDER_RECIPE, SCHEDULES, TrainConfig, TrainingInterrupted, confusion_matrix,
-                    predict_logits, train)
+from .train import (CHECKPOINT_NAME, DEFAULT_LR, FOLDER_IMAGE_SIZE, FOLDER_RECIPE, RESNET20_FOLDER_RECIPE, SCHEDULES,
+                    TrainConfig, TrainingInterrupted, confusion_matrix, folder_recipe, predict_logits, train)
 
 __all__ = ["main", "ImageError", "load_image"]
 
@@ -133,8 +133,9 @@ def _build_parser():
         if not training:
             return
         p.add_argument("--image-size", type=_int_at_least(1), metavar="N",
-                       help=f"--data-dir: resize the pictures to N x N (default: {data.DEFAULT_IMAGE_SIZE}, "
-                            f"at most {data.MAX_IMAGE_SIDE})")
+                       help=f"--data-dir: resize the pictures to N x N (default: {data.DEFAULT_IMAGE_SIZE}"
+                            + "".join(f"; {s} for {m}" for m, s in FOLDER_IMAGE_SIZE.items())
+                            + f", at most {data.MAX_IMAGE_SIDE})")
         p.add_argument("--channels", type=int, choices=(1, 3),
                        help="--data-dir: 1 reads the pictures as grey, 3 as RGB (default: 3)")
         p.add_argument("--test-fraction", type=_float_in(0, 1, low_open=True, high_open=True), metavar="F",
@@ -161,14 +162,18 @@ def _build_parser():
     p.add_argument("--model", choices=MODELS,
                    help=f"network (default: {d.model}; with --data-dir {FOLDER_RECIPE['model']})")
     p.add_argument("--hidden", type=_int_at_least(1), metavar="N", help=f"mlp hidden units (default: {d.hidden})")
+    p.add_argument("--width-mult", type=_float_in(0, low_open=True), metavar="W",
+                   help=f"mobilenet_v2's width multiplier (default: {d.width_mult})")
+    r20 = RESNET20_FOLDER_RECIPE
     p.add_argument("--epochs", type=_int_at_least(1), metavar="N",
-                   help=f"default: {d.epochs}; with --data-dir {FOLDER_RECIPE['epochs']}")
+                   help=f"default: {d.epochs}; with --data-dir {FOLDER_RECIPE['epochs']} ({r20['epochs']} for resnet20)")
     p.add_argument("--batch-size", type=_int_at_least(1), metavar="N",
-                   help=f"default: {d.batch_size}; with --data-dir {FOLDER_RECIPE['batch_size']}")
+                   help=f"default: {d.batch_size}; with --data-dir {FOLDER_RECIPE['batch_size']} ({r20['batch_size']} "
+                        "for resnet20)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default: {d.optimizer} (with momentum)")
     p.add_argument("--lr", type=_float_in(0, low_open=True), metavar="LR",
                    help=f"base learning rate (default: {DEFAULT_LR['sgd']} for sgd, {FOLDER_RECIPE['lr']} with "
-                        f"--data-dir; {DEFAULT_LR['adam']} for adam and adamw)")
+                        f"--data-dir ({r20['lr']} for resnet20); {DEFAULT_LR['adam']} for adam and adamw)")
     p.add_argument("--momentum", type=_float_in(0, 1, high_open=True), metavar="M",
                    help=f"SGD's momentum (default: {d.momentum})")
     p.add_argument("--weight-decay", type=_float_in(0), metavar="WD", help=f"default: {d.weight_decay}")
@@ -246,6 +251,10 @@ def _build_parser():
     p.add_argument("--model", choices=MODELS, default=d.model, help=f"default: {d.model}")
     p.add_argument("--hidden", type=_int_at_least(1), default=d.hidden, metavar="N",
                    help=f"mlp hidden units (default: {d.hidden})")
+    p.add_argument("--width-mult", type=_float_in(0, low_open=True), default=d.width_mult, metavar="W",
+                   help=f"mobilenet_v2's width multiplier (default: {d.width_mult})")
+    p.add_argument("--num-classes", type=_int_at_least(1), default=10, metavar="N",
+                   help="outputs of the last layer (default: 10; torchvision's resnet18 and mobilenet_v2 have 1000)")
     p.set_defaults(run=_cmd_summary)
 
     p = commands.add_parser(
@@ -438,10 +447,10 @@ def _cmd_train(args) -> int:
     if args.data is not None and args.data_dir is not None:
         raise UsageError("train: --data is the MNIST directory, --data-dir an image folder: give one "
                          "(see 'cyconv train --help')")
-    recipe = FOLDER_RECIPE if args.data_dir is not None else {}
+    model = given.get("model", FOLDER_RECIPE["model"] if args.data_dir is not None else TrainConfig.model)
+    recipe = folder_recipe(model) if args.data_dir is not None else {}
     if given.get("optimizer", "sgd") != "sgd":
         recipe = {k: v for k, v in recipe.items() if k != "lr"}  # the folder lr is SGD's; Adam's default fits
-    model = given.get("model", recipe.get("model", TrainConfig.model))
     if "hidden" in given and model != "mlp":
         raise UsageError("train: --hidden applies to --model mlp only (see 'cyconv train --help')")
     if "momentum" in given and given.get("optimizer", "sgd") != "sgd":
@@ -469,6 +478,8 @@ def _cmd_train(args) -> int:
         spec = None if saved["data"] is None else data.FolderSpec.from_dict(saved["data"])
     else:
         config = TrainConfig(**{**recipe, **given})
+    if "width_mult" in given and config.model != "mobilenet_v2":
+        raise UsageError("train: --width-mult applies to --model mobilenet_v2 only (see 'cyconv train --help')")
     if args.data_dir is None and spec is None:
         stray = [name for name in _FOLDER_OPTIONS + ("augment",) if getattr(args, name) is not None]
         if stray:
@@ -478,7 +489,10 @@ def _cmd_train(args) -> int:
         dataset = (distributed.first_on_each_node(lambda: _load_mnist(args)) if args.distributed
                    else _load_mnist(args))
     else:
-        dataset = _folder_split(args.data_dir, spec, **{name: getattr(args, name) for name in _FOLDER_OPTIONS})
+        options = {name: getattr(args, name) for name in _FOLDER_OPTIONS}
+        if options["image_size"] is None and spec is None:  # a new run: the model's own image size, if it has one
+            options["image_size"] = FOLDER_IMAGE_SIZE.get(config.model)
+        dataset = _folder_split(args.data_dir, spec, **options)
     with threads:
         result = train(config, dataset, out_dir=out, resume=args.resume,
                        progress=False if args.no_progress else None, distributed=args.distributed)
@@ -666,7 +680,8 @@ def _cmd_export(args) -> int:
 
 def _cmd_summary(args) -> int:
     channels, size = default_input(args.model)
-    model = build_model(args.model, hidden=args.hidden, rng=np.random.default_rng(0))
+    model = build_model(args.model, hidden=args.hidden, width_mult=args.width_mult, num_classes=args.num_classes,
+                        rng=np.random.default_rng(0))
     print(summary(model, input_shape=(channels, size, size)))
     return 0
 

@@ -8,7 +8,18 @@
                       course's colour images (3 x 64 x 64 by default).
     mlp()             the course's two-layer network y = W2 relu(W1 x) on raw pixels (or any feature vector).
     softmax_regression()  one Linear layer, logits = W x + b, for feature vectors.
-    summary()         the course's "Layer | Output Size | Weight Size" table, plus the parameter count.
+    resnet20()        He et al. (2016)'s CIFAR ResNet-20: a 3x3 stem, three stages of three BasicBlocks with
+                      16/32/64 channels, global average pooling, one Linear; for 3 x 32 x 32 images.
+    resnet18()        torchvision's ResNet-18 (11,689,512 parameters at 1000 classes), for 3 x 224 x 224.
+    mobilenet_v2()    torchvision's MobileNetV2 (3,504,872 parameters at 1000 classes), for 3 x 224 x 224.
+    summary()         the course's "Layer | Output Size | Weight Size" table, plus the parameter count
+                      (with each layer's name, and what it reads, for models that branch).
+
+The modern networks have torchvision's modules, parameter names and state_dict keys (BatchNorm's
+num_batches_tracked included, nothing else), so its weights load with
+`model.load_state_dict({k: v.numpy() for k, v in torch_model.state_dict().items()})`. They end in global
+average pooling, so they take any image at least as large as their total stride (resnet18 and
+mobilenet_v2: 32 x 32; resnet20: 4 x 4).
 
 Each builder draws every layer's initial weights from one numpy.random.Generator
 (`rng`; None means a fresh `np.random.default_rng()`), so a seed fixes the whole model.
@@ -18,16 +29,23 @@ import math
 
 import numpy as np
 
-from .nn import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, LogSoftmax, MaxPool2d, ReLU,
-                 Sequential, Sigmoid, Softmax, Tanh, _count, _float_dtype, _generator)
+from . import graph
+from .nn import (AdaptiveAvgPool2d, Add, AvgPool2d, BatchNorm1d, BatchNorm2d, Concat, Conv2d, Dropout, Flatten,
+                 Identity, Linear, LogSoftmax, MaxPool2d, Module, ReLU, ReLU6, Sequential, Sigmoid, Softmax, Tanh,
+                 _count, _float_dtype, _generator)
 
-__all__ = ["lenet5", "lenet5_classic", "small_cnn", "mlp", "softmax_regression", "summary", "MODELS",
-           "build_model", "default_input"]
+__all__ = ["lenet5", "lenet5_classic", "small_cnn", "mlp", "softmax_regression", "resnet20", "resnet18",
+           "mobilenet_v2", "BasicBlock", "ResNet", "InvertedResidual", "MobileNetV2", "summary", "MODELS",
+           "build_model", "default_input", "min_image_size"]
 
 # The models the command line trains and a checkpoint can name, with the (channels, image size)
 # of the images each is built for when nothing else is said.
-_DEFAULT_INPUT = {"lenet5": (1, 28), "mlp": (1, 28), "lenet5_classic": (1, 28), "small_cnn": (3, 64)}
+_DEFAULT_INPUT = {"lenet5": (1, 28), "mlp": (1, 28), "lenet5_classic": (1, 28), "small_cnn": (3, 64),
+                  "resnet20": (3, 32), "resnet18": (3, 224), "mobilenet_v2": (3, 224)}
 MODELS = tuple(_DEFAULT_INPUT)
+# The smallest image each network that ends in global pooling takes: its total stride, so that the last
+# feature map still has a pixel computed from the image rather than from padding alone.
+_MIN_IMAGE_SIZE = {"resnet20": 4, "resnet18": 32, "mobilenet_v2": 32}
 
 
 def default_input(name: str) -> tuple[int, int]:
@@ -37,11 +55,21 @@ def default_input(name: str) -> tuple[int, int]:
     return _DEFAULT_INPUT[name]
 
 
+def min_image_size(name: str) -> int:
+    """The smallest image side model `name` takes (1 where the model itself sets no bound; lenet5 and
+    lenet5_classic take 28 only, small_cnn multiples of 8)."""
+    if name not in _DEFAULT_INPUT:
+        raise ValueError(f"min_image_size(): name must be one of {', '.join(MODELS)}, got {name!r}")
+    return _MIN_IMAGE_SIZE.get(name, 1)
+
+
 def build_model(name: str, *, hidden: int = 500, in_channels: int | None = None, num_classes: int = 10,
-                image_size: int | None = None, rng=None):
+                image_size: int | None = None, width_mult: float = 1.0, rng=None):
     """A fresh model by the name a checkpoint records, for in_channels x image_size x image_size
-    images (None: the model's default_input) and num_classes classes; `hidden` is the mlp's width.
-    lenet5 and lenet5_classic take only 1 x 28 x 28 images (their layer sizes are the course's)."""
+    images (None: the model's default_input) and num_classes classes; `hidden` is the mlp's width,
+    `width_mult` mobilenet_v2's (the others ignore them).
+    lenet5 and lenet5_classic take only 1 x 28 x 28 images (their layer sizes are the course's);
+    resnet18 and mobilenet_v2 images of at least 32 x 32, resnet20 of at least 4 x 4 (min_image_size)."""
     if name not in _DEFAULT_INPUT:
         raise ValueError(f"build_model(): name must be one of {', '.join(MODELS)}, got {name!r}")
     default_channels, default_size = _DEFAULT_INPUT[name]
@@ -50,6 +78,16 @@ def build_model(name: str, *, hidden: int = 500, in_channels: int | None = None,
     if name in ("lenet5", "lenet5_classic") and (in_channels, image_size) != (1, 28):
         raise ValueError(f"build_model(): {name} takes 1 x 28 x 28 images, got {in_channels} x {image_size} x "
                          f"{image_size} (small_cnn and mlp take any size)")
+    if image_size < min_image_size(name):
+        smallest = min_image_size(name)
+        raise ValueError(f"build_model(): {name} takes images of at least {smallest} x {smallest} (it downsamples "
+                         f"them {smallest} times before its global pooling), got {image_size} x {image_size}")
+    if name == "resnet20":
+        return resnet20(num_classes, in_channels, rng=rng)
+    if name == "resnet18":
+        return resnet18(num_classes, in_channels=in_channels, rng=rng)
+    if name == "mobilenet_v2":
+        return mobilenet_v2(num_classes, width_mult, in_channels=in_channels, rng=rng)
     if name == "lenet5":
         return lenet5(num_classes, rng=rng)
     if name == "lenet5_classic":
@@ -203,6 +241,245 @@ def softmax_regression(in_features, num_classes=10, *, dtype=np.float32, rng=Non
 
 
 # ---------------------------------------------------------------------------
+# Modern networks: ResNet and MobileNetV2 with torchvision's structure and names
+#
+# Initialisation (torchvision's, which they train from): every convolution's weight ~ N(0, 2 / fan_out),
+# fan_out = out_channels * kh * kw (kaiming_normal_, mode="fan_out", nonlinearity="relu"; a depthwise
+# convolution counts its out_channels too, as PyTorch does), no convolution has a bias, BatchNorm weight 1
+# and bias 0 (BatchNorm's own defaults). ResNet's fc keeps Linear's default U(+-1/sqrt(fan_in));
+# MobileNetV2's classifier is N(0, 0.01) with a zero bias. All drawn in float64 from the one `rng`, then cast.
+
+
+def _conv(in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, *, dtype, rng):
+    """A Conv2d without bias, its weight drawn as torchvision's ResNet and MobileNetV2 draw theirs."""
+    conv = Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
+                  bias=False, dtype=dtype, rng=rng)
+    weight = conv.weight.data
+    fan_out = out_channels * weight.shape[2] * weight.shape[3]
+    weight[...] = rng.normal(0.0, math.sqrt(2.0 / fan_out), weight.shape)
+    return conv
+
+
+class BasicBlock(Module):
+    """torchvision's ResNet BasicBlock: two 3x3 convolutions with BatchNorm, and the input added back
+    before the last ReLU, through `downsample` (a 1x1 convolution + BatchNorm) where the shape changes.
+    One `relu`, called twice, as torchvision's.
+
+    Shape: (N, inplanes, H, W) -> (N, planes, ceil(H / stride), ceil(W / stride)).
+    """
+
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, *, dtype=np.float32, rng=None):
+        super().__init__()
+        fn = "BasicBlock"
+        inplanes, planes = _count(inplanes, "inplanes", fn), _count(planes, "planes", fn)
+        stride = _count(stride, "stride", fn)
+        if downsample is not None and not isinstance(downsample, Module):
+            raise TypeError(f"{fn}(): downsample must be a Module or None, got {type(downsample).__name__}")
+        dtype, rng = _float_dtype(dtype, fn), _generator(rng, fn)
+        self.conv1 = _conv(inplanes, planes, 3, stride, 1, dtype=dtype, rng=rng)
+        self.bn1 = BatchNorm2d(planes, dtype=dtype)
+        self.relu = ReLU()
+        self.conv2 = _conv(planes, planes, 3, 1, 1, dtype=dtype, rng=rng)
+        self.bn2 = BatchNorm2d(planes, dtype=dtype)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class ResNet(Module):
+    """A ResNet of BasicBlocks, named as torchvision names it: conv1, bn1, relu, [maxpool], layer1 ...
+    layerK (stage i has layers[i] blocks of widths[i] channels; every stage after the first starts
+    with stride 2), avgpool (global), fc. Where a block changes the shape, its shortcut is a 1x1
+    convolution + BatchNorm (`downsample.0`, `downsample.1`; He et al.'s option B).
+
+    stem "imagenet": conv1 is 7x7 with stride 2 and padding 3, then a 3x3 max pooling with stride 2
+    (torchvision's ResNet-18/34); "cifar": conv1 is 3x3 with stride 1 and no pooling (He et al. 2016,
+    section 4.2, for 32 x 32 images).
+
+    Shape: (N, in_channels, H, W) -> (N, num_classes).
+    """
+
+    def __init__(self, layers=(2, 2, 2, 2), num_classes=1000, *, widths=(64, 128, 256, 512), in_channels=3,
+                 stem="imagenet", dtype=np.float32, rng=None):
+        super().__init__()
+        fn = "ResNet"
+        layers = tuple(_count(n, "layers", fn) for n in layers)
+        widths = tuple(_count(w, "widths", fn) for w in widths)
+        if not layers or len(layers) != len(widths):
+            raise ValueError(f"{fn}(): layers and widths must give one number per stage, got {layers} and {widths}")
+        if stem not in ("imagenet", "cifar"):
+            raise ValueError(f"{fn}(): stem must be 'imagenet' or 'cifar', got {stem!r}")
+        num_classes = _count(num_classes, "num_classes", fn)
+        in_channels = _count(in_channels, "in_channels", fn)
+        dtype, rng = _float_dtype(dtype, fn), _generator(rng, fn)
+        if stem == "imagenet":
+            self.conv1 = _conv(in_channels, widths[0], 7, 2, 3, dtype=dtype, rng=rng)
+        else:
+            self.conv1 = _conv(in_channels, widths[0], 3, 1, 1, dtype=dtype, rng=rng)
+        self.bn1 = BatchNorm2d(widths[0], dtype=dtype)
+        self.relu = ReLU()
+        self.maxpool = MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else None
+        inplanes = widths[0]
+        for i, (blocks, planes) in enumerate(zip(layers, widths)):
+            stride = 1 if i == 0 else 2
+            setattr(self, f"layer{i + 1}", self._stage(inplanes, planes, blocks, stride, dtype, rng))
+            inplanes = planes
+        self.num_stages = len(layers)
+        self.avgpool = AdaptiveAvgPool2d((1, 1))
+        self.flatten = Flatten()  # torch.flatten(x, 1) in torchvision's forward
+        self.fc = Linear(inplanes, num_classes, dtype=dtype, rng=rng)
+
+    @staticmethod
+    def _stage(inplanes, planes, blocks, stride, dtype, rng):
+        downsample = None
+        if stride != 1 or inplanes != planes:
+            downsample = Sequential(_conv(inplanes, planes, 1, stride, dtype=dtype, rng=rng),
+                                    BatchNorm2d(planes, dtype=dtype))
+        first = BasicBlock(inplanes, planes, stride, downsample, dtype=dtype, rng=rng)
+        return Sequential(first, *(BasicBlock(planes, planes, dtype=dtype, rng=rng) for _ in range(1, blocks)))
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        if self.maxpool is not None:
+            x = self.maxpool(x)
+        for i in range(1, self.num_stages + 1):
+            x = getattr(self, f"layer{i}")(x)
+        return self.fc(self.flatten(self.avgpool(x)))
+
+
+def resnet18(num_classes=1000, *, in_channels=3, dtype=np.float32, rng=None):
+    """torchvision's ResNet-18: the "imagenet" stem, four stages of two BasicBlocks with 64, 128, 256 and
+    512 channels. 11,689,512 parameters at 1000 classes. Built for 3 x 224 x 224 images; takes any of at
+    least 32 x 32 (the total stride).
+
+    Shape: (N, in_channels, H, W) -> (N, num_classes).
+    """
+    return ResNet((2, 2, 2, 2), num_classes, in_channels=in_channels, dtype=dtype, rng=rng)
+
+
+def resnet20(num_classes=10, in_channels=3, *, dtype=np.float32, rng=None):
+    """He et al. (2016)'s CIFAR ResNet-20, named as torchvision names a ResNet: a 3x3 stem of 16
+    channels, three stages of three BasicBlocks with 16, 32 and 64 channels (stride 2 at the start of
+    the second and third), 1x1 convolution + BatchNorm shortcuts where the shape changes, global average
+    pooling, Linear 64 -> num_classes. 272,474 parameters at 10 classes. Built for 3 x 32 x 32 images.
+
+    Shape: (N, in_channels, H, W) -> (N, num_classes).
+    """
+    return ResNet((3, 3, 3), num_classes, widths=(16, 32, 64), in_channels=in_channels, stem="cifar",
+                  dtype=dtype, rng=rng)
+
+
+def _make_divisible(v, divisor=8):
+    """v rounded to the nearest multiple of divisor, at least divisor and never more than 10% below v
+    (torchvision's, from the TensorFlow original)."""
+    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new_v + divisor if new_v < 0.9 * v else new_v
+
+
+def _conv_bn_relu6(in_channels, out_channels, kernel_size=3, stride=1, groups=1, *, dtype, rng):
+    """Conv2d ("same" padding, no bias) -> BatchNorm2d -> ReLU6: torchvision's Conv2dNormActivation,
+    whose children are named 0, 1, 2."""
+    return Sequential(_conv(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, groups,
+                            dtype=dtype, rng=rng),
+                      BatchNorm2d(out_channels, dtype=dtype), ReLU6())
+
+
+class InvertedResidual(Module):
+    """MobileNetV2's block (Sandler et al. 2018): a 1x1 expansion to inp * expand_ratio channels (left out
+    when expand_ratio is 1), a 3x3 depthwise convolution with the stride, and a linear 1x1 projection
+    to oup channels, with BatchNorm after each; the input is added back when the shape is kept
+    (stride 1 and inp == oup). Children as torchvision's: conv.0, conv.1, ...
+
+    Shape: (N, inp, H, W) -> (N, oup, ceil(H / stride), ceil(W / stride)).
+    """
+
+    def __init__(self, inp, oup, stride, expand_ratio, *, dtype=np.float32, rng=None):
+        super().__init__()
+        fn = "InvertedResidual"
+        inp, oup, expand_ratio = (_count(v, name, fn) for v, name in
+                                  ((inp, "inp"), (oup, "oup"), (expand_ratio, "expand_ratio")))
+        if stride not in (1, 2):
+            raise ValueError(f"{fn}(): stride must be 1 or 2, got {stride!r}")
+        dtype, rng = _float_dtype(dtype, fn), _generator(rng, fn)
+        hidden = inp * expand_ratio
+        self.stride = stride
+        self.use_res_connect = stride == 1 and inp == oup
+        layers = [] if expand_ratio == 1 else [_conv_bn_relu6(inp, hidden, 1, dtype=dtype, rng=rng)]
+        layers += [_conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden, dtype=dtype, rng=rng),
+                   _conv(hidden, oup, 1, dtype=dtype, rng=rng), BatchNorm2d(oup, dtype=dtype)]
+        self.conv = Sequential(*layers)
+        self.out_channels = oup
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class MobileNetV2(Module):
+    """torchvision's MobileNetV2: `features` (a 3x3 stride-2 stem, the InvertedResidual blocks of
+    SETTING, a 1x1 convolution to last_channel), global average pooling, and `classifier` (Dropout,
+    Linear). width_mult scales every width (rounded to multiples of 8; last_channel only grows).
+
+    The Dropout's mask counter is not saved (persistent=False), so state_dict() holds torchvision's keys
+    and no others; a resumed run restarts its masks from the build's seed.
+
+    Shape: (N, in_channels, H, W) -> (N, num_classes).
+    """
+
+    # t (expansion), c (channels), n (blocks), s (stride of the first), from the paper's Table 2
+    SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+               (6, 320, 1, 1))
+
+    def __init__(self, num_classes=1000, width_mult=1.0, dropout=0.2, *, in_channels=3, dtype=np.float32,
+                 rng=None):
+        super().__init__()
+        fn = "MobileNetV2"
+        num_classes = _count(num_classes, "num_classes", fn)
+        in_channels = _count(in_channels, "in_channels", fn)
+        if isinstance(width_mult, (bool, np.bool_)) or not isinstance(width_mult, (int, float, np.integer,
+                                                                                     np.floating)) \
+                or not np.isfinite(width_mult) or width_mult <= 0:
+            raise ValueError(f"{fn}(): width_mult must be a finite number > 0, got {width_mult!r}")
+        dtype, rng = _float_dtype(dtype, fn), _generator(rng, fn)
+        self.width_mult = float(width_mult)
+        channels = _make_divisible(32 * width_mult)
+        self.last_channel = _make_divisible(1280 * max(1.0, width_mult))
+        features = [_conv_bn_relu6(in_channels, channels, 3, 2, dtype=dtype, rng=rng)]
+        for t, c, n, s in self.SETTING:
+            out = _make_divisible(c * width_mult)
+            for i in range(n):
+                features.append(InvertedResidual(channels, out, s if i == 0 else 1, t, dtype=dtype, rng=rng))
+                channels = out
+        features.append(_conv_bn_relu6(channels, self.last_channel, 1, dtype=dtype, rng=rng))
+        self.features = Sequential(*features)
+        # torchvision pools and flattens with functions in its forward; here they are layers without keys.
+        self.avgpool = AdaptiveAvgPool2d((1, 1))
+        self.flatten = Flatten()
+        linear = Linear(self.last_channel, num_classes, dtype=dtype, rng=rng)
+        linear.weight.data[...] = rng.normal(0.0, 0.01, linear.weight.data.shape)
+        linear.bias.data[...] = 0
+        self.classifier = Sequential(Dropout(dropout, rng=rng, persistent=False), linear)
+
+    def forward(self, x):
+        return self.classifier(self.flatten(self.avgpool(self.features(x))))
+
+
+def mobilenet_v2(num_classes=1000, width_mult=1.0, dropout=0.2, *, in_channels=3, dtype=np.float32, rng=None):
+    """torchvision's MobileNetV2 (see MobileNetV2): 3,504,872 parameters at 1000 classes and width 1.
+    Built for 3 x 224 x 224 images; takes any of at least 32 x 32 (the total stride).
+
+    Shape: (N, in_channels, H, W) -> (N, num_classes).
+    """
+    return MobileNetV2(num_classes, width_mult, dropout, in_channels=in_channels, dtype=dtype, rng=rng)
+
+
+# ---------------------------------------------------------------------------
 # summary
 
 
@@ -215,11 +492,12 @@ def _hyper(pair):
     return pair[0] if pair[0] == pair[1] else pair
 
 
-def _window_out(shape, kernel, stride, padding, layer):
+def _window_out(shape, kernel, stride, padding, layer, dilation=(1, 1)):
     c, h, w = shape
-    if h + 2 * padding[0] < kernel[0] or w + 2 * padding[1] < kernel[1]:
+    span = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
+    if h + 2 * padding[0] < span[0] or w + 2 * padding[1] < span[1]:
         raise ValueError(f"summary(): {layer!r} gets input {_size(shape)}, smaller than its kernel {kernel}")
-    return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip((h, w), kernel, stride, padding))
+    return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip((h, w), span, stride, padding))
 
 
 def _expect(shape, ndim, layer):
@@ -234,8 +512,10 @@ def _describe(layer, shape):
         if shape[0] != layer.in_channels:
             raise ValueError(f"summary(): {layer!r} gets {shape[0]} channels")
         k, s, p = layer.kernel_size, layer.stride, layer.padding
-        label = f"Conv (C_out={layer.out_channels}, K={_hyper(k)}, P={_hyper(p)}, S={_hyper(s)})"
-        return label, (layer.out_channels, *_window_out(shape, k, s, p, layer)), _size(layer.weight.data.shape)
+        d, groups = getattr(layer, "dilation", (1, 1)), getattr(layer, "groups", 1)
+        label = f"Conv (C_out={layer.out_channels}, K={_hyper(k)}, P={_hyper(p)}, S={_hyper(s)}" + (
+            f", D={_hyper(d)}" if d != (1, 1) else "") + (f", G={groups})" if groups != 1 else ")")
+        return label, (layer.out_channels, *_window_out(shape, k, s, p, layer, d)), _size(layer.weight.data.shape)
     if isinstance(layer, MaxPool2d):
         _expect(shape, 3, layer)
         k, s, p = layer.kernel_size, layer.stride, layer.padding
@@ -246,13 +526,16 @@ def _describe(layer, shape):
         k, s, p = layer.kernel_size, layer.stride, layer.padding
         label = f"AvgPool (K={_hyper(k)}, S={_hyper(s)}" + (f", P={_hyper(p)})" if p != (0, 0) else ")")
         return label, (shape[0], *_window_out(shape, k, s, p, layer)), ""
+    if isinstance(layer, AdaptiveAvgPool2d):
+        _expect(shape, 3, layer)
+        return f"AdaptiveAvgPool ({_size(layer.output_size)})", (shape[0], *layer.output_size), ""
     if isinstance(layer, (BatchNorm1d, BatchNorm2d)):
         if shape[0] != layer.num_features:
             raise ValueError(f"summary(): {layer!r} gets {shape[0]} channels")
         return f"BatchNorm (C={layer.num_features})", shape, (f"2 x {layer.num_features}" if layer.affine else "")
     if isinstance(layer, Dropout):
         return f"Dropout (p={layer.p:g})", shape, ""
-    if isinstance(layer, (ReLU, Sigmoid, Tanh, Softmax, LogSoftmax)):
+    if isinstance(layer, (ReLU, ReLU6, Sigmoid, Tanh, Softmax, LogSoftmax, Identity)):
         return type(layer).__name__, shape, ""
     if isinstance(layer, Flatten):
         return "Flatten", (math.prod(shape),), ""
@@ -265,17 +548,36 @@ def _describe(layer, shape):
     raise TypeError(f"summary(): cannot describe a {type(layer).__name__}")
 
 
-def _leaves(model):
-    if isinstance(model, Sequential):
-        for child in model:
-            yield from _leaves(child)
-    else:
-        yield model
+def _describe_node(node, shapes):
+    """_describe for a node of a graph, which may read several values (Add, Concat)."""
+    if len(shapes) == 1:
+        return _describe(node.module, shapes[0])
+    if not isinstance(node.module, (Add, Concat)):
+        raise TypeError(f"summary(): cannot describe a {type(node.module).__name__} of {len(shapes)} inputs")
+    try:
+        return type(node.module).__name__, tuple(node.module.output_shape(*shapes)), ""
+    except ValueError as e:
+        raise ValueError(f"summary(): layer {node.name!r}: {e}") from None
+
+
+def _table(rows):
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+
+    def line(row):
+        return " | ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)).rstrip()
+
+    return [line(rows[0]), "-+-".join("-" * w for w in widths), *map(line, rows[1:])]
 
 
 def summary(model, input_shape=(1, 28, 28)):
     """The course's table of a network: one row per layer with its output size (per image, no batch
     axis) and weight size, then the total number of parameters (weights and biases).
+
+    The rows follow the model's graph (cyconv.graph.trace), in the order its layers run. A model that
+    branches (a ResNet, a MobileNetV2) gets two more columns: each layer's name in the model
+    ("layer1.0.conv1"; "layer1.0.relu#1" for a layer's second call, "add" ... for the additions its
+    forward writes as `+`), and, where a layer does not read the row just above it, the names of what
+    it reads ("input" for the model's input).
 
     Output sizes come from shape arithmetic, so the model is not run and its saved
     state is untouched. Linear weights are written in x out, as the course does
@@ -291,15 +593,22 @@ def summary(model, input_shape=(1, 28, 28)):
         Total parameters: 1,256,080
     """
     shape = tuple(int(d) for d in input_shape)
-    rows = [("Layer", "Output Size", "Weight Size"), ("Input", _size(shape), "")]
-    for layer in _leaves(model):
-        label, shape, weight = _describe(layer, shape)
-        rows.append((label, _size(shape), weight))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-
-    def line(row):
-        return f"{row[0]:<{widths[0]}} | {row[1]:<{widths[1]}} | {row[2]}".rstrip()
-
-    rule = "-+-".join("-" * w for w in widths)
+    tr = graph.trace(model)
     total = sum(p.data.size for p in model.parameters())
-    return "\n".join([line(rows[0]), rule, *map(line, rows[1:]), f"Total parameters: {total:,}"])
+    if tr.is_chain():
+        rows = [("Layer", "Output Size", "Weight Size"), ("Input", _size(shape), "")]
+        for node in tr.nodes:
+            label, shape, weight = _describe(node.module, shape)
+            rows.append((label, _size(shape), weight))
+        return "\n".join([*_table(rows), f"Total parameters: {total:,}"])
+    values = [shape]
+    names = ["input"] + [node.name for node in tr.nodes]
+    rows = [("Name", "Layer", "Output Size", "Weight Size", "Input"), ("input", "Input", _size(shape), "", "")]
+    for i, node in enumerate(tr.nodes):
+        label, out, weight = _describe_node(node, [values[v] for v in node.inputs])
+        values.append(out)
+        reads = "" if node.inputs == (i,) else ", ".join(names[v] for v in node.inputs)
+        rows.append((node.name, label, _size(out), weight, reads))
+    if tr.output != len(tr.nodes):
+        rows.append(("output", "Output", _size(values[tr.output]), "", names[tr.output]))
+    return "\n".join([*_table(rows), f"Total parameters: {total:,}"])
