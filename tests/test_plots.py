@@ -124,6 +124,14 @@ def test_feature_maps_of_every_convolution(tmp_path):
     assert no_temp_files(tmp_path)
 
 
+def test_filters_and_feature_maps_of_a_model_that_branches(tmp_path):
+    model = models.resnet20(rng=np.random.default_rng(0))
+    assert len(plots._convolutions(model)) == 21  # the stem, 18 in the blocks' bodies, 2 shortcuts
+    assert_png(plots.filters(model, tmp_path / "f.png"))
+    image = np.random.default_rng(3).standard_normal((3, 32, 32)).astype(np.float32)
+    assert_png(plots.feature_maps(model, image, tmp_path / "m.png"))
+
+
 def test_no_convolution_no_filters_or_maps(tmp_path):
     mlp = models.mlp(8, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="has no convolution layer .*Flatten, Linear, ReLU, Linear"):

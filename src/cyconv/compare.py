@@ -63,7 +63,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import models
+from . import graph, models
 from .checkpoint import build_model_for
 from .data import MNIST, ImageSplit
 from .nn import Linear
@@ -231,7 +231,7 @@ def compare(data, *, epochs: int | None = None, cnn_epochs: int | None = None, l
 
     starting("learned (conv layers)", task.cnn_label)
     result = train(TrainConfig(**cnn_config), data, progress=progress, log=lambda line: None)
-    conv_out = next(layer for layer in models._leaves(result.model) if isinstance(layer, Linear)).in_features
+    conv_out = next(layer for layer in graph.layers(result.model) if isinstance(layer, Linear)).in_features
     rows.append(Row("learned (conv layers)", task.cnn_label, conv_out, cnn_config["epochs"],
                     result.metrics[-1]["test_acc"], sum(m["epoch_time_s"] for m in result.metrics), None))
     return rows

@@ -43,7 +43,7 @@ import numpy as np
 from . import functional as F
 from . import nn
 
-__all__ = ["Value", "Node", "Trace", "trace", "shapes", "FUSIONS", "fuse", "fold_batch_norms"]
+__all__ = ["Value", "Node", "Trace", "trace", "layers", "run_unfused", "shapes", "FUSIONS", "fuse", "fold_batch_norms"]
 
 
 class Value:
@@ -158,6 +158,20 @@ def trace(model) -> Trace:
         raise TypeError(f"trace(): {type(model).__name__}.forward must return the value of a layer, got "
                         f"{type(out).__name__}")
     return Trace(tracer.nodes, out.index)
+
+
+def layers(model) -> list:
+    """The layers of model in the order its forward runs them (one per call)."""
+    return [node.module for node in trace(model).nodes]
+
+
+def run_unfused(tr: Trace, x) -> list:
+    """Every value of the graph for input x (value 0 is x), each layer run as itself in its current mode:
+    for looking inside a model (cyconv.plots' feature maps), not for training."""
+    values = [x]
+    for node in tr.nodes:
+        values.append(node.module.forward(*(values[v] for v in node.inputs)))
+    return values
 
 
 def shapes(tr: Trace, input_shape) -> list:

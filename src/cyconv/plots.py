@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ._files import atomic_write
-from .models import _leaves
+from .graph import layers as _layers, run_unfused, trace
 from .nn import Conv2d
 
 __all__ = ["formats", "check_path", "read_metrics", "curves", "filters", "feature_maps", "confusion",
@@ -133,12 +133,12 @@ def curves(metrics: list[dict], path, *, title: str | None = None) -> Path:
 
 
 def _convolutions(model) -> list[Conv2d]:
-    return [layer for layer in _leaves(model) if isinstance(layer, Conv2d)]
+    return [layer for layer in _layers(model) if isinstance(layer, Conv2d)]
 
 
 def _no_convolution(model) -> ValueError:
     return ValueError(f"the model has no convolution layer (its layers: "
-                      f"{', '.join(type(layer).__name__ for layer in _leaves(model))}); filters and feature maps "
+                      f"{', '.join(type(layer).__name__ for layer in _layers(model))}); filters and feature maps "
                       "are drawn for convolutional networks")
 
 
@@ -214,16 +214,12 @@ def feature_maps(model, image: np.ndarray, path, *, title: str | None = None) ->
     dtype = convs[0].weight.data.dtype
     x = np.ascontiguousarray(x[None], dtype=dtype)
     model.eval()
-    outputs = []
-    for layer in _leaves(model):
-        try:
-            x = layer(x)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"feature_maps(): the model cannot take a {image.shape} image: {e}") from None
-        if isinstance(layer, Conv2d):
-            outputs.append(x[0])
-        if len(outputs) == len(convs):
-            break  # the rest of the network draws nothing
+    tr = trace(model)
+    try:
+        values = run_unfused(tr, x)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"feature_maps(): the model cannot take a {image.shape} image: {e}") from None
+    outputs = [values[i + 1][0] for i, node in enumerate(tr.nodes) if isinstance(node.module, Conv2d)]
     panels = [("input", _input_picture(np.asarray(image, np.float64)))] + [
         (f"convolution {i + 1}: {len(maps)} maps of {maps.shape[1]} x {maps.shape[2]}",
          _mosaic(_scaled_each(maps), _columns(len(maps)), gap=np.nan)) for i, maps in enumerate(outputs)]
