@@ -15,6 +15,7 @@
     cyconv plot filters --checkpoint runs/lenet5/checkpoint.npz -o filters.png
     cyconv plot maps --checkpoint runs/lenet5/checkpoint.npz digit.png -o maps.png
     cyconv evaluate --checkpoint runs/lenet5/checkpoint.npz --confusion-plot cm.png
+    cyconv serve --checkpoint runs/lenet5/checkpoint.npz            http://127.0.0.1:8000/ (cyconv[serve])
     cyconv download --data DIR
 
 Errors a user can cause (a missing file, a bad option, a corrupt checkpoint or image, MNIST not found)
@@ -309,6 +310,29 @@ def _build_parser():
                    "'cyconv predict --raw' does")
     threads_option(p)
 
+    p = commands.add_parser(
+        "serve", help="serve a model over HTTP, with a page to try it",
+        description="Serve a checkpoint's or an ONNX file's model over HTTP (needs the serve extra: pip install "
+                    "'cyconv[serve]'): POST /predict takes a picture or JSON pixels and answers the class and "
+                    "every class's probability; GET / is a page to draw a digit (or drop a photo, for an "
+                    "image-folder model) and see the prediction; /health, /metrics (Prometheus) and /docs "
+                    "(OpenAPI). Requests that arrive together run as one batch. SIGTERM or Ctrl-C stops it "
+                    "after answering the requests in flight.")
+    model_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this "
+                   "machine only)")
+    p.add_argument("--port", type=_int_at_least(0), default=8000, metavar="N", help="default: 8000")
+    p.add_argument("--max-batch", type=_int_at_least(1), default=64, metavar="N",
+                   help="most requests run as one model call (default: 64; 1 turns batching off)")
+    p.add_argument("--max-wait-ms", type=_float_in(0, 1000), default=2.0, metavar="MS",
+                   help="longest a request waits for others to share its model call (default: 2)")
+    p.add_argument("--max-queue", type=_int_at_least(1), default=256, metavar="N",
+                   help="requests that may wait for the model; past it, 503 with Retry-After (default: 256)")
+    p.add_argument("--max-body-mb", type=_float_in(0, low_open=True), default=10.0, metavar="MB",
+                   help="largest request body, in MB; a larger one gets 413 (default: 10)")
+    threads_option(p)
+    p.set_defaults(run=_cmd_serve)
+
     p = commands.add_parser("download", help="fetch MNIST",
                             description="Download the missing MNIST files (MD5-checked) and verify all four.")
     p.add_argument("--data", metavar="DIR", help="target directory (default: $CYCONV_DATA, else ~/.cache/cyconv/mnist)")
@@ -327,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command is None:
             raise UsageError(f"no command given; choose one of train, evaluate, predict, export, summary, "
-                             f"compare, plot, download (see '{PROG} --help')")
+                             f"compare, plot, serve, download (see '{PROG} --help')")
     except UsageError as e:
         return _fail(e, EXIT_USAGE)
     except SystemExit as e:  # --help
@@ -773,6 +797,27 @@ def _cmd_plot_maps(args) -> int:
         raise ValueError(f"{ckpt.path}: {ckpt.model_name}: {e}") from None
     print(f"{args.output}: the feature maps of {ckpt.model_name} for {args.image}")
     return 0
+
+
+def _cmd_serve(args) -> int:
+    from . import serve
+
+    missing = serve.missing_dependency()
+    if missing:
+        raise _MissingDependency(missing)
+    if args.onnx_model is not None:
+        _onnx()
+        model = serve.ServedModel.from_onnx(args.onnx_model, batch_size=args.max_batch)
+    else:
+        model = serve.ServedModel.from_checkpoint(args.checkpoint, batch_size=args.max_batch)
+    app = serve.create_app(model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                           max_queue=args.max_queue, max_body_mb=args.max_body_mb)
+    if args.host not in serve.LOCAL_HOSTS:
+        print(f"{PROG}: warning: serving on {args.host}, not only this machine: anyone who can reach it can use "
+              "the model (there is no authentication)", file=sys.stderr)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"{model.description}; serving on http://{host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    return serve.run(app, host=args.host, port=args.port)
 
 
 def _cmd_download(args) -> int:

@@ -633,15 +633,21 @@ def decode_picture(path, convert, *, formats=FOLDER_FORMATS, max_pixels: int | N
     PIL.Image.MAX_IMAGE_PIXELS; more than once that inside refusing_decompression_bombs()).
     draft: (mode, (width, height)) for Pillow's draft(), which lets JPEG decode at a reduced scale.
 
+    path may also be the file's contents (bytes: an upload to `cyconv serve`), named "image" in messages.
+
     Raises ImageError naming the file for anything unusable (not a regular file, unknown format, damaged,
     too large), OSError if the file cannot be opened.
     """
-    path = Path(path)
-    mode = os.stat(path).st_mode
-    if not stat.S_ISREG(mode):  # a FIFO would block open() forever, a device could be read forever
-        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-        raise ImageError(f"{path}: is {what}, not an image")
-    with open(path, "rb") as f:
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        opened, path = contextlib.nullcontext(io.BytesIO(path)), "image"
+    else:
+        path = Path(path)
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):  # a FIFO would block open() forever, a device could be read forever
+            what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise ImageError(f"{path}: is {what}, not an image")
+        opened = open(path, "rb")
+    with opened as f:
         try:
             with Image.open(f, formats=formats) as picture:  # reads the header only
                 width, height = picture.size
@@ -689,13 +695,16 @@ def read_image(path, size=(DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE), channels: in
     ((height, width), or one int for a square) with Pillow's antialiased bilinear filter. The aspect ratio
     is not kept: the picture is stretched to `size`, as torchvision's Resize((h, w)) does.
 
+    path may also be the file's contents, as bytes (see decode_picture).
+
     Raises ImageError naming the file (see decode_picture; a decompression bomb, more than
     PIL.Image.MAX_IMAGE_PIXELS, is refused from its header), OSError if it cannot be opened.
     """
     height, width = _image_size(size, "read_image")
     channels = _channels(channels, "read_image")
     with refusing_decompression_bombs():
-        return _read_image(Path(path), height, width, channels)
+        return _read_image(path if isinstance(path, (bytes, bytearray, memoryview)) else Path(path),
+                           height, width, channels)
 
 
 @contextlib.contextmanager
