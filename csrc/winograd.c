@@ -132,9 +132,9 @@ void FN(winograd_filter_transform)(real *u, const real *w, ptrdiff_t O, ptrdiff_
 
 void FN(winograd_input_transform)(real *v, real *tmp, const real *x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
                                   ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t m,
-                                  ptrdiff_t r, ptrdiff_t c0, ptrdiff_t c1)
+                                  ptrdiff_t r, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t ldt)
 {
-    TIERED(winograd_input_transform)(v, tmp, x, C, H, W, ph, pw, Ho, Wo, m, r, c0, c1);
+    TIERED(winograd_input_transform)(v, tmp, x, C, H, W, ph, pw, Ho, Wo, m, r, c0, c1, ldt);
 }
 
 void FN(winograd_multiply)(const cyconv_gemm *g, real *mm, const real *u, const real *v, ptrdiff_t O,
@@ -145,22 +145,27 @@ void FN(winograd_multiply)(const cyconv_gemm *g, real *mm, const real *u, const 
 
 void FN(winograd_output_transform)(real *y, real *tmp, const real *mm, const real *bias, ptrdiff_t O,
                                    ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t m, ptrdiff_t r, ptrdiff_t o0,
-                                   ptrdiff_t o1)
+                                   ptrdiff_t o1, ptrdiff_t ldt)
 {
-    TIERED(winograd_output_transform)(y, tmp, mm, bias, O, Ho, Wo, m, r, o0, o1);
+    TIERED(winograd_output_transform)(y, tmp, mm, bias, O, Ho, Wo, m, r, o0, o1, ldt);
 }
 
-void FN(winograd_conv2d_image)(const cyconv_gemm *g, real *y, real *scratch, real *tmp, const real *x,
-                               const real *u, const real *bias, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
-                               ptrdiff_t O, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t m,
-                               ptrdiff_t r)
+void FN(winograd_conv2d_images)(const cyconv_gemm *g, real *y, real *scratch, real *tmp, const real *x,
+                                const real *u, const real *bias, ptrdiff_t nb, ptrdiff_t C, ptrdiff_t H,
+                                ptrdiff_t W, ptrdiff_t O, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo,
+                                ptrdiff_t m, ptrdiff_t r)
 {
-    // y (O,Ho,Wo) of one image x (C,H,W); scratch: winograd_image_size(), tmp: winograd_tmp_size()
-    ptrdiff_t n = m + r - 1, T = ((Ho + m - 1) / m) * ((Wo + m - 1) / m);
-    real *v = scratch, *mm = scratch + n * n * C * T;
-    TIERED(winograd_input_transform)(v, tmp, x, C, H, W, ph, pw, Ho, Wo, m, r, 0, C);
-    TIERED(winograd_multiply)(g, mm, u, v, O, C, T, 0, n * n);
-    TIERED(winograd_output_transform)(y, tmp, mm, bias, O, Ho, Wo, m, r, 0, O);
+    // y (nb,O,Ho,Wo) of nb images x (nb,C,H,W), their tiles side by side in each GEMM (a 7x7
+    // plane has 16 tiles of 2x2: one image alone would leave most of a GEMM block empty).
+    // scratch: nb * winograd_image_size(), tmp: winograd_tmp_size()
+    ptrdiff_t n = m + r - 1, T = ((Ho + m - 1) / m) * ((Wo + m - 1) / m), ldt = nb * T;
+    real *v = scratch, *mm = scratch + n * n * C * ldt;
+    for (ptrdiff_t i = 0; i < nb; i++)
+        TIERED(winograd_input_transform)(v + i * T, tmp, x + i * C * H * W, C, H, W, ph, pw, Ho, Wo, m, r, 0, C,
+                                         ldt);
+    TIERED(winograd_multiply)(g, mm, u, v, O, C, ldt, 0, n * n);
+    for (ptrdiff_t i = 0; i < nb; i++)
+        TIERED(winograd_output_transform)(y + i * O * Ho * Wo, tmp, mm + i * T, bias, O, Ho, Wo, m, r, 0, O, ldt);
 }
 
 #else /* template body, per tier */
@@ -194,29 +199,38 @@ TIER_FN void FN(lincomb)(real *restrict out, const double *coef, ptrdiff_t terms
         for (ptrdiff_t l = 0; l < len; l++) out[l] = 0;
 }
 
+TIER_FN void FN(dlincomb)(double *restrict out, const double *coef, ptrdiff_t cstride, ptrdiff_t terms,
+                          const double *restrict in, ptrdiff_t istride, ptrdiff_t len)
+{
+    // out[l] = sum_i coef[i*cstride] * in[i*istride + l]: lincomb for the filter transform, in double
+    for (ptrdiff_t l = 0; l < len; l++) out[l] = 0;
+    for (ptrdiff_t i = 0; i < terms; i++) {
+        double c = coef[i * cstride];
+        if (c == 0) continue;
+        const double *src = in + i * istride;
+        for (ptrdiff_t l = 0; l < len; l++) out[l] += c * src[l];
+    }
+}
+
 TIER_FN void FN(winograd_filter_transform)(real *u, const real *w, ptrdiff_t O, ptrdiff_t C, ptrdiff_t m,
                                            ptrdiff_t r, ptrdiff_t o0, ptrdiff_t o1)
 {
-    // w is (O,C,r,r); u (n*n, O, C) = G w[o,c] G^T for output channels [o0, o1), in double, rounded once
+    // w is (O,C,r,r); u (n*n, O, C) = G w[o,c] G^T for output channels [o0, o1), in double and
+    // rounded once, over lanes of B filters (index o*C + c)
     const winograd_tile *tl = winograd_find(m, r);
-    ptrdiff_t n = tl->n;
-    double gw[8 * 5];
-    for (ptrdiff_t o = o0; o < o1; o++) {
-        for (ptrdiff_t c = 0; c < C; c++) {
-            const real *k = w + (o * C + c) * r * r;
-            for (ptrdiff_t i = 0; i < n; i++) /* gw (n, r) = G k */
-                for (ptrdiff_t j = 0; j < r; j++) {
-                    double s = 0;
-                    for (ptrdiff_t q = 0; q < r; q++) s += tl->G[i * r + q] * (double)k[q * r + j];
-                    gw[i * r + j] = s;
-                }
-            for (ptrdiff_t i = 0; i < n; i++) /* u = gw G^T */
-                for (ptrdiff_t j = 0; j < n; j++) {
-                    double s = 0;
-                    for (ptrdiff_t q = 0; q < r; q++) s += gw[i * r + q] * tl->G[j * r + q];
-                    u[((i * n + j) * O + o) * C + c] = (real)s;
-                }
-        }
+    enum { B = 32 }; /* 33 KB of stack */
+    const ptrdiff_t n = tl->n;
+    double k[5 * 5 * B], gk[8 * 5 * B], uu[8 * 8 * B];
+    for (ptrdiff_t f0 = o0 * C; f0 < o1 * C; f0 += B) {
+        ptrdiff_t len = o1 * C - f0 < B ? o1 * C - f0 : B;
+        for (ptrdiff_t l = 0; l < len; l++)
+            for (ptrdiff_t q = 0; q < r * r; q++) k[q * B + l] = (double)w[(f0 + l) * r * r + q];
+        for (ptrdiff_t i = 0; i < n; i++) /* gk (n, r) = G k */
+            for (ptrdiff_t j = 0; j < r; j++) FN(dlincomb)(gk + (i * r + j) * B, tl->G + i * r, 1, r, k + j * B, r * B, len);
+        for (ptrdiff_t i = 0; i < n; i++) /* u = gk G^T */
+            for (ptrdiff_t j = 0; j < n; j++) FN(dlincomb)(uu + (i * n + j) * B, tl->G + j * r, 1, r, gk + i * r * B, B, len);
+        for (ptrdiff_t p = 0; p < n * n; p++)
+            for (ptrdiff_t l = 0; l < len; l++) u[p * O * C + f0 + l] = (real)uu[p * B + l];
     }
 }
 
@@ -240,10 +254,10 @@ TIER_FN void FN(pad_plane)(real *restrict plane, const real *restrict x, ptrdiff
 
 TIER_FN void FN(winograd_input_transform)(real *v, real *tmp, const real *x, ptrdiff_t C, ptrdiff_t H,
                                           ptrdiff_t W, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo,
-                                          ptrdiff_t m, ptrdiff_t r, ptrdiff_t c0, ptrdiff_t c1)
+                                          ptrdiff_t m, ptrdiff_t r, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t ldt)
 {
-    // x is (C,H,W), the output (Ho,Wo); v (n*n, C, T) = BT d B of every tile, for channels [c0, c1).
-    // tmp: winograd_tmp_size() elements, this thread's
+    // x is (C,H,W), the output (Ho,Wo); v (n*n, C, ldt) [.., .., :T] = BT d B of every tile, for
+    // channels [c0, c1). tmp: winograd_tmp_size() elements, this thread's
     const winograd_tile *tl = winograd_find(m, r);
     const ptrdiff_t n = tl->n, B = WINOGRAD_LANES;
     ptrdiff_t th = (Ho + m - 1) / m, tw = (Wo + m - 1) / m, T = th * tw;
@@ -266,7 +280,7 @@ TIER_FN void FN(winograd_input_transform)(real *v, real *tmp, const real *x, ptr
                     FN(lincomb)(e + (k * n + j) * B, tl->BT + k * n, n, d + j * B, n * B, len);
             for (ptrdiff_t k = 0; k < n; k++) /* v = e B (over columns j) */
                 for (ptrdiff_t q = 0; q < n; q++)
-                    FN(lincomb)(v + ((k * n + q) * C + c) * T + t0, tl->BT + q * n, n, e + k * n * B, B, len);
+                    FN(lincomb)(v + ((k * n + q) * C + c) * ldt + t0, tl->BT + q * n, n, e + k * n * B, B, len);
         }
     }
 }
@@ -297,9 +311,9 @@ TIER_FN void FN(winograd_multiply)(const cyconv_gemm *g, real *mm, const real *u
 
 TIER_FN void FN(winograd_output_transform)(real *y, real *tmp, const real *mm, const real *bias, ptrdiff_t O,
                                            ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t m, ptrdiff_t r, ptrdiff_t o0,
-                                           ptrdiff_t o1)
+                                           ptrdiff_t o1, ptrdiff_t ldt)
 {
-    // mm is (n*n, O, T); y (O,Ho,Wo) = AT mm A (+ bias[o] unless NULL) for channels [o0, o1).
+    // mm is (n*n, O, ldt) [.., .., :T]; y (O,Ho,Wo) = AT mm A (+ bias[o] unless NULL) for channels [o0, o1).
     // tmp: winograd_tmp_size() elements, this thread's
     const winograd_tile *tl = winograd_find(m, r);
     const ptrdiff_t n = tl->n, B = WINOGRAD_LANES;
@@ -310,7 +324,7 @@ TIER_FN void FN(winograd_output_transform)(real *y, real *tmp, const real *mm, c
             ptrdiff_t len = T - t0 < B ? T - t0 : B;
             for (ptrdiff_t a = 0; a < m; a++) /* s1 = AT mm (over rows) */
                 for (ptrdiff_t q = 0; q < n; q++)
-                    FN(lincomb)(s1 + (a * n + q) * B, tl->AT + a * n, n, mm + (q * O + o) * T + t0, n * O * T,
+                    FN(lincomb)(s1 + (a * n + q) * B, tl->AT + a * n, n, mm + (q * O + o) * ldt + t0, n * O * ldt,
                                 len);
             for (ptrdiff_t a = 0; a < m; a++) /* s2 = s1 A (over columns) */
                 for (ptrdiff_t b = 0; b < m; b++)
