@@ -289,3 +289,45 @@ def test_depthwise_conv2d(benchmark, impl, layer, batch, phase, threads):
             if phase == "fwd+bwd":
                 mod.conv2d_backward(gy, x, w, stride=s, padding=1, groups=C)
     benchmark(step)
+
+
+# 3x3 stride-1 layers of ResNet-18 (224x224 input) at batch 1 and 32, ResNet-20 (32x32) at batch 64,
+# and LeNet-5's conv2 (5x5) at batch 64: (batch, C = O, H = W, kernel).
+ALGO_LAYERS = {
+    **{f"r18-{c}x{h}-b{n}": (n, c, h, 3) for c, h in ((64, 56), (128, 28), (256, 14), (512, 7)) for n in (1, 32)},
+    **{f"r20-{c}x{h}-b64": (64, c, h, 3) for c, h in ((16, 32), (32, 16), (64, 8))},
+    "lenet-conv2-b64": (64, 20, 14, 5),
+}
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("layer", ALGO_LAYERS)
+@pytest.mark.parametrize("impl", ["cyconv-im2col", "cyconv-winograd", "cyconv-auto", "torch"])
+def test_conv2d_algorithm(benchmark, impl, layer, phase, threads):
+    """One convolution per algorithm ("cyconv-winograd": the tile conv_algorithm picks, F(4x4) if it
+    picks im2col; fwd+bwd: the input gradient by the same algorithm, the weight gradient im2col's)."""
+    mod = _setup(benchmark, f"conv2d-algorithm-{layer}", impl, phase, threads)
+    N, C, H, r = ALGO_LAYERS[layer]
+    O = 50 if r == 5 else C
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, C, H, H), dtype=np.float32)
+    w = rng.standard_normal((O, C, r, r), dtype=np.float32) / np.sqrt(C * r * r)
+    b = np.zeros(O, np.float32)
+    gy = np.ones((N, O, H, H), np.float32)
+    if impl == "torch":
+        tx = mod.from_numpy(x).requires_grad_()
+        tw, tb = mod.from_numpy(w).requires_grad_(), mod.from_numpy(b).requires_grad_()
+        step = _torch_step(mod, phase, lambda: mod.nn.functional.conv2d(tx, tw, tb, padding=r // 2), (tx, tw, tb),
+                           mod.from_numpy(gy))
+    else:
+        algorithm = impl.split("-")[1]
+        if algorithm == "winograd":
+            chosen = F.conv_algorithm(C, O, H, H, r, r, 1, r // 2, batch=N)
+            algorithm = chosen if chosen.startswith("winograd") else ("winograd2" if r == 5 else "winograd4")
+        benchmark.extra_info["algorithm"] = algorithm
+
+        def step():
+            F.conv2d(x, w, b, padding=r // 2, algorithm=algorithm)
+            if phase == "fwd+bwd":
+                F.conv2d_backward(gy, x, w, padding=r // 2, algorithm=algorithm)
+    benchmark(step)

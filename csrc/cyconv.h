@@ -197,6 +197,54 @@ void im2row_f32(float *rows, const float *img, ptrdiff_t C, ptrdiff_t H, ptrdiff
                 ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph,
                 ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo);
 
+/* Winograd convolution F(m x m, r x r) for stride-1, undilated, ungrouped layers (winograd.c):
+ * r = 3 with m = 2, 4, 6; r = 5 with m = 2, 4; n = m + r - 1 transform points per axis, T =
+ * ceil(Ho/m) * ceil(Wo/m) tiles per image. v and mm hold tiles with a leading dimension ldt >= T
+ * (several images side by side: image i's tiles start at column i*T). Output channels, points or
+ * input channels [o0, o1) / [p0, p1) / [c0, c1) let several threads share one image.
+ *   filter transform: u (n*n, O, C) from w (O, C, r, r), output channels [o0, o1)
+ *   pack (float):     packed (winograd_packed_size()) from u, points [p0, p1), for g
+ *   input transform:  v (n*n, C, ldt) from x (C, H, W), padding (ph, pw) (negative: cropped), channels [c0, c1)
+ *   multiply:         mm (n*n, O, T) = u[p] @ v[p] (T columns, ldt = T): float u packed, double u plain
+ *   output transform: y (O, Ho, Wo) from mm (n*n, O, ldt), + bias (NULL: none), output channels [o0, o1)
+ *   conv2d_images:    the last three for nb images y (nb,O,Ho,Wo) from x (nb,C,H,W); scratch
+ *                     nb * winograd_image_size() (v then mm), tmp winograd_tmp_size() (per thread,
+ *                     which is also what each transform alone needs). */
+int winograd_supported(ptrdiff_t m, ptrdiff_t r);
+ptrdiff_t winograd_image_size(ptrdiff_t C, ptrdiff_t O, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t m, ptrdiff_t r);
+ptrdiff_t winograd_tmp_size(ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t m, ptrdiff_t r);
+ptrdiff_t winograd_packed_size(const cyconv_gemm *g, ptrdiff_t O, ptrdiff_t C, ptrdiff_t m, ptrdiff_t r);
+void winograd_pack_filters_f32(const cyconv_gemm *g, float *packed, const float *u, ptrdiff_t O, ptrdiff_t C,
+                               ptrdiff_t p0, ptrdiff_t p1);
+void winograd_filter_transform_f32(float *u, const float *w, ptrdiff_t O, ptrdiff_t C, ptrdiff_t m,
+                                   ptrdiff_t r, ptrdiff_t o0, ptrdiff_t o1);
+void winograd_input_transform_f32(float *v, float *tmp, const float *x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
+                                  ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t m,
+                                  ptrdiff_t r, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t ldt);
+void winograd_multiply_f32(const cyconv_gemm *g, float *mm, const float *u, const float *v, ptrdiff_t O,
+                           ptrdiff_t C, ptrdiff_t T, ptrdiff_t p0, ptrdiff_t p1);
+void winograd_output_transform_f32(float *y, float *tmp, const float *mm, const float *bias, ptrdiff_t O,
+                                   ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t m, ptrdiff_t r, ptrdiff_t o0,
+                                   ptrdiff_t o1, ptrdiff_t ldt);
+void winograd_conv2d_images_f32(const cyconv_gemm *g, float *y, float *scratch, float *tmp, const float *x,
+                                const float *u, const float *bias, ptrdiff_t nb, ptrdiff_t C, ptrdiff_t H,
+                                ptrdiff_t W, ptrdiff_t O, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo,
+                                ptrdiff_t m, ptrdiff_t r);
+void winograd_filter_transform_f64(double *u, const double *w, ptrdiff_t O, ptrdiff_t C, ptrdiff_t m,
+                                   ptrdiff_t r, ptrdiff_t o0, ptrdiff_t o1);
+void winograd_input_transform_f64(double *v, double *tmp, const double *x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
+                                  ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t m,
+                                  ptrdiff_t r, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t ldt);
+void winograd_multiply_f64(const cyconv_gemm *g, double *mm, const double *u, const double *v, ptrdiff_t O,
+                           ptrdiff_t C, ptrdiff_t T, ptrdiff_t p0, ptrdiff_t p1);
+void winograd_output_transform_f64(double *y, double *tmp, const double *mm, const double *bias, ptrdiff_t O,
+                                   ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t m, ptrdiff_t r, ptrdiff_t o0,
+                                   ptrdiff_t o1, ptrdiff_t ldt);
+void winograd_conv2d_images_f64(const cyconv_gemm *g, double *y, double *scratch, double *tmp, const double *x,
+                                const double *u, const double *bias, ptrdiff_t nb, ptrdiff_t C, ptrdiff_t H,
+                                ptrdiff_t W, ptrdiff_t O, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo,
+                                ptrdiff_t m, ptrdiff_t r);
+
 /* One in-place SGD step (momentum, weight decay) on n elements; buf may be NULL. */
 void sgd_update_f32(float *p, float *buf, const float *grad, ptrdiff_t n,
                     float lr, float momentum, float weight_decay, int first_step);

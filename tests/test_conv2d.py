@@ -23,9 +23,32 @@ from conftest import (
     random_array,
     relayout,
 )
+from test_winograd import assert_winograd_close
 from gradcheck import assert_grad, projection
 
 pytestmark = KERNEL_TESTS
+
+# The grid runs with each algorithm forced in turn where it takes the geometry (the rest skip):
+# im2col everywhere, winograd on 3x3 and 5x5 stride-1 kernels (at its own, looser tolerance:
+# tests/test_winograd.py), direct on 1x1 stride-1 unpadded ones.
+ALGORITHMS = ["im2col", "winograd", "direct"]
+
+
+def takes(algorithm, kernel, stride, padding):
+    """Whether `algorithm` runs this (ungrouped, undilated) geometry."""
+    k, s, p = pair(kernel), pair(stride), pair(padding)
+    if algorithm == "winograd":
+        return k in ((3, 3), (5, 5)) and s == (1, 1)
+    if algorithm == "direct":
+        return k == (1, 1) and s == (1, 1) and p == (0, 0)
+    return True
+
+
+def assert_close_for(algorithm, actual, expected, dtype, err_msg=""):
+    if algorithm == "winograd":
+        assert_winograd_close(actual, expected, dtype, err_msg)
+    else:
+        assert_close(actual, expected, dtype, err_msg)
 
 # (N, C, H, W); the last one is too small for some kernels, which conv_grid drops.
 IMAGE_SHAPES = [(1, 1, 5, 7), (3, 2, 6, 5), (2, 3, 4, 3)]
@@ -42,30 +65,37 @@ def make_conv(rng, image_shape, kernel, dtype, bias=True):
     return x, weight, b
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("image_shape, kernel, stride, padding", conv_grid(IMAGE_SHAPES))
-def test_conv2d_matches_reference(image_shape, kernel, stride, padding, dtype, gemm_path):
+def test_conv2d_matches_reference(image_shape, kernel, stride, padding, dtype, algorithm, gemm_path):
+    if not takes(algorithm, kernel, stride, padding):
+        pytest.skip(f"{algorithm} does not take this geometry")
     rng = np.random.default_rng(0)
     # Alternate bias / no bias over the batch sizes rather than doubling the grid.
     x, weight, bias = make_conv(rng, image_shape, kernel, dtype, bias=image_shape[0] != 1)
-    assert_close(
-        F.conv2d(x, weight, bias, stride, padding),
+    assert_close_for(
+        algorithm,
+        F.conv2d(x, weight, bias, stride, padding, algorithm=algorithm),
         R.conv2d(x, weight, bias, stride, padding),
         dtype,
     )
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("image_shape, kernel, stride, padding", conv_grid(IMAGE_SHAPES))
-def test_conv2d_backward_matches_reference(image_shape, kernel, stride, padding, dtype, gemm_path):
+def test_conv2d_backward_matches_reference(image_shape, kernel, stride, padding, dtype, algorithm, gemm_path):
+    if not takes(algorithm, kernel, stride, padding):
+        pytest.skip(f"{algorithm} does not take this geometry")
     rng = np.random.default_rng(1)
     x, weight, _ = make_conv(rng, image_shape, kernel, dtype, bias=False)
     grad_y = random_array(rng, R.conv2d(x, weight, None, stride, padding).shape, dtype)
 
-    got = F.conv2d_backward(grad_y, x, weight, stride, padding)
+    got = F.conv2d_backward(grad_y, x, weight, stride, padding, algorithm=algorithm)
     want = R.conv2d_backward(grad_y, x, weight, stride, padding)
     for name, g, w in zip(["grad_x", "grad_weight", "grad_bias"], got, want):
-        assert_close(g, w, dtype, err_msg=name)
+        assert_close_for(algorithm, g, w, dtype, err_msg=name)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -15,6 +15,7 @@ Every function has a NumPy twin of the same name and signature in
 """
 
 import math
+import os
 
 import numpy as np
 
@@ -28,7 +29,8 @@ __all__ = [
     "adaptive_avg_pool2d_backward", "relu", "relu_backward", "hardtanh", "hardtanh_backward", "relu6", "relu6_backward",
     "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "softmax", "softmax_backward", "log_softmax",
     "log_softmax_backward", "dropout", "dropout_backward", "batch_norm", "batch_norm_backward", "linear",
-    "linear_backward", "softmax_cross_entropy", "sgd_update", "adam_update",
+    "linear_backward", "softmax_cross_entropy", "sgd_update", "adam_update", "conv_algorithm",
+    "set_conv_algorithm", "get_conv_algorithm", "ALGORITHMS",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -147,10 +149,171 @@ def _conv_geometry(fn, x, weight, stride, padding):
 
 
 # ---------------------------------------------------------------------------
+# Convolution algorithms. conv2d and conv2d_backward take algorithm=:
+#   "im2col"    im2col + GEMM (every shape; grouped layers per group, depthwise ones too)
+#   "winograd"  Winograd F(m x m, r x r) (csrc/winograd.c) for 3x3 and 5x5 kernels with stride 1,
+#               dilation 1 and groups 1, any padding; "winograd2" / "winograd4" / "winograd6" force
+#               the output tile m (6 for 3x3 only), "winograd" lets conv_algorithm() pick it
+#   "direct"    no im2col buffer: 1x1 kernels with stride 1 and no padding (the image is its own
+#               columns) and depthwise layers (groups == in_channels: csrc/depthwise.c)
+#   "auto"      conv_algorithm()'s choice for the shape (the default)
+# CYCONV_CONV_ALGO (read at import) or set_conv_algorithm() overrides "auto" everywhere, e.g. to
+# run a whole model on im2col; an algorithm asked for a layer it cannot run raises ValueError.
+
+ALGORITHMS = ("auto", "im2col", "winograd", "direct")
+_WINOGRAD_TILES = {3: (2, 4, 6), 5: (2, 4)}  # kernel size -> output tiles csrc/winograd.c has
+_NAMES = ALGORITHMS + ("winograd2", "winograd4", "winograd6")
+
+
+def _algorithm_name(value, where):
+    if not isinstance(value, str) or value not in _NAMES:
+        raise ValueError(f"{where}: algorithm must be one of {', '.join(map(repr, _NAMES))}, got {value!r}")
+    return value
+
+
+_override = _algorithm_name(os.environ.get("CYCONV_CONV_ALGO", "").strip() or "auto", "CYCONV_CONV_ALGO")
+
+
+def get_conv_algorithm():
+    """The algorithm "auto" stands for now: "auto" (conv_algorithm() per shape) unless overridden."""
+    return _override
+
+
+class set_conv_algorithm:
+    """Make every algorithm="auto" convolution run `algorithm` ("auto" restores the per-shape
+    choice); also a context manager that restores the previous setting on exit:
+
+        with cyconv.functional.set_conv_algorithm("im2col"):
+            model(x)
+    """
+
+    def __init__(self, algorithm):
+        global _override
+        self._previous = _override
+        _override = _algorithm_name(algorithm, "set_conv_algorithm()")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        global _override
+        _override = self._previous
+        return False
+
+
+def conv_algorithm(C, O, H, W, kh, kw, stride=1, padding=0, dilation=1, groups=1, batch=None,
+                   dtype=np.float32, isa=None):
+    """The algorithm "auto" runs for a layer: "im2col", "direct", "winograd2" or "winograd4".
+
+    The heuristic, measured on a 2-core Sapphire Rapids (benchmarks/RESULTS.md, "Convolution
+    algorithms"), float32 forward, batch 1 and 32:
+      - depthwise (groups == C) and 1x1 stride-1 unpadded layers: "direct";
+      - Winograd only for float32, 3x3, stride 1, undilated, ungrouped layers whose GEMMs are large
+        enough to hide the transforms: C*O/(C+O) >= 32 (the transforms cost C + O per tile, the
+        GEMM C*O), and a plane of at least 14x14 unless C*O/(C+O) >= 128 (ResNet-18's 512x7x7), and
+        (when batch is given) batch*Ho*Wo >= 1024, since the filter transform is paid per call;
+      - the tile: F(4x4) from 16x16 outputs up, F(2x2) below (on 7x7 a 4x4 tile computes 8x8);
+        F(6x6) never won here (its transforms are twice F(4x4)'s and its error 3x larger);
+      - everything else, LeNet's 5x5 layers (F(2x2,5x5) measured 1.4x slower than im2col at
+        20->50 channels) and ResNet-20's 16- and 32-channel layers included: "im2col".
+    The same rule holds for every tier: on AVX2 the GEMM is slower, which only favours Winograd
+    more (see RESULTS.md). `isa` is accepted for callers that plan for another tier.
+    """
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (_pair(v, n, "conv_algorithm", m) for v, n, m in (
+        ((kh, kw), "kernel_size", 1), (stride, "stride", 1), (padding, "padding", 0), (dilation, "dilation", 1)))
+    if groups == C and groups > 1:
+        return "direct"
+    if groups != 1:
+        return "im2col"
+    if (kh, kw, sh, sw, ph, pw, dh, dw) == (1, 1, 1, 1, 0, 0, 1, 1):
+        return "direct"
+    Ho, Wo = _output_size(H, kh, sh, ph), _output_size(W, kw, sw, pw)
+    if np.dtype(dtype) != np.float32 or (kh, kw, sh, sw, dh, dw) != (3, 3, 1, 1, 1, 1) or min(Ho, Wo) < 1:
+        return "im2col"
+    h = C * O / (C + O)
+    if h < 32 or (Ho * Wo < 196 and h < 128) or (batch is not None and batch * Ho * Wo < 1024):
+        return "im2col"
+    return "winograd4" if min(Ho, Wo) >= 16 else "winograd2"
+
+
+def _check_algorithm(fn, algorithm, C, kernel, stride, padding, dilation, groups):
+    """The algorithm name checked against the layer's shape (C: in_channels, or None if unknown);
+    ValueError naming the shape if that algorithm cannot run it."""
+    algorithm = _algorithm_name(algorithm, f"{fn}()")
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    shape = (f"kernel_size {(kh, kw)}, stride {(sh, sw)}, padding {(ph, pw)}, dilation {(dh, dw)}, "
+             f"groups {groups}")
+    if algorithm.startswith("winograd"):
+        tiles = _WINOGRAD_TILES.get(kh, ()) if kh == kw else ()
+        if not tiles or (sh, sw, dh, dw, groups) != (1, 1, 1, 1, 1):
+            raise ValueError(f"{fn}(): algorithm={algorithm!r} takes 3x3 and 5x5 kernels with stride 1, "
+                             f"dilation 1 and groups 1; this layer has {shape}")
+        if algorithm != "winograd" and int(algorithm[8:]) not in tiles:
+            raise ValueError(f"{fn}(): algorithm={algorithm!r}: a {kh}x{kw} kernel has output tiles "
+                             f"{', '.join(map(str, tiles))}; this layer has {shape}")
+    elif algorithm == "direct":
+        depthwise = groups > 1 and (C is None or groups == C)
+        if not depthwise and (kh, kw, sh, sw, ph, pw, dh, dw, groups) != (1, 1, 1, 1, 0, 0, 1, 1, 1):
+            raise ValueError(f"{fn}(): algorithm='direct' takes 1x1 kernels with stride 1, padding 0, "
+                             f"dilation 1 and groups 1, and depthwise layers (groups == in_channels); "
+                             f"this layer has {shape}")
+    return algorithm
+
+
+def _resolve_algorithm(fn, algorithm, x, weight, stride, padding, dilation, groups):
+    """The algorithm a conv2d (or its backward) on these checked arguments runs: "im2col",
+    "direct", or "winograd<m>"."""
+    C, O, (H, W), (kh, kw) = x.shape[1], weight.shape[0], x.shape[2:], weight.shape[2:]
+    algorithm = _check_algorithm(fn, algorithm, C, (kh, kw), stride, padding, dilation, groups)
+    if algorithm == "auto" and _override != "auto":
+        algorithm = _check_algorithm(f"{fn}() with CYCONV_CONV_ALGO / set_conv_algorithm", _override, C,
+                                     (kh, kw), stride, padding, dilation, groups)
+    if algorithm in ("auto", "winograd"):
+        chosen = conv_algorithm(C, O, H, W, kh, kw, stride, padding, dilation, groups, batch=x.shape[0],
+                                dtype=x.dtype)
+        if algorithm == "auto":
+            return chosen
+        return chosen if chosen.startswith("winograd") else ("winograd2" if kh == 5 else "winograd4")
+    return algorithm
+
+
+def _winograd_conv2d(x, weight, bias, geom, m):
+    """conv2d on checked arguments by Winograd F(m x m, r x r) (stride 1, as _resolve_algorithm checked)."""
+    N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo = geom
+    y = np.empty((N, O, Ho, Wo), x.dtype)
+    if N:
+        nt = _conv_threads(geom)
+        _kernels.winograd_conv2d_forward(y.reshape(-1), x.reshape(-1), weight.reshape(-1), bias, N, C, H, W, O, kh,
+                                         ph, pw, Ho, Wo, m, nt)
+    return y
+
+
+def _winograd_input_grad(grad_y, weight, geom, m):
+    """The input gradient of a stride-1 convolution: the convolution of grad_y with the filters
+    flipped and transposed (O and C swapped), padded by r - 1 - padding (negative: cropped)."""
+    N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo = geom
+    flipped = np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+    grad_x = np.empty((N, C, H, W), grad_y.dtype)
+    if N:
+        nt = max(threads_for(N), threads_for(C * H * W, O * kh * kw))
+        _kernels.winograd_conv2d_forward(grad_x.reshape(-1), grad_y.reshape(-1), flipped.reshape(-1),
+                                         np.empty(0, grad_y.dtype), N, O, Ho, Wo, C, kh, kh - 1 - ph, kw - 1 - pw,
+                                         H, W, m, nt)
+    return grad_x
+
+
+
+# ---------------------------------------------------------------------------
 # Convolution
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """2-D convolution (cross-correlation, as in PyTorch) by im2col + GEMM.
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, algorithm="auto"):
+    """2-D convolution (cross-correlation, as in PyTorch) by im2col + GEMM, Winograd or directly.
+
+    algorithm: "auto" (conv_algorithm()'s choice for the shape, or the CYCONV_CONV_ALGO /
+    set_conv_algorithm() override), "im2col", "winograd" (3x3 and 5x5, stride 1, dilation 1,
+    groups 1; "winograd2"/"winograd4"/"winograd6" force the tile) or "direct" (1x1 stride-1
+    unpadded, and depthwise); one that cannot run the shape raises ValueError. Winograd's float32
+    results are less accurate than im2col's (tests/test_winograd.py has the table).
 
     groups splits the channels into that many independent convolutions (C and O divisible by
     groups); groups == C is a depthwise convolution, computed per plane without im2col.
@@ -171,13 +334,18 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     fn = "conv2d"
     dilation, groups = _dilation_groups(fn, dilation, groups)
     if groups == 1 and dilation == (1, 1):
-        return _conv2d(*_conv_arguments(fn, x, weight, bias, stride, padding))
+        x, weight, bias, geom = _conv_arguments(fn, x, weight, bias, stride, padding)
+        algorithm = _resolve_algorithm(fn, algorithm, x, weight, geom[7:9], geom[9:11], dilation, groups)
+        if algorithm.startswith("winograd"):
+            return _winograd_conv2d(x, weight, bias, geom, int(algorithm[8:]))
+        return _conv2d(x, weight, bias, geom)
     x, weight, bias, geom = _grouped_conv_arguments(fn, x, weight, bias, stride, padding, dilation, groups)
     N, C, H, W, O, G, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = geom
+    algorithm = _resolve_algorithm(fn, algorithm, x, weight, (sh, sw), (ph, pw), dilation, groups)
     y = np.empty((N, O, Ho, Wo), x.dtype)
     if N == 0:
         return y
-    if G == C:
+    if G == C and algorithm != "im2col":
         _kernels.depthwise_conv2d_forward(y.reshape(-1), x.reshape(-1), weight.reshape(-1), bias, N, C, H, W, O,
                                           kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
                                           threads_for(N * O, Ho * Wo * kh * kw))
@@ -357,7 +525,7 @@ def conv2d_relu_max_pool2d_backward(grad_y, y, indices, x, weight, stride=1, pad
 
 
 def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1, *, grad_input=True, out=None,
-                    accumulate=False):
+                    accumulate=False, algorithm="auto"):
     """Gradients of conv2d with respect to its input, weight and bias.
 
     Shape:
@@ -370,12 +538,16 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     out=(grad_weight, grad_bias) writes the parameter gradients into those arrays
     (C-contiguous, the right shape and dtype; either may be None) and returns them;
     with accumulate=True they are added into them, as a module adds into `.grad`.
+
+    algorithm as in conv2d (the forward's choice, for the same arguments). With Winograd only the
+    input gradient is computed by it (the forward on grad_y with the flipped, transposed filters);
+    the weight and bias gradients stay on im2col's kernel.
     """
     fn = "conv2d_backward"
     dilation, groups = _dilation_groups(fn, dilation, groups)
     if groups != 1 or dilation != (1, 1):
         return _grouped_conv2d_backward(fn, grad_y, x, weight, stride, padding, dilation, groups, grad_input, out,
-                                        accumulate)
+                                        accumulate, algorithm)
     x = _float_array(x, "x", fn, ndim=4)
     weight = _float_array(weight, "weight", fn, ndim=4, dtype=x.dtype)
     grad_y = _float_array(grad_y, "grad_y", fn, ndim=4, dtype=x.dtype)
@@ -383,6 +555,12 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo = geom
     if grad_y.shape != (N, O, Ho, Wo):
         raise ValueError(f"{fn}(): grad_y must have shape {(N, O, Ho, Wo)} (the output of conv2d), got {grad_y.shape}")
+    algorithm = _resolve_algorithm(fn, algorithm, x, weight, (sh, sw), (ph, pw), dilation, groups)
+    if algorithm.startswith("winograd"):
+        _, grad_weight, grad_bias = conv2d_backward(grad_y, x, weight, stride, padding, grad_input=False, out=out,
+                                                    accumulate=accumulate, algorithm="im2col")
+        grad_x = _winograd_input_grad(grad_y, weight, geom, int(algorithm[8:])) if grad_input else None
+        return grad_x, grad_weight, grad_bias
     grad_x = np.empty(x.shape, x.dtype) if grad_input else None
     # The kernel writes (or adds into) every element of these, from zeroed per-thread accumulators.
     grad_weight, grad_bias = _gradient_outputs(fn, out, accumulate, weight.shape, O, x.dtype,
@@ -403,7 +581,7 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
 
 
 def _grouped_conv2d_backward(fn, grad_y, x, weight, stride, padding, dilation, groups, grad_input, out,
-                             accumulate):
+                             accumulate, algorithm):
     """conv2d_backward with groups > 1 or dilation > 1 (arguments as there)."""
     x = _float_array(x, "x", fn, ndim=4)
     weight = _float_array(weight, "weight", fn, ndim=4, dtype=x.dtype)
@@ -414,6 +592,7 @@ def _grouped_conv2d_backward(fn, grad_y, x, weight, stride, padding, dilation, g
         raise ValueError(f"{fn}(): grad_y must have shape {(N, O, Ho, Wo)} (the output of conv2d), got {grad_y.shape}")
     grad_x = np.empty(x.shape, x.dtype) if grad_input else None
     grad_weight, grad_bias = _gradient_outputs(fn, out, accumulate, weight.shape, O, x.dtype, [x, weight, grad_y])
+    algorithm = _resolve_algorithm(fn, algorithm, x, weight, (sh, sw), (ph, pw), dilation, groups)
     if N == 0:
         if not accumulate:
             grad_weight.fill(0)
@@ -421,7 +600,7 @@ def _grouped_conv2d_backward(fn, grad_y, x, weight, stride, padding, dilation, g
         return grad_x, grad_weight, grad_bias
     no_grad_x = np.empty(0, x.dtype)
     K, L = C // G * kh * kw, Ho * Wo
-    if G == C:
+    if G == C and algorithm != "im2col":
         nt = threads_for(O, N * L * kh * kw)  # the weight gradient's items: the input gradient has more
         acc = np.zeros(O * (kh * kw + 1), x.dtype)
         _kernels.depthwise_conv2d_backward(

@@ -372,7 +372,9 @@ class Conv2d(Module):
 
     Parameters: weight (out_channels, in_channels // groups, kh, kw), bias (out_channels,) unless
     bias=False. groups splits the channels into independent convolutions (groups == in_channels:
-    depthwise, as in MobileNet); dilation spaces the kernel's taps.
+    depthwise, as in MobileNet); dilation spaces the kernel's taps. algorithm ("auto", "im2col",
+    "winograd", "direct": functional.conv2d's) is checked against the layer's shape here: one that
+    cannot run it raises ValueError.
 
     Shape:
         (N, in_channels, H, W) -> (N, out_channels, Ho, Wo),
@@ -387,7 +389,7 @@ class Conv2d(Module):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, dtype=np.float32, rng=None):
+                 bias=True, *, dtype=np.float32, rng=None, algorithm="auto"):
         super().__init__()
         cls = type(self).__name__
         self.in_channels = _count(in_channels, "in_channels", cls)
@@ -400,6 +402,9 @@ class Conv2d(Module):
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"{cls}(): groups={self.groups} must divide in_channels ({self.in_channels}) and "
                              f"out_channels ({self.out_channels})")
+        # the convolution algorithm (functional.conv2d's algorithm=), checked against the shape now
+        self.algorithm = F._check_algorithm(cls, algorithm, self.in_channels, self.kernel_size, self.stride,
+                                            self.padding, self.dilation, self.groups)
         has_bias = _flag(bias, "bias", cls)
         dtype = _float_dtype(dtype, cls)
         rng = _generator(rng, cls)
@@ -411,13 +416,14 @@ class Conv2d(Module):
     def forward(self, x):
         self._save(x)
         bias = None if self.bias is None else self.bias.data
-        return F.conv2d(x, self.weight.data, bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(x, self.weight.data, bias, self.stride, self.padding, self.dilation, self.groups,
+                        algorithm=self.algorithm)
 
     def backward(self, grad_output, *, input_grad=True):
         (x,) = self._saved_for_backward()
         grad_x, _, _ = _parameter_gradients(self.weight, self.bias, lambda out, accumulate: F.conv2d_backward(
             grad_output, x, self.weight.data, self.stride, self.padding, self.dilation, self.groups,
-            grad_input=input_grad, out=out, accumulate=accumulate))
+            grad_input=input_grad, out=out, accumulate=accumulate, algorithm=self.algorithm))
         return grad_x
 
     def output_shape(self, shape):
@@ -437,6 +443,8 @@ class Conv2d(Module):
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
+        if self.algorithm != "auto":
+            s += f", algorithm={self.algorithm!r}"
         return s
 
 
