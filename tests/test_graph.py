@@ -302,3 +302,29 @@ def test_predictor_adaptive_pooling_to_more_than_one():
     net = nn.Sequential(nn.Conv2d(2, 3, 3, rng=rng_(26)), nn.AdaptiveAvgPool2d((2, 3)), nn.Flatten())
     x = random_array(rng_(27), (2, 2, 7, 9), np.float32)
     assert_close(cyconv.compile(net.eval())(x), net(x), np.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch, threads", [(1, 2), (3, 2), (2, 1)])
+def test_predictor_runs_winograd_layers_with_filters_transformed_once(dtype, batch, threads):
+    rng = rng_(28)
+    net = nn.Sequential(
+        nn.Conv2d(64, 64, 3, padding=1, dtype=dtype, rng=rng),                            # auto: winograd4 (float32)
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1, bias=False, dtype=dtype, rng=rng, algorithm="winograd2"),
+        nn.BatchNorm2d(64, dtype=dtype), nn.ReLU(), nn.MaxPool2d(2),                      # folded, fused
+        nn.Conv2d(64, 8, 5, padding=2, dtype=dtype, rng=rng, algorithm="winograd"),       # F(m, 5x5)
+        nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net.train()
+    net(random_array(rng_(29), (4, 64, 16, 16), dtype))
+    net.eval()
+    x = random_array(rng_(30), (batch, 64, 16, 16), dtype)
+    with cyconv.set_num_threads(threads):
+        predictor = cyconv.compile(net)
+        got = predictor(x)
+    names = dict(predictor.algorithms)
+    assert names["0"] == ("winograd4" if dtype == np.float32 else "im2col")
+    assert names["2"] == "winograd2" and names["6"].startswith("winograd")
+    want = net(x)
+    # Winograd's float32 error (its tolerance table: tests/test_winograd.py) over the im2col path's
+    np.testing.assert_allclose(got, want, rtol=0, atol=(1e-4 if dtype == np.float32 else 1e-10) * np.abs(want).max())

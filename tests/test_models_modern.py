@@ -17,6 +17,8 @@ import json
 import numpy as np
 import pytest
 
+import cyconv
+
 from cyconv import functional as F
 from cyconv import models, nn
 from cyconv.checkpoint import CheckpointError, build_model_for, load_checkpoint, load_model, save_checkpoint
@@ -306,6 +308,17 @@ def test_summary_of_each_model(capsys, name, classes, total):
     assert status == 0 and err == ""
     lines = out.splitlines()
     assert [c.strip() for c in lines[0].split(" | ")] == ["Name", "Layer", "Output Size", "Weight Size", "Input"]
+    algorithms = lines.pop()  # the last line says which algorithm each convolution runs
+    assert algorithms.startswith("Convolution algorithms (")
+    convs = [node.name for node in cyconv.graph.trace(models.build_model(name, num_classes=classes)).nodes
+             if isinstance(node.module, nn.Conv2d)]
+    assert all(f" {conv} " in algorithms for conv in convs)
+    if name == "mobilenet_v2":
+        assert "features.2.conv.1.0 direct" in algorithms  # depthwise
+    else:
+        assert "conv1 im2col" in algorithms                 # the stem: 7x7 stride 2 (resnet18), 3 channels
+    if name == "resnet18":
+        assert "layer1.0.conv1 winograd4" in algorithms     # 64 channels on 56 x 56: Winograd F(4x4, 3x3)
     assert lines[-1] == f"Total parameters: {total:,}"
     size = models.default_input(name)[1]
     assert f"| Input " in lines[2] and f"3 x {size} x {size}" in lines[2]

@@ -878,6 +878,37 @@ cdef inline void winograd_stage_part(int stage, const cyconv_gemm *g, floating *
                                               part(O, t, parts), part(O, t + 1, parts), nb * T)
 
 
+def winograd_sizes(Py_ssize_t C, Py_ssize_t O, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t m, Py_ssize_t r):
+    """(v + mm elements of one image, a thread's temporary) for F(m x m, r x r)."""
+    return winograd_image_size(C, O, Ho, Wo, m, r), winograd_tmp_size(Ho, Wo, m, r)
+
+
+def winograd_filters_size(Py_ssize_t O, Py_ssize_t C, Py_ssize_t m, Py_ssize_t r, int isa, bint packed):
+    """Elements of a layer's transformed filters: packed for tier isa's GEMM (float), or plain (double)."""
+    cdef Py_ssize_t n = m + r - 1
+    return winograd_packed_size(gemm_kernel_for(isa), O, C, m, r) if packed else n * n * O * C
+
+
+def winograd_filters(floating[::1] out, const floating[::1] weight, Py_ssize_t O, Py_ssize_t C, Py_ssize_t m,
+                     Py_ssize_t r, int isa):
+    # OUT out: weight (O,C,r,r) transformed for F(m x m, r x r), (n*n, O, C); float: then packed for tier
+    # isa's GEMM (winograd_filters_size(..., packed=True) elements), as the compiled predictor keeps it
+    cdef Py_ssize_t n2 = (m + r - 1) * (m + r - 1)
+    cdef const cyconv_gemm *g = gemm_kernel_for(isa)
+    cdef floating[::1] u
+    if not winograd_supported(m, r):
+        raise ValueError(f"winograd_filters: no F({m}x{m}, {r}x{r}) tile")
+    check_scratch("winograd_filters", "weight", weight.shape[0], O * C * r * r)
+    if floating is float:
+        check_scratch("winograd_filters", "out", out.shape[0], winograd_packed_size(g, O, C, m, r))
+        u = np.empty(n2 * O * C, np.float32)
+        winograd_filter_transform_f32(&u[0], &weight[0], O, C, m, r, 0, O)
+        winograd_pack_filters_f32(g, &out[0], &u[0], O, C, 0, n2)
+    else:
+        check_scratch("winograd_filters", "out", out.shape[0], n2 * O * C)
+        winograd_filter_transform_f64(&out[0], &weight[0], O, C, m, r, 0, O)
+
+
 cdef enum:
     WINOGRAD_GEMM_COLUMNS = 192  # tiles per GEMM worth gathering images for
 
@@ -1924,7 +1955,9 @@ cdef enum:
     F_DH = 36
     F_DW = 37
     F_PSTRIDE = 38  # OP_CONV with groups: floats between the groups' packed weights
-    OP_FIELDS = 39
+    F_WINO = 39  # OP_CONV by Winograd F(m x m, kh x kh): m (0: not), and the transformed filters' offset
+    F_U = 40     # (in packed for float, in params for double)
+    OP_FIELDS = 41
 
 
 def op_fields():
@@ -1933,7 +1966,8 @@ def op_fields():
                 sw=F_SW, ph=F_PH, pw=F_PW, Ho=F_HO, Wo=F_WO, pkh=F_PKH, pkw=F_PKW, psh=F_PSH, psw=F_PSW, pph=F_PPH,
                 ppw=F_PPW, pHo=F_PHO, pWo=F_PWO, pincl=F_PINCL, weight=F_WEIGHT, bias=F_BIAS, packed=F_PACKED,
                 In=F_IN, Out=F_OUT, src=F_SRC, src2=F_SRC2, dst=F_DST, coff=F_COFF, ctot=F_CTOT, actp=F_ACTP,
-                G=F_G, dh=F_DH, dw=F_DW, pstride=F_PSTRIDE, count=OP_FIELDS, ACT_HARDTANH=ACT_HARDTANH,
+                G=F_G, dh=F_DH, dw=F_DW, pstride=F_PSTRIDE, wino=F_WINO, u=F_U, count=OP_FIELDS,
+                ACT_HARDTANH=ACT_HARDTANH,
                 POOL_ADAPTIVE=POOL_ADAPTIVE,
                 OP_CONV=OP_CONV, OP_LINEAR=OP_LINEAR, OP_POOL=OP_POOL, OP_ACT=OP_ACT, OP_SOFTMAX=OP_SOFTMAX,
                 OP_AFFINE=OP_AFFINE, OP_ADD=OP_ADD, OP_COPY=OP_COPY,
@@ -2048,6 +2082,8 @@ def predict(floating[::1] out, const floating[::1] x, const Py_ssize_t[:, ::1] o
     cdef const floating *bias
     cdef const float *pw_
     cdef bint direct, pooled, plain
+    cdef const void *wu
+    cdef Py_ssize_t wsize, wtmp
     cdef int t
     if nops == 0 or N == 0:
         return
@@ -2083,7 +2119,46 @@ def predict(floating[::1] out, const floating[::1] x, const Py_ssize_t[:, ::1] o
                     bias = &params[op[F_BIAS]] if op[F_BIAS] >= 0 else NULL
                     pw_ = &packed[op[F_PACKED]] if op[F_PACKED] >= 0 else NULL
                     plain = op[F_G] == 1 and op[F_DH] == 1 and op[F_DW] == 1
-                    if not plain and op[F_G] == C:  # depthwise (as functional.conv2d): a plane per output channel,
+                    if op[F_WINO] > 0:  # Winograd: filters transformed at compile
+                        wu = <const void *>&packed[op[F_U]] if floating is float else <const void *>&params[op[F_U]]
+                        # one image's v (n*n, C, T) then mm (n*n, O, T): wsize = n*n*(C + O)*T
+                        wsize = winograd_image_size(C, O, op[F_HO], op[F_WO], op[F_WINO], op[F_KH])
+                        wtmp = winograd_tmp_size(op[F_HO], op[F_WO], op[F_WINO], op[F_KH])
+                        if N >= num_threads:  # an image per thread at a time
+                            for n in prange(N, schedule='dynamic'):
+                                buf = &scratch[threadid() * per_thread]
+                                conv_out = buf + wsize + wtmp if pooled else dst + n * O * L
+                                winograd_images(g, conv_out, buf, buf + wsize, src + n * C * H * W, wu, bias, 1, C, H,
+                                                W, O, op[F_PH], op[F_PW], op[F_HO], op[F_WO], op[F_WINO], op[F_KH])
+                                for p in range(O):
+                                    conv_epilogue_plane(op, &params[0], dst + (n * O + p) * PL, conv_out + p * L)
+                        else:  # fewer images than threads: the threads share each stage of each image
+                            # scratch: the images' v and mm (wsize each), each thread's temporary (wtmp), then
+                            # the images' conv outputs if pooled
+                            for it in prange(N * num_threads, schedule='static'):
+                                winograd_stage_part(0, g, NULL, &scratch[0] + it // num_threads * wsize, NULL,
+                                                    &scratch[0] + N * wsize + threadid() * wtmp,
+                                                    src + it // num_threads * C * H * W, wu, bias, 1, C, H, W, O,
+                                                    op[F_PH], op[F_PW], op[F_HO], op[F_WO], op[F_WINO], op[F_KH],
+                                                    it % num_threads, num_threads)
+                            for it in prange(N * num_threads, schedule='static'):
+                                winograd_stage_part(1, g, NULL, &scratch[0] + it // num_threads * wsize,
+                                                    &scratch[0] + it // num_threads * wsize + wsize // (C + O) * C,
+                                                    NULL, NULL, wu, bias, 1, C, H, W, O, op[F_PH], op[F_PW],
+                                                    op[F_HO], op[F_WO], op[F_WINO], op[F_KH], it % num_threads,
+                                                    num_threads)
+                            for it in prange(N * num_threads, schedule='static'):
+                                n = it // num_threads
+                                conv_out = (&scratch[0] + N * wsize + num_threads * wtmp + n * O * L if pooled
+                                            else dst + n * O * L)
+                                winograd_stage_part(2, g, conv_out, NULL, &scratch[0] + n * wsize + wsize // (C + O) * C,
+                                                    &scratch[0] + N * wsize + threadid() * wtmp, NULL, wu, bias, 1, C,
+                                                    H, W, O, op[F_PH], op[F_PW], op[F_HO], op[F_WO], op[F_WINO],
+                                                    op[F_KH], it % num_threads, num_threads)
+                            for p in prange(N * O, schedule='static'):
+                                conv_out = (&scratch[0] + N * wsize + num_threads * wtmp if pooled else dst)
+                                conv_epilogue_plane(op, &params[0], dst + p * PL, conv_out + p * L)
+                    elif not plain and op[F_G] == C:  # depthwise (as functional.conv2d): a plane per output channel,
                         # read from input plane o // (O/C)
                         for p in prange(N * O, schedule='dynamic'):
                             n, o = p // O, p % O

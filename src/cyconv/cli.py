@@ -50,7 +50,8 @@ from ._files import atomic_write
 from .checkpoint import load_checkpoint, load_model
 from .data import ImageError
 from .models import MODELS, build_model, default_input
-from .models import summary
+from .models import conv_algorithms, summary
+from ._isa import get_isa
 from .optim import OPTIMIZERS
 from .train import (CHECKPOINT_NAME, DEFAULT_LR, FOLDER_IMAGE_SIZE, FOLDER_RECIPE, RESNET20_FOLDER_RECIPE, SCHEDULES,
                     TrainConfig, TrainingInterrupted, confusion_matrix, folder_recipe, predict_logits, train)
@@ -707,6 +708,10 @@ def _cmd_summary(args) -> int:
     model = build_model(args.model, hidden=args.hidden, width_mult=args.width_mult, num_classes=args.num_classes,
                         rng=np.random.default_rng(0))
     print(summary(model, input_shape=(channels, size, size)))
+    rows = conv_algorithms(model, (channels, size, size))
+    if rows:  # which convolution algorithm each layer runs here (cyconv.functional.conv_algorithm)
+        print(f"Convolution algorithms ({get_isa()}; training at batch 64 / compiled): "
+              + ", ".join(f"{name} {a}" + ("" if a == b else f" / {b}") for name, a, b in rows))
     return 0
 
 

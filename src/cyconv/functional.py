@@ -264,13 +264,21 @@ def _resolve_algorithm(fn, algorithm, x, weight, stride, padding, dilation, grou
     """The algorithm a conv2d (or its backward) on these checked arguments runs: "im2col",
     "direct", or "winograd<m>"."""
     C, O, (H, W), (kh, kw) = x.shape[1], weight.shape[0], x.shape[2:], weight.shape[2:]
+    return resolve_conv_algorithm(fn, algorithm, C, O, H, W, (kh, kw), stride, padding, dilation, groups,
+                                  x.shape[0], x.dtype)
+
+
+def resolve_conv_algorithm(fn, algorithm, C, O, H, W, kernel, stride, padding, dilation, groups, batch, dtype):
+    """What a convolution asked to run `algorithm` runs on this shape, after CYCONV_CONV_ALGO /
+    set_conv_algorithm and conv_algorithm()'s choice: "im2col", "direct", or "winograd<m>". batch
+    None: a predictor's layer, whose filters are transformed once, so the batch does not matter."""
+    kh, kw = kernel
     algorithm = _check_algorithm(fn, algorithm, C, (kh, kw), stride, padding, dilation, groups)
     if algorithm == "auto" and _override != "auto":
         algorithm = _check_algorithm(f"{fn}() with CYCONV_CONV_ALGO / set_conv_algorithm", _override, C,
                                      (kh, kw), stride, padding, dilation, groups)
     if algorithm in ("auto", "winograd"):
-        chosen = conv_algorithm(C, O, H, W, kh, kw, stride, padding, dilation, groups, batch=x.shape[0],
-                                dtype=x.dtype)
+        chosen = conv_algorithm(C, O, H, W, kh, kw, stride, padding, dilation, groups, batch=batch, dtype=dtype)
         if algorithm == "auto":
             return chosen
         return chosen if chosen.startswith("winograd") else ("winograd2" if kh == 5 else "winograd4")

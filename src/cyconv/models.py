@@ -612,3 +612,22 @@ def summary(model, input_shape=(1, 28, 28)):
     if tr.output != len(tr.nodes):
         rows.append(("output", "Output", _size(values[tr.output]), "", names[tr.output]))
     return "\n".join([*_table(rows), f"Total parameters: {total:,}"])
+
+
+def conv_algorithms(model, input_shape=(1, 28, 28), batch=64):
+    """[(layer name, what its convolution runs in training at this batch size, what cyconv.compile runs)]:
+    "im2col", "direct" or "winograd<m>" (functional.resolve_conv_algorithm: the layer's `algorithm`,
+    CYCONV_CONV_ALGO, and conv_algorithm()'s choice by shape)."""
+    from . import functional as F
+
+    tr = graph.trace(model)
+    values = graph.shapes(tr, input_shape)
+    rows = []
+    for node in tr.nodes:
+        m = node.module
+        if isinstance(m, Conv2d):
+            C, H, W = values[node.inputs[0]]
+            args = (m.algorithm, C, m.out_channels, H, W, m.kernel_size, m.stride, m.padding, m.dilation, m.groups)
+            rows.append((node.name, F.resolve_conv_algorithm("conv_algorithms()", *args, batch, m.weight.data.dtype),
+                         F.resolve_conv_algorithm("conv_algorithms()", *args, None, m.weight.data.dtype)))
+    return rows

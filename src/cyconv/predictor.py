@@ -30,6 +30,7 @@ import threading
 import numpy as np
 
 from . import _kernels, graph, nn
+from . import functional as F
 from ._isa import TIERS, get_isa
 from ._threads import MIN_WORK_PER_THREAD, get_num_threads, threads_for
 
@@ -157,6 +158,7 @@ class Predictor:
             rows.append(row)
             return row
 
+        self.algorithms = []  # (layer, the algorithm its convolution runs)
         alias = {0: 0}  # value -> the value whose buffer holds it
         ops = []        # (kind, layers, name, input values, output value)
         for out, step in self._steps:
@@ -216,6 +218,23 @@ class Predictor:
                 if first.bias is not None:
                     row[_F["bias"]] = add(params, first.bias.data)
                 depthwise = G == C and (G, dh, dw) != (1, 1, 1)  # the kernels functional.conv2d picks
+                algorithm = F.resolve_conv_algorithm(f"compile(): layer {name}", first.algorithm, C, O, H, W,
+                                                     (kh, kw), (sh, sw), (ph, pw), (dh, dw), G, None, self.dtype)
+                self.algorithms.append((name, algorithm))
+                if algorithm.startswith("winograd"):
+                    # the filters transformed once (float32: packed for the tier's GEMM, which Winograd's
+                    # multiply stage runs on whatever the convolutions' GEMM path)
+                    m, is_float = int(algorithm[len("winograd"):]), self.dtype == np.float32
+                    u = np.empty(_kernels.winograd_filters_size(O, C, m, kh, isa, is_float), self.dtype)
+                    _kernels.winograd_filters(u, first.weight.data.reshape(-1), O, C, m, kh, isa)
+                    row[_F["wino"]] = m
+                    row[_F["u"]] = add(packed if is_float else params, u)
+                    size, tmp = _kernels.winograd_sizes(C, O, Ho, Wo, m, kh)
+                    per_thread = max(per_thread, size + tmp + O * Ho * Wo)
+                    macs += O * Ho * Wo * C * kh * kw
+                    if pool is not None:
+                        self._pool_columns(row, pool, (O, Ho, Wo))
+                    continue
                 Og, Kg = O // G, C // G * kh * kw  # one group's GEMM: (Og, Kg) @ (Kg, L)
                 if use_packed and not depthwise:
                     stride = _kernels.packed_size(Og, Kg, isa)
