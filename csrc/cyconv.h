@@ -174,6 +174,8 @@ typedef struct cyconv_gemm {
     ptrdiff_t kc; /* depth per pass: a kc x nr sliver of B fits L1 */
     void (*block)(ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
                   ptrdiff_t mr, ptrdiff_t nr, const float *bias, int accumulate);
+    /* one row of a block, A's row read in place: each element as block computes it */
+    void (*row)(ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t nr, int accumulate);
 } cyconv_gemm;
 const cyconv_gemm *gemm_kernel(void);
 const cyconv_gemm *gemm_kernel_for(int isa); /* a given tier's (generic if unsupported) */
@@ -182,6 +184,12 @@ void gemm_pack_a_f32(const cyconv_gemm *g, float *packed, const float *a, ptrdif
                      ptrdiff_t row_stride, ptrdiff_t col_stride);
 void gemm_packed_f32(const cyconv_gemm *g, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *packed_a,
                      const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc, const float *bias, int accumulate);
+/* C (M,N) = A (M,K) @ B (K,N), A row-major (leading dimension lda) read in place, a row at a time:
+ * every element equal, bit for bit, to what gemm_packed_f32 (no bias) computes for it, whatever M and
+ * whichever rows it comes with. The predictor's linear layers use both: an image gets the same logits
+ * in a batch of any size. */
+void gemm_rows_f32(const cyconv_gemm *g, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *a, ptrdiff_t lda,
+                   const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc);
 /* Weight gradient of a stride-1 convolution on one image without im2row (gemm.c):
  * dw (O,C,kh,kw) += dy (O,Ho,Wo) correlated with xp, the image padded to (C,Hp,Wp).
  * Used where conv_weight_grad_direct_fits() (kw <= 6, large planes, x86 tiers). */

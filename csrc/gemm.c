@@ -50,6 +50,17 @@ static void gemm_block_ref(ptrdiff_t MR, ptrdiff_t K, const float *ap, const flo
     }
 }
 
+/* One row of gemm_block_ref (no bias): the generic kernel's right edge for a single row. */
+static void gemm_row_ref(ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t nr,
+                         int accumulate)
+{
+    for (ptrdiff_t j = 0; j < nr; j++) {
+        float s = 0.0f;
+        for (ptrdiff_t k = 0; k < K; k++) s += a[k] * b[k * ldb + j];
+        c[j] = accumulate ? c[j] + s : s;
+    }
+}
+
 /* ---- generic: 6 x 8 with vector extensions ---- */
 
 #define GEMM_GENERIC_MR 6
@@ -106,6 +117,29 @@ GEMM_CONTRACT_ATTR static void gemm_block_generic(ptrdiff_t K, const float *ap, 
         GEN_REP(GEN_FMA)
     }
     GEN_REP(GEN_STORE)
+}
+
+/* One row of the block: c (nr) = a (K) @ b (K, nr) [+ c], each element computed exactly as the
+ * generic block computes it (the same vector or edge code, the same operations in the same order),
+ * so a row alone equals that row inside a block: see gemm_rows_f32. */
+GEMM_CONTRACT_ATTR static void gemm_row_generic(ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb,
+                                                float *c, ptrdiff_t nr, int accumulate)
+{
+    GEMM_CONTRACT_BODY
+    if (nr < 8) {
+        gemm_row_ref(K, a, b, ldb, c, nr, accumulate);
+        return;
+    }
+    v4f c0 = {0, 0, 0, 0}, c1 = {0, 0, 0, 0};
+    for (ptrdiff_t k = 0; k < K; k++, b += ldb) {
+        v4f b0 = load4(b), b1 = load4(b + 4);
+        float x = a[k];
+        c0 += x * b0;
+        c1 += x * b1;
+    }
+    if (accumulate) c0 += load4(c), c1 += load4(c + 4);
+    memcpy(c, &c0, sizeof c0);
+    memcpy(c + 4, &c1, sizeof c1);
 }
 
 #if CYCONV_X86
@@ -184,6 +218,56 @@ CYCONV_TARGET_AVX2 static void gemm_block_avx2(ptrdiff_t K, const float *ap, con
         gemm_block_avx2_body(1, 0, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
 }
 
+CYCONV_TARGET_AVX2 static inline __attribute__((always_inline)) void
+gemm_row_avx2_body(int masked, int wide, ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb, float *c,
+                   ptrdiff_t nr, int accumulate)
+{
+    // one row of gemm_block_avx2_body, the same operations per element
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr), lane);
+    __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr - 8), lane);
+    __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps();
+    for (ptrdiff_t k = 0; k < K; k++, b += ldb) {
+        __m256 b0, b1 = _mm256_setzero_ps();
+        if (masked) {
+            b0 = _mm256_maskload_ps(b, m0);
+            if (wide) b1 = _mm256_maskload_ps(b + 8, m1);
+        } else {
+            b0 = _mm256_loadu_ps(b);
+            b1 = _mm256_loadu_ps(b + 8);
+        }
+        __m256 x = _mm256_broadcast_ss(a + k);
+        c0 = _mm256_fmadd_ps(x, b0, c0);
+        if (wide) c1 = _mm256_fmadd_ps(x, b1, c1);
+    }
+    if (masked) {
+        if (accumulate) {
+            c0 = _mm256_add_ps(c0, _mm256_maskload_ps(c, m0));
+            if (wide) c1 = _mm256_add_ps(c1, _mm256_maskload_ps(c + 8, m1));
+        }
+        _mm256_maskstore_ps(c, m0, c0);
+        if (wide) _mm256_maskstore_ps(c + 8, m1, c1);
+    } else {
+        if (accumulate) {
+            c0 = _mm256_add_ps(c0, _mm256_loadu_ps(c));
+            c1 = _mm256_add_ps(c1, _mm256_loadu_ps(c + 8));
+        }
+        _mm256_storeu_ps(c, c0);
+        _mm256_storeu_ps(c + 8, c1);
+    }
+}
+
+CYCONV_TARGET_AVX2 static void gemm_row_avx2(ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb, float *c,
+                                             ptrdiff_t nr, int accumulate)
+{
+    if (nr == 16)
+        gemm_row_avx2_body(0, 1, K, a, b, ldb, c, nr, accumulate);
+    else if (nr > 8)
+        gemm_row_avx2_body(1, 1, K, a, b, ldb, c, nr, accumulate);
+    else
+        gemm_row_avx2_body(1, 0, K, a, b, ldb, c, nr, accumulate);
+}
+
 /* ---- avx512: 10 x 32 ----
  * Masked loads and stores are as cheap as plain ones here, so every block uses
  * them; `wide` (nr > 16) is a compile-time constant in each inlined copy. */
@@ -238,15 +322,47 @@ CYCONV_TARGET_AVX512 static void gemm_block_avx512(ptrdiff_t K, const float *ap,
         gemm_block_avx512_body(0, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
 }
 
+CYCONV_TARGET_AVX512 static inline __attribute__((always_inline)) void
+gemm_row_avx512_body(int wide, ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t nr,
+                     int accumulate)
+{
+    // one row of gemm_block_avx512_body, the same operations per element
+    __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
+    __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
+    __m512 c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps();
+    for (ptrdiff_t k = 0; k < K; k++, b += ldb) {
+        __m512 b0 = _mm512_maskz_loadu_ps(m0, b), b1 = _mm512_setzero_ps();
+        if (wide) b1 = _mm512_maskz_loadu_ps(m1, b + 16);
+        __m512 x = _mm512_set1_ps(a[k]);
+        c0 = _mm512_fmadd_ps(x, b0, c0);
+        if (wide) c1 = _mm512_fmadd_ps(x, b1, c1);
+    }
+    if (accumulate) {
+        c0 = _mm512_add_ps(c0, _mm512_maskz_loadu_ps(m0, c));
+        if (wide) c1 = _mm512_add_ps(c1, _mm512_maskz_loadu_ps(m1, c + 16));
+    }
+    _mm512_mask_storeu_ps(c, m0, c0);
+    if (wide) _mm512_mask_storeu_ps(c + 16, m1, c1);
+}
+
+CYCONV_TARGET_AVX512 static void gemm_row_avx512(ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb,
+                                                 float *c, ptrdiff_t nr, int accumulate)
+{
+    if (nr > 16)
+        gemm_row_avx512_body(1, K, a, b, ldb, c, nr, accumulate);
+    else
+        gemm_row_avx512_body(0, K, a, b, ldb, c, nr, accumulate);
+}
+
 #endif /* CYCONV_X86 */
 
 /* ---- the shared part: kernel choice, packing, blocking ---- */
 
 static const cyconv_gemm gemm_kernels[CYCONV_ISA_COUNT] = {
-    [CYCONV_ISA_GENERIC] = {GEMM_GENERIC_MR, 8, 512, gemm_block_generic},
+    [CYCONV_ISA_GENERIC] = {GEMM_GENERIC_MR, 8, 512, gemm_block_generic, gemm_row_generic},
 #if CYCONV_X86
-    [CYCONV_ISA_AVX2] = {GEMM_AVX2_MR, 16, 256, gemm_block_avx2},
-    [CYCONV_ISA_AVX512] = {GEMM_AVX512_MR, 32, 128, gemm_block_avx512},
+    [CYCONV_ISA_AVX2] = {GEMM_AVX2_MR, 16, 256, gemm_block_avx2, gemm_row_avx2},
+    [CYCONV_ISA_AVX512] = {GEMM_AVX512_MR, 32, 128, gemm_block_avx512, gemm_row_avx512},
 #endif
 };
 
@@ -297,6 +413,22 @@ void gemm_packed_f32(const cyconv_gemm *g, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K
                 g->block(kb, packed_a + m0 * K + k0 * g->mr, b + k0 * ldb + n0, ldb, c + m0 * ldc + n0, ldc,
                          mr, nr, bias && k0 == 0 ? bias + m0 : NULL, accumulate || k0 > 0);
             }
+        }
+    }
+}
+
+void gemm_rows_f32(const cyconv_gemm *g, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float *a, ptrdiff_t lda,
+                   const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc)
+{
+    // gemm_packed_f32's loops (no bias) with A read in place, a row at a time through the tier's row
+    // kernel: every element is computed as gemm_packed_f32 computes it, whatever M.
+    ptrdiff_t chunks = (K + g->kc - 1) / g->kc, kc = chunks ? (K + chunks - 1) / chunks : 0;
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += kc) {
+        ptrdiff_t kb = K - k0 < kc ? K - k0 : kc;
+        for (ptrdiff_t n0 = 0; n0 < N; n0 += g->nr) {
+            ptrdiff_t nr = N - n0 < g->nr ? N - n0 : g->nr;
+            for (ptrdiff_t m = 0; m < M; m++)
+                g->row(kb, a + m * lda + k0, b + k0 * ldb + n0, ldb, c + m * ldc + n0, nr, k0 > 0);
         }
     }
 }

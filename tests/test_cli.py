@@ -599,7 +599,11 @@ def test_build_model_builds_each_registered_model(capsys, name):
         np.testing.assert_array_equal(built_state[key], expected_state[key], err_msg=key)
     # Its public use: `cyconv summary` prints the table of what build_model builds.
     status, out, err = run(capsys, "summary", "--model", name, "--hidden", 32)
-    assert status == 0 and err == "" and out == table + "\n"
+    assert status == 0 and err == "" and out.startswith(table + "\n")
+    convs = [row[0] for row in cyconv.models.conv_algorithms(built, (channels, size, size))]
+    rest = out[len(table) + 1:]  # then, for a model with convolutions, the algorithm each runs
+    assert (rest.startswith("Convolution algorithms (") and all(f" {c} " in rest for c in convs)) if convs \
+        else rest == ""
 
 
 def test_build_model_refuses_an_unknown_name_listing_the_choices():

@@ -291,12 +291,10 @@ def test_concurrent_answers_equal_one_at_a_time(lenet):
         with ThreadPoolExecutor(24) as pool:
             together = list(pool.map(lambda p: c.post("/predict", json={"pixels": p.tolist()}).json(), pictures))
         metrics = c.get("/metrics").text
-    # To float32 rounding, not bit for bit: the predictor's linear layers compute a row by a matrix-vector
-    # product for up to 4 images and by BLAS's GEMM beyond, which rounds a row by where it falls in its
-    # register blocks (see serve.Batcher).
+    # bit for bit: the predictor computes each image alike in any batch (serve.Batcher)
     for a, b in zip(alone, together):
         assert a["class"] == b["class"]
-        np.testing.assert_allclose(probs(b), probs(a), rtol=1e-6, atol=1e-9)
+        np.testing.assert_array_equal(probs(b), probs(a))
     batches = _metric(metrics, "cyconv_batch_size_count")
     assert batches < len(pictures) * 2 - 8, "the concurrent requests were not batched"
     assert _metric(metrics, "cyconv_batch_size_sum") == 2 * len(pictures)

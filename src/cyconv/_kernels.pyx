@@ -107,6 +107,8 @@ cdef extern from "cyconv.h" nogil:
     void gemm_packed_f32(const cyconv_gemm *g, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                          const float *packed_a, const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc,
                          const float *bias, int accumulate) noexcept
+    void gemm_rows_f32(const cyconv_gemm *g, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float *a,
+                       Py_ssize_t lda, const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc) noexcept
     int conv_weight_grad_direct_fits(Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t kw, Py_ssize_t Ho,
                                      Py_ssize_t Wo) noexcept
     void conv_weight_grad_direct_f32(float *dw, const float *dy, const float *xp, Py_ssize_t O,
@@ -1023,6 +1025,23 @@ cdef inline void linear_block(floating *y, const floating *x, const floating *we
     else:
         gemm(False, True, <int>N, <int>(o1 - o0), <int>IN, 1, x, <int>IN, weight + o0 * IN, <int>IN, 0,
              y + o0, <int>OUT)
+    if bias != NULL:
+        for n in range(N):
+            add_bias_row(y + n * OUT + o0, bias + o0, o1 - o0)
+
+
+cdef inline void linear_block_wt(const cyconv_gemm *g, float *y, const float *x, const float *xpack,
+                                 const float *weight_t, const float *bias, Py_ssize_t N, Py_ssize_t IN,
+                                 Py_ssize_t OUT, Py_ssize_t b) noexcept nogil:
+    # Block b of the compiled linear layer: y[:, o0:o1] = x (N,IN) @ weight_t[:, o0:o1] (+ bias), weight_t
+    # (IN,OUT) the weight transposed at compile; the whole panels of images from xpack (packed), the rest
+    # row by row: both compute each element alike, so an image's outputs do not depend on its batch.
+    cdef Py_ssize_t o0 = b * LINEAR_BLOCK, o1 = min(OUT, b * LINEAR_BLOCK + LINEAR_BLOCK), n
+    cdef Py_ssize_t whole = N // g.mr * g.mr
+    if whole:
+        gemm_packed_f32(g, whole, o1 - o0, IN, xpack, weight_t + o0, OUT, y + o0, OUT, NULL, 0)
+    if N > whole:
+        gemm_rows_f32(g, N - whole, o1 - o0, IN, x + whole * IN, IN, weight_t + o0, OUT, y + whole * OUT + o0, OUT)
     if bias != NULL:
         for n in range(N):
             add_bias_row(y + n * OUT + o0, bias + o0, o1 - o0)
@@ -1957,7 +1976,8 @@ cdef enum:
     F_PSTRIDE = 38  # OP_CONV with groups: floats between the groups' packed weights
     F_WINO = 39  # OP_CONV by Winograd F(m x m, kh x kh): m (0: not), and the transformed filters' offset
     F_U = 40     # (in packed for float, in params for double)
-    OP_FIELDS = 41
+    F_WT = 41    # OP_LINEAR, float on the own GEMM: F_WEIGHT holds weight.T (in, out), and the product runs
+    OP_FIELDS = 42  # batch-invariant (gemm_packed_f32 on whole panels of images, gemm_rows_f32 on the rest)
 
 
 def op_fields():
@@ -1966,7 +1986,7 @@ def op_fields():
                 sw=F_SW, ph=F_PH, pw=F_PW, Ho=F_HO, Wo=F_WO, pkh=F_PKH, pkw=F_PKW, psh=F_PSH, psw=F_PSW, pph=F_PPH,
                 ppw=F_PPW, pHo=F_PHO, pWo=F_PWO, pincl=F_PINCL, weight=F_WEIGHT, bias=F_BIAS, packed=F_PACKED,
                 In=F_IN, Out=F_OUT, src=F_SRC, src2=F_SRC2, dst=F_DST, coff=F_COFF, ctot=F_CTOT, actp=F_ACTP,
-                G=F_G, dh=F_DH, dw=F_DW, pstride=F_PSTRIDE, wino=F_WINO, u=F_U, count=OP_FIELDS,
+                G=F_G, dh=F_DH, dw=F_DW, pstride=F_PSTRIDE, wino=F_WINO, u=F_U, wt=F_WT, count=OP_FIELDS,
                 ACT_HARDTANH=ACT_HARDTANH,
                 POOL_ADAPTIVE=POOL_ADAPTIVE,
                 OP_CONV=OP_CONV, OP_LINEAR=OP_LINEAR, OP_POOL=OP_POOL, OP_ACT=OP_ACT, OP_SOFTMAX=OP_SOFTMAX,
@@ -2063,12 +2083,12 @@ cdef inline floating *location(Py_ssize_t loc, const floating *x, floating *out,
 
 def predict(floating[::1] out, const floating[::1] x, const Py_ssize_t[:, ::1] ops, const floating[::1] params,
             const float[::1] packed, int gemm_isa, floating[::1] arena, Py_ssize_t slot,
-            floating[::1] scratch, Py_ssize_t per_thread, Py_ssize_t N, int num_threads):
+            floating[::1] scratch, Py_ssize_t per_thread, floating[::1] xpack, Py_ssize_t N, int num_threads):
     # OUT out (N, the output's size); IN x (N, the input's size); ops (nops, OP_FIELDS); params: every
     # weight and bias; packed: the float convolutions' weights packed for tier gemm_isa's GEMM.
     # arena (slots * slot, slot >= N * the largest value); SCRATCH (num_threads, per_thread): per thread
     # one image's im2col columns and its convolution output (with fewer images than threads, the same
-    # space holds every image's).
+    # space holds every image's); xpack: the batch's inputs of an F_WT linear layer packed (N * in).
     cdef Py_ssize_t nops = ops.shape[0], l, n, o, p, it, b, i, K, L, PL, C, H, W, O, chunk, loc, nslots = 0
     cdef const cyconv_gemm *g = gemm_kernel_for(gemm_isa)
     cdef const Py_ssize_t *op
@@ -2081,7 +2101,7 @@ def predict(floating[::1] out, const floating[::1] x, const Py_ssize_t[:, ::1] o
     cdef const floating *w
     cdef const floating *bias
     cdef const float *pw_
-    cdef bint direct, pooled, plain
+    cdef bint direct, pooled, plain, wt
     cdef const void *wu
     cdef Py_ssize_t wsize, wtmp
     cdef int t
@@ -2093,6 +2113,10 @@ def predict(floating[::1] out, const floating[::1] x, const Py_ssize_t[:, ::1] o
             nslots = max(nslots, loc + 1)
         if ops[l, F_DST] == LOC_X:
             raise ValueError("predict: an op writes the input (a planning bug)")
+        if ops[l, F_KIND] == OP_LINEAR and ops[l, F_WT]:
+            if floating is not float:
+                raise ValueError("predict: a transposed-weight linear op in a float64 plan (a planning bug)")
+            check_scratch("predict", "xpack", xpack.shape[0], N * ops[l, F_C])
         check_scratch("predict", "x" if ops[l, F_SRC] == LOC_X else "a value", x.shape[0] if ops[l, F_SRC] == LOC_X
                       else slot, N * ops[l, F_IN])
         check_scratch("predict", "out" if ops[l, F_DST] == LOC_OUT else "a slot", out.shape[0]
@@ -2206,7 +2230,19 @@ def predict(floating[::1] out, const floating[::1] x, const Py_ssize_t[:, ::1] o
                     C, O = op[F_C], op[F_O]
                     w = &params[op[F_WEIGHT]]
                     bias = &params[op[F_BIAS]] if op[F_BIAS] >= 0 else NULL
-                    for b in prange((O + LINEAR_BLOCK - 1) // LINEAR_BLOCK, schedule='dynamic'):
+                    wt = False
+                    if floating is float:
+                        if op[F_WT]:  # y = x @ weight.T on the own GEMM, each image's row as any batch gives it
+                            wt = True
+                            for p in prange(N // g.mr, schedule='static'):  # whole panels of images, packed
+                                gemm_pack_a_f32(g, &xpack[0] + p * g.mr * C, src + p * g.mr * C, g.mr, C, C, 1)
+                            for b in prange((O + LINEAR_BLOCK - 1) // LINEAR_BLOCK, schedule='dynamic'):
+                                linear_block_wt(g, dst, src, &xpack[0], w, bias, N, C, O, b)
+                                for n in range(N):
+                                    activate(op, &params[0], dst + n * O + b * LINEAR_BLOCK,
+                                             dst + n * O + b * LINEAR_BLOCK,
+                                             min(O, (b + 1) * LINEAR_BLOCK) - b * LINEAR_BLOCK)
+                    for b in prange((O + LINEAR_BLOCK - 1) // LINEAR_BLOCK if not wt else 0, schedule='dynamic'):
                         linear_block(dst, src, w, bias, N, C, O, b)
                         for n in range(N):
                             activate(op, &params[0], dst + n * O + b * LINEAR_BLOCK, dst + n * O + b * LINEAR_BLOCK,

@@ -123,7 +123,7 @@ class Predictor:
                 self._scratch = np.empty(get_num_threads() * self._per_thread, self.dtype)
             _kernels.predict(out.reshape(-1), x.reshape(-1), self._ops, self._params, self._packed,
                              TIERS.index(self.isa), self._arena, n * self._largest, self._scratch,
-                             self._per_thread, n, nt)
+                             self._per_thread, self._xpack, n, nt)
             return out
 
     def __repr__(self):
@@ -159,6 +159,7 @@ class Predictor:
             return row
 
         self.algorithms = []  # (layer, the algorithm its convolution runs)
+        self._linear_in = 0   # the widest input of a linear layer on the own GEMM (its packed batch: xpack)
         alias = {0: 0}  # value -> the value whose buffer holds it
         ops = []        # (kind, layers, name, input values, output value)
         for out, step in self._steps:
@@ -252,7 +253,12 @@ class Predictor:
                 row = new_row("OP_LINEAR", src, dst, in_shape, out_shape)
                 row[[_F["C"], _F["O"]]] = (first.in_features, first.out_features)
                 activation(row)
-                row[_F["weight"]] = add(params, first.weight.data)
+                if use_packed:  # on the own GEMM, from weight.T: an image's outputs whatever its batch
+                    row[_F["wt"]] = 1
+                    row[_F["weight"]] = add(params, first.weight.data.T)
+                    self._linear_in = max(self._linear_in, first.in_features)
+                else:
+                    row[_F["weight"]] = add(params, first.weight.data)
                 if first.bias is not None:
                     row[_F["bias"]] = add(params, first.bias.data)
                 macs += first.in_features * first.out_features
@@ -302,6 +308,7 @@ class Predictor:
         self._output_is_input = output == 0
         self._nslots, self._largest = nslots, largest
         self._arena = np.empty(0, self.dtype)
+        self._xpack = np.empty(0, self.dtype)
         self._scratch = np.empty(0, self.dtype)
         self.batch_size = 0
 
@@ -318,6 +325,7 @@ class Predictor:
         """Buffers for batches of up to n images."""
         if n > self.batch_size:
             self._arena = np.empty(max(1, self._nslots * n * self._largest), self.dtype)
+            self._xpack = np.empty(max(1, n * self._linear_in), self.dtype)
             self._scratch = np.empty(get_num_threads() * self._per_thread, self.dtype)
             self.batch_size = n
 

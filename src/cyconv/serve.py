@@ -213,10 +213,9 @@ class Batcher:
 
     submit(x) queues one input (C, H, W) and returns a future of (logits row, model ms). One task takes
     what is queued, up to max_batch, waiting up to max_wait seconds for more while the batch is not full,
-    and runs it in a worker thread; the next batch forms while it runs. The answers are one-at-a-time
-    ones, to float32 rounding: no image's logits depend on the others in its batch, but the compiled linear
-    layers take a matrix-vector product per image for up to 4 images and BLAS's GEMM beyond, and the GEMM
-    rounds an image's row by where it falls in its register blocks (logits within ~1e-7 relative).
+    and runs it in a worker thread; the next batch forms while it runs. The answers are the one-at-a-time
+    ones, bit for bit: a float32 predictor on cyconv's own GEMM computes each image's outputs alike in a
+    batch of any size (cyconv.predictor; tests/test_predictor.py holds it to that).
     """
 
     def __init__(self, run, *, max_batch=DEFAULT_MAX_BATCH, max_wait=DEFAULT_MAX_WAIT_MS / 1000,
