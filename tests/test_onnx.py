@@ -379,9 +379,9 @@ def torch_models():
 
 def torch_export(tmp_path, name, *, opset, fold, dynamo):
     """The model `name`, seeded, with BatchNorm statistics that are not the identity, exported in eval mode."""
+    tm = torch_models()  # skips without PyTorch, so first
     import torch
 
-    tm = torch_models()
     build, shape = TORCH_MODELS[name]
     torch.manual_seed(0)
     net = build(tm)
