@@ -257,7 +257,7 @@ const cyconv_gemm *gemm_kernel_for(int isa)
 
 const cyconv_gemm *gemm_kernel(void)
 {
-    return &gemm_kernels[cyconv_isa];
+    return &gemm_kernels[cyconv_isa_now()];
 }
 
 ptrdiff_t gemm_packed_size(const cyconv_gemm *g, ptrdiff_t M, ptrdiff_t K)
@@ -435,7 +435,8 @@ int conv_weight_grad_direct_fits(ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t kw, ptrdi
     // stride 1, at most 6 taps per row (the accumulators above), at least 32
     // vectors per plane (the reduction at the end stays small) and at least 3/4
     // of the lanes used. The generic tier keeps im2row + GEMM.
-    ptrdiff_t lanes = cyconv_isa == CYCONV_ISA_AVX512 ? 16 : cyconv_isa == CYCONV_ISA_AVX2 ? 8 : 0;
+    int isa = cyconv_isa_now();
+    ptrdiff_t lanes = isa == CYCONV_ISA_AVX512 ? 16 : isa == CYCONV_ISA_AVX2 ? 8 : 0;
     if (lanes == 0) return 0;
     ptrdiff_t vectors = Ho * ((Wo + lanes - 1) / lanes);
     return sh == 1 && sw == 1 && kw <= 6 && vectors >= 32 && 4 * Ho * Wo >= 3 * lanes * vectors;

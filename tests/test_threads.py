@@ -68,6 +68,51 @@ def test_set_num_threads_restores_after_exception():
     assert cyconv.get_num_threads() == before
 
 
+def in_thread(target):
+    t = threading.Thread(target=target)
+    t.start()
+    return t
+
+
+def test_set_num_threads_blocks_in_two_threads_each_keep_their_own():
+    # Blocks opened in two Python threads and closed out of order (A opens, B opens, A closes, B closes):
+    # inside, each thread has its own count; afterwards the process has the count from before.
+    before = cyconv.get_num_threads()
+    a_open, b_open, a_closed = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with cyconv.set_num_threads(before + 1):
+            a_open.set()
+            b_open.wait(10)
+            seen["a"] = cyconv.get_num_threads()
+        a_closed.set()
+
+    def b():
+        a_open.wait(10)
+        with cyconv.set_num_threads(before + 2):
+            b_open.set()
+            a_closed.wait(10)
+            seen["b"] = cyconv.get_num_threads()
+        seen["b after"] = cyconv.get_num_threads()
+
+    for t in [in_thread(a), in_thread(b)]:
+        t.join()
+    assert seen == {"a": before + 1, "b": before + 2, "b after": before}
+    assert cyconv.get_num_threads() == before
+
+
+def test_a_plain_set_num_threads_is_for_the_whole_process():
+    before = cyconv.get_num_threads()
+    seen = []
+    try:
+        cyconv.set_num_threads(before + 1)
+        in_thread(lambda: seen.append(cyconv.get_num_threads())).join()
+    finally:
+        cyconv.set_num_threads(before)
+    assert seen == [before + 1]
+
+
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_set_num_threads_sizes_the_kernels_teams(n):
     # Enough work for every thread: the kernels take exactly the setting.
