@@ -287,7 +287,13 @@ void gemm_packed_f32(const cyconv_gemm *g, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K
     // Depth chunks of kc outside, then column blocks, then row panels: the
     // kc x nr sliver of B being read stays in L1 while every panel of A passes
     // over it. Later chunks add into what the first one stored (bias included).
-    ptrdiff_t chunks = (K + g->kc - 1) / g->kc, kc = chunks ? (K + chunks - 1) / chunks : 0;
+    if (K == 0) { // no chunk at all: C is still written, A @ B being zeros
+        for (ptrdiff_t i = 0; i < M; i++)
+            for (ptrdiff_t j = 0; j < N; j++)
+                c[i * ldc + j] = (accumulate ? c[i * ldc + j] : 0.0f) + (bias ? bias[i] : 0.0f);
+        return;
+    }
+    ptrdiff_t chunks = (K + g->kc - 1) / g->kc, kc = (K + chunks - 1) / chunks;
     for (ptrdiff_t k0 = 0; k0 < K; k0 += kc) {
         ptrdiff_t kb = K - k0 < kc ? K - k0 : kc;
         for (ptrdiff_t n0 = 0; n0 < N; n0 += g->nr) {
