@@ -373,7 +373,7 @@ const cyconv_gemm *gemm_kernel_for(int isa)
 
 const cyconv_gemm *gemm_kernel(void)
 {
-    return &gemm_kernels[cyconv_isa];
+    return &gemm_kernels[cyconv_isa_now()];
 }
 
 ptrdiff_t gemm_packed_size(const cyconv_gemm *g, ptrdiff_t M, ptrdiff_t K)
@@ -403,7 +403,13 @@ void gemm_packed_f32(const cyconv_gemm *g, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K
     // Depth chunks of kc outside, then column blocks, then row panels: the
     // kc x nr sliver of B being read stays in L1 while every panel of A passes
     // over it. Later chunks add into what the first one stored (bias included).
-    ptrdiff_t chunks = (K + g->kc - 1) / g->kc, kc = chunks ? (K + chunks - 1) / chunks : 0;
+    if (K == 0) { // no chunk at all: C is still written, A @ B being zeros
+        for (ptrdiff_t i = 0; i < M; i++)
+            for (ptrdiff_t j = 0; j < N; j++)
+                c[i * ldc + j] = (accumulate ? c[i * ldc + j] : 0.0f) + (bias ? bias[i] : 0.0f);
+        return;
+    }
+    ptrdiff_t chunks = (K + g->kc - 1) / g->kc, kc = (K + chunks - 1) / chunks;
     for (ptrdiff_t k0 = 0; k0 < K; k0 += kc) {
         ptrdiff_t kb = K - k0 < kc ? K - k0 : kc;
         for (ptrdiff_t n0 = 0; n0 < N; n0 += g->nr) {
@@ -567,7 +573,8 @@ int conv_weight_grad_direct_fits(ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t kw, ptrdi
     // stride 1, at most 6 taps per row (the accumulators above), at least 32
     // vectors per plane (the reduction at the end stays small) and at least 3/4
     // of the lanes used. The generic tier keeps im2row + GEMM.
-    ptrdiff_t lanes = cyconv_isa == CYCONV_ISA_AVX512 ? 16 : cyconv_isa == CYCONV_ISA_AVX2 ? 8 : 0;
+    int isa = cyconv_isa_now();
+    ptrdiff_t lanes = isa == CYCONV_ISA_AVX512 ? 16 : isa == CYCONV_ISA_AVX2 ? 8 : 0;
     if (lanes == 0) return 0;
     ptrdiff_t vectors = Ho * ((Wo + lanes - 1) / lanes);
     return sh == 1 && sw == 1 && kw <= 6 && vectors >= 32 && 4 * Ho * Wo >= 3 * lanes * vectors;

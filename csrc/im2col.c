@@ -223,7 +223,7 @@ CYCONV_TARGET_AVX2 static void im2row_avx2(float *rows, const float *img, ptrdif
                     ptrdiff_t ih = oh * sh - ph + ki;
                     __m256 v = _mm256_setzero_ps();
                     if (ih >= 0 && ih < H) v = _mm256_maskload_ps(offset_ptr(img + (c * H + ih) * W, iw0), load);
-                    if (dst + 8 <= end)
+                    if (end - dst >= 8) /* not dst + 8 <= end: that pointer may lie past the buffer */
                         _mm256_storeu_ps(dst, v);
                     else
                         _mm256_maskstore_ps(dst, store, v);

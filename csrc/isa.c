@@ -3,7 +3,9 @@
  */
 #include "isa.h"
 
-int cyconv_isa = CYCONV_ISA_GENERIC; /* the Python layer picks the best at import */
+int cyconv_isa_ = CYCONV_ISA_GENERIC; /* the Python layer picks the best at import */
+
+int cyconv_get_isa(void) { return cyconv_isa_now(); }
 
 int cyconv_isa_supported(int isa)
 {
@@ -29,7 +31,11 @@ int cyconv_isa_supported(int isa)
 int cyconv_set_isa(int isa)
 {
     if (!cyconv_isa_supported(isa)) return -1;
-    cyconv_isa = isa;
+#if defined(__GNUC__) || defined(__clang__)
+    __atomic_store_n(&cyconv_isa_, isa, __ATOMIC_RELAXED);
+#else
+    *(volatile int *)&cyconv_isa_ = isa;
+#endif
     return 0;
 }
 

@@ -8,7 +8,7 @@
  *
  * Every kernel is compiled once per tier the platform has (the same source,
  * with the tier's target attribute, plus a few hand-written micro-kernels), and
- * one global, cyconv_isa, says which copy runs. It is set in one place,
+ * one global, cyconv_isa_, says which copy runs. It is set in one place,
  * cyconv_set_isa(), which refuses a tier the CPU cannot run; the Python layer
  * sets the best tier at import (or CYCONV_ISA's) and cyconv.set_isa() forces
  * another, which is how one machine tests every tier it can run.
@@ -33,8 +33,19 @@
 #define CYCONV_X86 0
 #endif
 
-/* The tier the kernels run with now; read by the dispatching wrappers. */
-extern int cyconv_isa;
+/* The tier the kernels run with now; read by the dispatching wrappers, which
+ * may run in OpenMP threads while another thread calls cyconv_set_isa(): so it
+ * is only read and written atomically (relaxed: any tier read is a valid one,
+ * and nothing else is published through it). A kernel that needs one tier for
+ * several steps (packing, then the GEMM) reads it once: gemm_kernel(). */
+extern int cyconv_isa_;
+#if defined(__GNUC__) || defined(__clang__)
+static inline int cyconv_isa_now(void) { return __atomic_load_n(&cyconv_isa_, __ATOMIC_RELAXED); }
+#else
+static inline int cyconv_isa_now(void) { return *(volatile int *)&cyconv_isa_; }
+#endif
+/* The running tier, for the Python layer. */
+int cyconv_get_isa(void);
 
 /* 1 if this build has `isa` and this CPU (and OS) can run it. */
 int cyconv_isa_supported(int isa);
@@ -46,9 +57,9 @@ const char *cyconv_compiler(void);
 /* The copy of a tiered kernel for the running tier: DISPATCH(relu_forward_f32)
  * is relu_forward_f32_avx512, _avx2 or _generic. */
 #if CYCONV_X86
-#define DISPATCH(name)                                            \
-    (cyconv_isa == CYCONV_ISA_AVX512 ? name##_avx512              \
-     : cyconv_isa == CYCONV_ISA_AVX2 ? name##_avx2 : name##_generic)
+#define DISPATCH(name)                                                \
+    (cyconv_isa_now() == CYCONV_ISA_AVX512 ? name##_avx512            \
+     : cyconv_isa_now() == CYCONV_ISA_AVX2 ? name##_avx2 : name##_generic)
 #else
 #define DISPATCH(name) name##_generic
 #endif

@@ -6,6 +6,7 @@ That every kernel gives the reference's answer on every tier is the kernel tests
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -54,6 +55,39 @@ def test_set_isa_restores_after_exception():
     with pytest.raises(RuntimeError, match="inside"):
         with cyconv.set_isa("generic"):
             raise RuntimeError("inside")
+    assert cyconv.get_isa() == before
+
+
+def test_set_isa_refuses_another_thread_while_a_block_is_open():
+    # The tier is process-wide: a second thread switching it inside another's block would run that block's
+    # kernels on its tier, and the two exits would restore in the wrong order.
+    before = cyconv.get_isa()
+    others = [t for t in cyconv.supported_isas() if t != before]
+    if not others:
+        pytest.skip("this CPU runs one tier")
+    opened, done, seen = threading.Event(), threading.Event(), []
+
+    def holder():
+        with cyconv.set_isa(others[0]):
+            opened.set()
+            done.wait(10)
+            seen.append(cyconv.get_isa())
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        assert opened.wait(10)
+        for switch in [lambda: cyconv.set_isa(before), lambda: cyconv.set_isa(before).__enter__()]:
+            with pytest.raises(RuntimeError, match=r"set_isa\(\): the ISA tier is process-wide and another "
+                                                   r"thread has a `with cyconv.set_isa\(...\)` block open"):
+                switch()
+    finally:
+        done.set()
+        t.join()
+    assert seen == [others[0]]
+    assert cyconv.get_isa() == before
+    with cyconv.set_isa(others[0]):  # once closed, any thread may switch
+        assert cyconv.get_isa() == others[0]
     assert cyconv.get_isa() == before
 
 

@@ -8,9 +8,11 @@ heap overwrite. Now each kernel checks its buffers once per call: a wrong size i
 import numpy as np
 import pytest
 
+import cyconv
 import cyconv._kernels as K
 import cyconv.functional as F
-from conftest import KERNEL_TESTS
+import cyconv.reference as R
+from conftest import KERNEL_TESTS, assert_close
 
 pytestmark = KERNEL_TESTS
 
@@ -70,14 +72,24 @@ def test_hog_checks_its_scratch():
         K.hog(out.reshape(-1), images.reshape(-1), np.empty(4 * 9 - 1, np.float32), 2, 16, 16, 1, 9, 8, 8, 2, 2, 1)
 
 
-def test_the_public_ops_size_them_right():
-    # The same calls through cyconv.functional, on every thread count the checks care about.
+@pytest.mark.parametrize("threads", [1, 2, 3, N, N + 1, 16])
+def test_the_public_ops_size_them_right(threads):
+    # The same calls through cyconv.functional, on every thread count the checks care about (fewer and
+    # more threads than images), give the reference's results: the buffers they sized were right.
     x = np.random.default_rng(1).standard_normal((N, C, H, W)).astype(np.float32)
     w = np.random.default_rng(2).standard_normal((O, C, KH, KH)).astype(np.float32)
-    y = F.conv2d(x, w, None, 1, 1)
-    F.conv2d_backward(np.ones_like(y), x, w, 1, 1)
-    p, i = F.conv2d_relu_max_pool2d(x, w, None, 1, 1, return_indices=True)
-    F.conv2d_relu_max_pool2d_backward(np.ones_like(p), p, i, x, w, 1, 1)
+    dy = np.random.default_rng(3).standard_normal((N, O, H, W)).astype(np.float32)
+    with cyconv.set_num_threads(threads):
+        y = F.conv2d(x, w, None, 1, 1)
+        dx, dw, db = F.conv2d_backward(dy, x, w, 1, 1)
+        p, i = F.conv2d_relu_max_pool2d(x, w, None, 1, 1, return_indices=True)
+        fused = F.conv2d_relu_max_pool2d_backward(dy[:, :, ::2, ::2], p, i, x, w, 1, 1)
+    assert_close(y, R.conv2d(x, w, None, 1, 1), np.float32)
+    for got, want in zip((dx, dw, db), R.conv2d_backward(dy, x, w, 1, 1)):
+        assert_close(got, want, np.float32)
+    assert_close(p, R.conv2d_relu_max_pool2d(x, w, None, 1, 1), np.float32)
+    for got, want in zip(fused, R.conv2d_relu_max_pool2d_backward(dy[:, :, ::2, ::2], p, i, x, w, 1, 1)):
+        assert_close(got, want, np.float32)
 
 
 @pytest.mark.parametrize("short", ["mean", "var", "x"])

@@ -141,16 +141,20 @@ def test_concurrent_calls_from_python_threads():
     failures = []
 
     def worker(x, want):
-        for _ in range(30):
-            if not np.array_equal(predictor(x), want):
-                failures.append("differs")
-                return
+        try:  # an exception in a thread is only printed: record it, so that it fails the test
+            for _ in range(30):
+                if not np.array_equal(predictor(x), want):
+                    failures.append("differs")
+                    return
+        except BaseException as e:
+            failures.append(repr(e))
 
     threads = [threading.Thread(target=worker, args=pair) for pair in zip(inputs, expected)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a worker hangs"
     assert not failures
 
 

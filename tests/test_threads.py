@@ -22,8 +22,13 @@ pytestmark = KERNEL_TESTS
 
 
 def test_openmp_enabled_says_whether_parallel_regions_run_on_several_threads():
-    # The team a kernel's parallel region really gets: 3 threads in an OpenMP build, 1 in a serial one.
-    assert _kernels.team_size(3) == (3 if cyconv.openmp_enabled() else 1)
+    # The team a kernel's parallel region really gets: 3 threads in an OpenMP build, 1 in a serial one; asked
+    # in a child without OMP_THREAD_LIMIT and OMP_DYNAMIC, with which the runtime may give fewer (the kernels
+    # cope: the rest of this file passes under them).
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_THREAD_LIMIT", "OMP_DYNAMIC")}
+    out = subprocess.run([sys.executable, "-c", "import cyconv._kernels as k; print(k.team_size(3))"], env=env,
+                         capture_output=True, text=True, check=True)
+    assert int(out.stdout) == (3 if cyconv.openmp_enabled() else 1)
     assert cyconv.build_info()["openmp"] is cyconv.openmp_enabled()
 
 
@@ -61,6 +66,51 @@ def test_set_num_threads_restores_after_exception():
         with cyconv.set_num_threads(1):
             raise RuntimeError("inside")
     assert cyconv.get_num_threads() == before
+
+
+def in_thread(target):
+    t = threading.Thread(target=target)
+    t.start()
+    return t
+
+
+def test_set_num_threads_blocks_in_two_threads_each_keep_their_own():
+    # Blocks opened in two Python threads and closed out of order (A opens, B opens, A closes, B closes):
+    # inside, each thread has its own count; afterwards the process has the count from before.
+    before = cyconv.get_num_threads()
+    a_open, b_open, a_closed = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with cyconv.set_num_threads(before + 1):
+            a_open.set()
+            b_open.wait(10)
+            seen["a"] = cyconv.get_num_threads()
+        a_closed.set()
+
+    def b():
+        a_open.wait(10)
+        with cyconv.set_num_threads(before + 2):
+            b_open.set()
+            a_closed.wait(10)
+            seen["b"] = cyconv.get_num_threads()
+        seen["b after"] = cyconv.get_num_threads()
+
+    for t in [in_thread(a), in_thread(b)]:
+        t.join()
+    assert seen == {"a": before + 1, "b": before + 2, "b after": before}
+    assert cyconv.get_num_threads() == before
+
+
+def test_a_plain_set_num_threads_is_for_the_whole_process():
+    before = cyconv.get_num_threads()
+    seen = []
+    try:
+        cyconv.set_num_threads(before + 1)
+        in_thread(lambda: seen.append(cyconv.get_num_threads())).join()
+    finally:
+        cyconv.set_num_threads(before)
+    assert seen == [before + 1]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])

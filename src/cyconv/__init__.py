@@ -12,8 +12,8 @@
 Threads: `get_num_threads()`, `set_num_threads(n)` (also a context manager),
 `openmp_enabled()`. Instruction set: `get_isa()`, `set_isa(name)` (also a context
 manager), `supported_isas()`; `build_info()` says what this build runs with.
-Memory: on glibc, freed arrays' memory stays in the process for reuse (cyconv._malloc;
-CYCONV_MALLOC=system leaves malloc alone).
+Memory: importing cyconv leaves the process's malloc alone; the `cyconv` command keeps
+freed arrays' memory for reuse in its own process (cyconv._malloc).
 """
 
 from . import _isa, _malloc, _threads, data, features, functional, models, nn, optim, predictor, reference
@@ -26,6 +26,5 @@ __version__ = "0.1.0"
 __all__ = ["openmp_enabled", "get_num_threads", "set_num_threads", "get_isa", "set_isa", "supported_isas",
            "build_info", "compile", "Predictor"]
 
-_malloc.keep_freed_memory()
 _threads._install_blas_hooks()
 _isa._select_from_environment()

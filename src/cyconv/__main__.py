@@ -1,5 +1,5 @@
 """`python -m cyconv`: the same as the `cyconv` command (see cyconv.cli)."""
 
-from .cli import main
+from .cli import command
 
-raise SystemExit(main())
+raise SystemExit(command())

@@ -13,9 +13,15 @@ CYCONV_ISA names; `set_isa()` switches at run time (also as a context manager),
 which is how one machine tests and measures every tier it can run. Asking for
 a tier the CPU lacks raises ValueError. Results agree across tiers to float
 rounding, not bit for bit (the sums run in other orders).
+
+The tier is one setting for the whole process (the kernels' OpenMP threads read
+it), so a `with set_isa(...)` block holds it: while one thread has a block open,
+another thread's set_isa() raises RuntimeError instead of switching the tier
+under it (and the blocks' exits could not restore in the right order).
 """
 
 import os
+import threading
 
 from . import _kernels
 
@@ -44,6 +50,16 @@ def _tier_number(name, fn):
     return TIERS.index(name)
 
 
+_lock = threading.Lock()
+_holder, _depth = None, 0  # the thread with `with set_isa()` blocks open, and how many it has open
+
+
+def _refuse_if_held(me, fn):
+    if _holder is not None and _holder != me:
+        raise RuntimeError(f"{fn}: the ISA tier is process-wide and another thread has a `with "
+                           f"cyconv.set_isa(...)` block open; switch tiers from one thread at a time")
+
+
 class set_isa:
     """Run cyconv's kernels with ISA tier `name` ('avx512', 'avx2' or 'generic').
 
@@ -54,19 +70,42 @@ class set_isa:
         with cyconv.set_isa("generic"):
             y = F.conv2d(x, w)      # the portable kernels here
 
-    Raises ValueError for a tier the CPU cannot run, naming its best tier.
+    Raises ValueError for a tier the CPU cannot run, naming its best tier, and
+    RuntimeError while another thread has a `with set_isa()` block open.
     """
 
     def __init__(self, name):
         tier = _tier_number(name, "set_isa()")
-        self._previous = _kernels.get_isa()
-        _kernels.set_isa(tier)
+        with _lock:
+            _refuse_if_held(threading.get_ident(), "set_isa()")
+            self._tier, self._previous, self._entered = tier, _kernels.get_isa(), False
+            _kernels.set_isa(tier)
 
     def __enter__(self):
+        global _holder, _depth
+        me = threading.get_ident()
+        with _lock:
+            try:
+                # Two threads that called set_isa() at the same moment both got past __init__'s check:
+                # the second to get here leaves, undoing its switch.
+                _refuse_if_held(me, "set_isa()")
+            except RuntimeError:
+                if _kernels.get_isa() == self._tier:
+                    _kernels.set_isa(self._previous)
+                raise
+            _holder, _depth, self._entered = me, _depth + 1, True
         return self
 
     def __exit__(self, *exc):
-        _kernels.set_isa(self._previous)
+        global _holder, _depth
+        with _lock:
+            if not self._entered:  # __exit__ called by hand after a plain call
+                _refuse_if_held(threading.get_ident(), "set_isa()")
+            _kernels.set_isa(self._previous)
+            if self._entered:
+                self._entered, _depth = False, _depth - 1
+                if _depth == 0:
+                    _holder = None
         return False
 
     def __repr__(self):

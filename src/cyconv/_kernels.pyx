@@ -152,7 +152,7 @@ cdef extern from "cyconv.h" nogil:
 
 
 cdef extern from "isa.h" nogil:
-    int cyconv_isa
+    int cyconv_get_isa() noexcept
     int cyconv_isa_supported(int isa) noexcept
     int cyconv_set_isa(int isa) noexcept
     const char *cyconv_compiler() noexcept
@@ -165,7 +165,7 @@ def isa_supported(int isa):
 
 def get_isa():
     """The ISA tier the kernels run with (0 generic, 1 avx2, 2 avx512)."""
-    return cyconv_isa
+    return cyconv_get_isa()
 
 
 def set_isa(int isa):

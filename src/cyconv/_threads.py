@@ -17,12 +17,17 @@ own BLAS, when it is a separate library as in the PyPI wheels, is not touched.
 
 import ctypes
 import os
+import threading
 import time
 from pathlib import Path
 
 from threadpoolctl import ThreadpoolController
 
-_num_threads = None
+_num_threads = None          # the process-wide setting; None until first read (then the default)
+_generation = 0              # bumped by every process-wide setting, so a block knows whether its own is current
+_setting_lock = threading.Lock()
+_blocks = threading.local()  # .counts: this thread's open `with set_num_threads(n)` blocks, innermost last
+
 
 def _default_num_threads():
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
@@ -151,26 +156,39 @@ def record_work_split(split):
 
 
 def get_num_threads():
-    """The number of OpenMP threads cyconv's kernels use."""
+    """The number of OpenMP threads cyconv's kernels use (in this thread: see set_num_threads)."""
+    counts = getattr(_blocks, "counts", None)
+    if counts:
+        return counts[-1]
+    return _process_num_threads()
+
+
+def _process_num_threads():
     global _num_threads
     if _num_threads is None:
-        _num_threads = _default_num_threads()
+        with _setting_lock:
+            if _num_threads is None:
+                _num_threads = _default_num_threads()
     return _num_threads
 
 
 class set_num_threads:
     """Set the number of threads cyconv's kernels use.
 
-    Takes effect at once and stays in effect; used as a context manager it
-    restores the previous setting on exit. Kernels use fewer threads when their
-    work is small, and one for a while when the other cores are found busy
-    (see _BusyCores); a new setting starts again with all of them::
+    Called plainly it sets the count for the whole process, at once and for
+    good. Used as a context manager it sets the count of the calling thread
+    only, for the block, so that Python threads can each run a block with their
+    own count (a server's request handlers, say) and every exit restores what
+    that thread had::
 
         cyconv.set_num_threads(2)
         with cyconv.set_num_threads(1):
-            y = F.conv2d(x, w)      # single-threaded here
+            y = F.conv2d(x, w)      # single-threaded here, in this thread
 
-    In a build without OpenMP the kernels run on one thread whatever this says.
+    Kernels use fewer threads when their work is small, and fewer for a while
+    when some cores are found busy (see _BusyCores); a new setting starts again
+    with all of them. In a build without OpenMP the kernels run on one thread
+    whatever this says.
     """
 
     def __init__(self, n):
@@ -178,17 +196,39 @@ class set_num_threads:
             raise TypeError(f"set_num_threads(): n must be an int, got {type(n).__name__}")
         if n < 1:
             raise ValueError(f"set_num_threads(): n must be >= 1, got {n}")
-        global _num_threads
-        self._previous = get_num_threads()
-        _num_threads = n
+        global _num_threads, _generation
+        # The call cannot know yet whether a `with` follows, so it sets the process-wide count, and
+        # __enter__ moves it to the thread. Another thread may run a kernel with n threads in between:
+        # that changes no result (the kernels give the same bits on any thread count), only its speed.
+        self._n, self._entered = n, False
+        with _setting_lock:
+            self._previous = _num_threads if _num_threads is not None else _default_num_threads()
+            _num_threads = n
+            _generation += 1
+            self._generation = _generation
         _busy.reset()  # a new setting starts with every thread
 
+    def _undo_process_setting(self):
+        """Put the process-wide count back, unless another setting has been made since ours (it stands)."""
+        global _num_threads
+        with _setting_lock:
+            if _generation == self._generation:
+                _num_threads = self._previous
+
     def __enter__(self):
+        self._undo_process_setting()
+        if not hasattr(_blocks, "counts"):
+            _blocks.counts = []
+        _blocks.counts.append(self._n)
+        self._entered = True
         return self
 
     def __exit__(self, *exc):
-        global _num_threads
-        _num_threads = self._previous
+        if self._entered:
+            _blocks.counts.pop()  # blocks of one thread close innermost first
+            self._entered = False
+        else:  # __exit__ called by hand after a plain call
+            self._undo_process_setting()
         return False
 
     def __repr__(self):

@@ -345,6 +345,15 @@ def _build_parser():
 # Entry point
 
 
+def command() -> int:
+    """The `cyconv` command (and `python -m cyconv`): main() on sys.argv, in a process of its own, so it
+    may tune that process's malloc to keep freed arrays for reuse (cyconv._malloc; import cyconv does not)."""
+    from . import _malloc
+
+    _malloc.keep_freed_memory()
+    return main()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line `argv` (default sys.argv[1:]); return the exit status."""
     parser = _build_parser()
