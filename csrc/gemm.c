@@ -428,7 +428,12 @@ void gemm_rows_f32(const cyconv_gemm *g, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, 
 {
     // gemm_packed_f32's loops (no bias) with A read in place, a row at a time through the tier's row
     // kernel: every element is computed as gemm_packed_f32 computes it, whatever M.
-    ptrdiff_t chunks = (K + g->kc - 1) / g->kc, kc = chunks ? (K + chunks - 1) / chunks : 0;
+    if (K == 0) { // as gemm_packed_f32: C is still written
+        for (ptrdiff_t i = 0; i < M; i++)
+            for (ptrdiff_t j = 0; j < N; j++) c[i * ldc + j] = 0.0f;
+        return;
+    }
+    ptrdiff_t chunks = (K + g->kc - 1) / g->kc, kc = (K + chunks - 1) / chunks;
     for (ptrdiff_t k0 = 0; k0 < K; k0 += kc) {
         ptrdiff_t kb = K - k0 < kc ? K - k0 : kc;
         for (ptrdiff_t n0 = 0; n0 < N; n0 += g->nr) {
