@@ -55,6 +55,8 @@ def inject_fault(kind, step, stamp):
                 raise RuntimeError(f"injected fault at step {step}")
             if kind == "sigkill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if kind == "sigint":  # Ctrl-C on this rank alone (a terminal of its own, or `kill -INT PID`)
+                os.kill(os.getpid(), signal.SIGINT)
             if kind == "sigstop":  # hangs: only the other ranks' timeout can end the job
                 os.kill(os.getpid(), signal.SIGSTOP)
             if kind == "exit":  # leaves without ending the job, as a careless script would (MPI_Finalize and all)
@@ -232,7 +234,7 @@ def main(argv):
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers(dest="scenario", required=True)
     p = commands.add_parser("cli")
-    p.add_argument("--fault", choices=["value-error", "runtime-error", "sigkill", "sigstop", "exit"])
+    p.add_argument("--fault", choices=["value-error", "runtime-error", "sigkill", "sigint", "sigstop", "exit"])
     p.add_argument("--fault-rank", type=int, default=1)
     p.add_argument("--fault-step", type=int, default=3)
     p.add_argument("--fault-stamp", default=os.devnull, metavar="FILE", help="gets time.time() at the fault")

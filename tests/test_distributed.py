@@ -401,12 +401,13 @@ def test_one_epoch_of_mnist_on_two_ranks(mpiexec, mnist_dir, tmp_path):
 # Under MPI: faults
 
 
-def fault_run(mpiexec, mnist_dir, tmp_path, fault, env=None):
-    """Rank 1 fails at its 3rd of 10 steps in the way `fault` says; returns the launch and the moment of
-    the fault (the worker's rank 1 stamps it just before)."""
+def fault_run(mpiexec, mnist_dir, tmp_path, fault, env=None, fault_rank=1):
+    """Rank fault_rank (1) fails at its 3rd of 10 steps in the way `fault` says; returns the launch and the
+    moment of the fault (the failing rank stamps it just before)."""
     stamp = tmp_path / "fault-time"
     result = launch(mpiexec, 2, worker_train(mnist_dir, tmp_path / "out",
-                                             ["--fault", fault, "--fault-stamp", stamp], TEN_STEPS), env=env)
+                                             ["--fault", fault, "--fault-stamp", stamp, "--fault-rank", fault_rank],
+                                             TEN_STEPS), env=env)
     assert stamp.exists(), f"the fault was not reached:\n{result.out}\n{result.err}"
     return result, float(stamp.read_text())
 
@@ -436,6 +437,19 @@ def test_a_sigkill_in_one_rank_ends_every_rank(mpiexec, mnist_dir, tmp_path):
     pid = re.search(r"ranks: 0 = PID \d+ on \S+, 1 = PID (\d+) on", result.out)[1]
     said = result.out + result.err
     assert f"PID {pid} " in said and "signal 9" in said, said
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_ctrl_c_in_one_rank_ends_every_rank(mpiexec, mnist_dir, tmp_path, rank):
+    """Ctrl-C reaching one rank only: that rank ends the job (MPI_Abort, status 130), rather than exiting
+    alone and leaving the others to wait out CYCONV_MPI_TIMEOUT (60 s) in their next allreduce."""
+    result, fault_time = fault_run(mpiexec, mnist_dir, tmp_path, "sigint", fault_rank=rank)
+    assert_every_rank_ended(result, fault_time, tmp_path)
+    assert "did not complete within" not in result.err  # ended by the interrupted rank, not by a timeout
+    if rank == 0:  # it tells how to continue, as a plain run does (nothing written yet here)
+        assert "cyconv: interrupted before the first epoch ended" in result.err, result.err
+    else:
+        assert "cyconv: error: rank 1 of 2: interrupted; ending every rank" in result.err, result.err
 
 
 @pytest.mark.parametrize("fault", ["sigstop", "exit"])

@@ -234,7 +234,10 @@ def abort(message: str | None = None, status: int = 1):
     # What this process printed last is still on its way through the launcher (a pipe to its proxy, then
     # a socket): MPICH's mpiexec, ending the job at once, lost it in 1 of 4 timeouts here, and never with
     # this pause.
-    time.sleep(ABORT_GRACE)
+    try:
+        time.sleep(ABORT_GRACE)
+    except KeyboardInterrupt:  # a second Ctrl-C must not stop the job's end halfway
+        pass
     _world.MPI.COMM_WORLD.Abort(status)
 
 
