@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError):  # not a real file (a test's capture): nothing to flush
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
-    except (OSError, ValueError, FloatingPointError, MemoryError, _MissingDependency) as e:
+    except (OSError, ValueError, FloatingPointError, MemoryError, _MissingDependency, distributed.RankFailed) as e:
         if debug:
             raise
         return _fail(e, EXIT_ERROR)
