@@ -21,15 +21,16 @@
  *                                                 few rows the lanes are summed into double)
  *
  *     generic  2 vectors of 16 bytes (GCC/clang vector extensions; also every tier's double)
- *     avx2     8 floats, FMA, masked store at the row's end
- *     avx512   16 floats, FMA, masked store at the row's end
+ *     avx2     8 floats, masked store at the row's end (dw_dot: FMA)
+ *     avx512   16 floats, masked store at the row's end (dw_dot: FMA)
  *
  * The loops around them (the row cache, the taps of each row) are written once.
  * The input gradient is the transposed convolution: per input row and column
  * phase r (iw = q*sw + r), the taps that reach it read the cached output-gradient
  * row at q + a fixed shift, so it is dw_row again. Each output element sums its
- * taps in (ki, kj) order starting from the bias (or the value it is added into),
- * the same per plane whatever the thread count.
+ * taps in the plain loops' order starting from the bias (or the value it is added
+ * into), without FMA: the forward and (one output plane per input plane) the
+ * input gradient are the plain loops' bits on every tier, for any thread count.
  *
  * Output (oh, ow), tap (ki, kj) reads x[oh*sh - ph + ki*dh, ow*sw - pw + kj*dw].
  * The Cython layer owns the loops over planes and images (and their order, so
@@ -234,7 +235,9 @@ TIER_FN void FN(depthwise_conv2d_backward_weight_loops)(real *restrict dweight, 
 }
 
 /* ---- the micro-kernels, one per tier ----
- * dw_row: y[i] = (add ? y[i] : b) + w[0]*p[0][i] + w[1]*p[1][i] + ... (in that order), i < n.
+ * dw_row: y[i] = (add ? y[i] : b) + w[0]*p[0][i] + w[1]*p[1][i] + ... (in that order), i < n,
+ *         each product rounded before it is added (no FMA): the plain loops' bits, which a
+ *         training run's BatchNorm over tiny maps turns into visible differences otherwise.
  * dw_dot: lanes[16*t + l] += the products dy[i] * p[t][i] of lane l (i < n, the tier's lanes; the
  *         caller sums the 16 lanes of each tap into double every few rows: dw_flush).
  * Both read p[t] (and dy) up to the next multiple of 16 past n; the callers' rows have that
@@ -277,7 +280,7 @@ FN(dw_row_tier_body)(float *restrict y, const float *const *p, const float *w, p
         __mmask16 m = (__mmask16)(n - i >= 16 ? 0xFFFF : (1u << (n - i)) - 1);
         __m512 a = add ? _mm512_maskz_loadu_ps(m, y + i) : _mm512_set1_ps(b);
         for (ptrdiff_t t = 0; t < ntaps; t++)
-            a = _mm512_fmadd_ps(_mm512_set1_ps(w[t]), _mm512_loadu_ps(p[t] + i), a);
+            a = _mm512_add_ps(a, _mm512_mul_ps(_mm512_set1_ps(w[t]), _mm512_loadu_ps(p[t] + i)));
         _mm512_mask_storeu_ps(y + i, m, a);
     }
 }
@@ -312,7 +315,7 @@ FN(dw_row_tier_body)(float *restrict y, const float *const *p, const float *w, p
         __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(full ? 8 : (int)(n - i)), lane);
         __m256 a = !add ? _mm256_set1_ps(b) : full ? _mm256_loadu_ps(y + i) : _mm256_maskload_ps(y + i, m);
         for (ptrdiff_t t = 0; t < ntaps; t++)
-            a = _mm256_fmadd_ps(_mm256_set1_ps(w[t]), _mm256_loadu_ps(p[t] + i), a);
+            a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_set1_ps(w[t]), _mm256_loadu_ps(p[t] + i)));
         if (full)
             _mm256_storeu_ps(y + i, a);
         else
@@ -536,7 +539,7 @@ TIER_FN void FN(depthwise_conv2d_backward_input)(real *restrict dx, const real *
     for (ptrdiff_t ih = 0; ih < H; ih++) {
         for (ptrdiff_t r = 0; r < sw; r++) {
             ptrdiff_t n = 0, nq = (W - r + sw - 1) / sw;
-            for (ptrdiff_t ki = 0; ki < kh; ki++) {
+            for (ptrdiff_t ki = kh - 1; ki >= 0; ki--) { /* oh ascending, as the plain loops add them */
                 ptrdiff_t t = ih + ph - ki * dh, oh = sh == 1 ? t : t / sh;
                 if (t < 0 || oh >= Ho || (sh > 1 && oh * sh != t)) continue;
                 const real *row = FN(dw_row_of)(&c, oh);
