@@ -765,6 +765,67 @@ cdef inline void input_grad_gemm(const cyconv_gemm *g, const float *packed_wt, P
 
 
 # ---------------------------------------------------------------------------
+# Direct convolution (csrc/direct.c): float32, any stride and padding, no im2col
+# buffer: each image's output rows in bands, the band's columns gathered from the
+# input into this thread's scratch and multiplied by the weights packed once per
+# call. The items are (image, band): they own disjoint columns of y, so a batch of
+# one image uses every thread and no result depends on the thread count.
+
+cdef extern from "cyconv.h" nogil:
+    Py_ssize_t conv2d_direct_band_rows(Py_ssize_t C, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t Ho,
+                                       Py_ssize_t Wo) noexcept
+    Py_ssize_t conv2d_direct_scratch_size(Py_ssize_t C, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t Ho,
+                                          Py_ssize_t Wo) noexcept
+    void conv2d_direct_band_f32(const cyconv_gemm *g, float *y, float *scratch, const float *x,
+                                const float *packed_w, const float *bias, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                                Py_ssize_t O, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                                Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t oh0,
+                                Py_ssize_t oh1) noexcept
+    void conv2d_direct_image_f32(const cyconv_gemm *g, float *y, float *scratch, const float *x,
+                                 const float *packed_w, const float *bias, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                                 Py_ssize_t O, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                                 Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo) noexcept
+
+
+def direct_scratch_size(Py_ssize_t C, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t Ho, Py_ssize_t Wo):
+    """Floats of scratch one thread of direct_conv2d_forward needs."""
+    return conv2d_direct_scratch_size(C, kh, kw, Ho, Wo)
+
+
+def direct_conv2d_forward(float[::1] y, const float[::1] x, const float[::1] weight, const float[::1] bias,
+                          float[::1] scratch, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                          Py_ssize_t O, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                          Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo, int num_threads):
+    # OUT y (N,O,Ho,Wo); IN x (N,C,H,W), weight (O,C*kh*kw), bias (O,) or empty;
+    # SCRATCH (num_threads, direct_scratch_size(C, kh, kw, Ho, Wo)).
+    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, S = conv2d_direct_scratch_size(C, kh, kw, Ho, Wo)
+    cdef Py_ssize_t rows = conv2d_direct_band_rows(C, kh, kw, Ho, Wo), bands = (Ho + rows - 1) // rows
+    cdef Py_ssize_t item, n, oh0, p, panels
+    cdef const float *bias_ptr = &bias[0] if bias.shape[0] > 0 else NULL
+    check_scratch("direct_conv2d_forward", "scratch", scratch.shape[0], 0 if N == 0 else num_threads * S)
+    check_scratch("direct_conv2d_forward", "y", y.shape[0], N * O * L)
+    check_scratch("direct_conv2d_forward", "x", x.shape[0], N * C * H * W)
+    check_scratch("direct_conv2d_forward", "weight", weight.shape[0], O * K)
+    if N == 0:
+        return
+    cdef const cyconv_gemm *g = gemm_kernel()  # once per call: the packing depends on its tier
+    panels = (O + g.mr - 1) // g.mr
+    cdef float *packed_w = packed_buffer(gemm_packed_size(g, O, K))
+    try:
+        with nogil, parallel(num_threads=num_threads):
+            for p in prange(panels, schedule='static'):
+                pack_panels(g, packed_w, &weight[0], O, K, K, 1, p)
+            for item in prange(N * bands, schedule='static'):
+                n = item // bands
+                oh0 = item % bands * rows
+                conv2d_direct_band_f32(g, &y[n * O * L], &scratch[0] + threadid() * S, &x[n * C * H * W],
+                                       packed_w, bias_ptr, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo, oh0,
+                                       oh0 + rows if oh0 + rows < Ho else Ho)
+    finally:
+        free(packed_w)
+
+
+# ---------------------------------------------------------------------------
 # Winograd convolution (csrc/winograd.c): stride-1, undilated, ungrouped r x r
 # layers (r = 3 or 5), output tiles m x m. Per call the filters are transformed
 # (and, for float, packed for the own GEMM) once, then per image: input
