@@ -212,6 +212,10 @@ def conv_algorithm(C, O, H, W, kh, kw, stride=1, padding=0, dilation=1, groups=1
     The heuristic, measured on a 2-core Sapphire Rapids (benchmarks/RESULTS.md, "Convolution
     algorithms"), float32 forward, batch 1 and 32:
       - depthwise (groups == C) and 1x1 stride-1 unpadded layers: "direct";
+      - float32 1x1 layers with a stride or padding (ResNet's shortcuts), 7x7 layers (the stem) and
+        strided layers with at least 28x28 outputs: "direct" (csrc/direct.c, bands of output rows:
+        the stem 0.53-0.66x of im2col's time, the 1x1 shortcuts 0.7-1.0x, ResNet-18's 3x3 stride-2
+        64->128 0.8x; at 7x7 outputs it is im2col's time, so im2col stays);
       - Winograd only for float32, 3x3, stride 1, undilated, ungrouped layers whose GEMMs are large
         enough to hide the transforms: C*O/(C+O) >= 32 (the transforms cost C + O per tile, the
         GEMM C*O), and a plane of at least 14x14 unless C*O/(C+O) >= 128 (ResNet-18's 512x7x7), and
@@ -232,6 +236,9 @@ def conv_algorithm(C, O, H, W, kh, kw, stride=1, padding=0, dilation=1, groups=1
     if (kh, kw, sh, sw, ph, pw, dh, dw) == (1, 1, 1, 1, 0, 0, 1, 1):
         return "direct"
     Ho, Wo = _output_size(H, kh, sh, ph), _output_size(W, kw, sw, pw)
+    if np.dtype(dtype) == np.float32 and _direct_takes(kh, kw, sh, sw, dh, dw, groups) and (
+            (kh, kw) in ((1, 1), (7, 7)) or Ho * Wo >= 784):
+        return "direct"
     if np.dtype(dtype) != np.float32 or (kh, kw, sh, sw, dh, dw) != (3, 3, 1, 1, 1, 1) or min(Ho, Wo) < 1:
         return "im2col"
     h = C * O / (C + O)
