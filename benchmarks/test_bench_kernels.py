@@ -350,7 +350,7 @@ def test_conv2d_direct(benchmark, impl, layer, batch, threads):
     C, O, H, k, s, p = DIRECT_LAYERS[layer]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, C, H, H), dtype=np.float32)
-    w = rng.standard_normal((O, C, k, k), dtype=np.float32) / np.sqrt(C * k * k)
+    w = (rng.standard_normal((O, C, k, k)) / np.sqrt(C * k * k)).astype(np.float32)
     if impl == "torch":
         tx, tw = mod.from_numpy(x), mod.from_numpy(w)
         step = _torch_step(mod, "fwd", lambda: mod.nn.functional.conv2d(tx, tw, None, s, p), (tx, tw), None)
