@@ -253,6 +253,14 @@ def gemm_path(request):
     _kernels.set_own_gemm(previous)
 
 
+@pytest.fixture
+def own_gemm():
+    """Run the test with float convolutions and linear layers on cyconv's own GEMM, whatever CYCONV_GEMM says."""
+    previous = _kernels.set_own_gemm(True)
+    yield True
+    _kernels.set_own_gemm(previous)
+
+
 def conv_grid(image_shapes):
     """Geometry params for every combination in which the kernel fits;
     ``image_shape`` is (N, C, H, W)."""

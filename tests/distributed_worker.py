@@ -5,6 +5,8 @@
     loop             a training loop written against the library, as README shows it: DistributedSGD and
                      distributed.shard; every rank saves its final weights
     api              the collective functions of cyconv.distributed, checked against what every rank knows
+    first-on-node    distributed.first_on_each_node with a load that fails on the node's first rank: every
+                     rank writes down the exception it got
 
 A failed check raises, so the rank's exit status and stderr say what went wrong.
 """
@@ -55,6 +57,8 @@ def inject_fault(kind, step, stamp):
                 raise RuntimeError(f"injected fault at step {step}")
             if kind == "sigkill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if kind == "sigint":  # Ctrl-C on this rank alone (a terminal of its own, or `kill -INT PID`)
+                os.kill(os.getpid(), signal.SIGINT)
             if kind == "sigstop":  # hangs: only the other ranks' timeout can end the job
                 os.kill(os.getpid(), signal.SIGSTOP)
             if kind == "exit":  # leaves without ending the job, as a careless script would (MPI_Finalize and all)
@@ -91,6 +95,21 @@ def kill_while_writing_checkpoint(nth):
     _files._test_pause = pause
 
 
+def slow_checkpoint_write(seconds):
+    """Rank 0's first checkpoint write takes `seconds` longer (a large model, a slow disk)."""
+    previous = _files._test_pause
+    slowed = False
+
+    def pause(point, path):
+        nonlocal slowed
+        if previous is not None:
+            previous(point, path)
+        if point == "written" and Path(path).name == "checkpoint.npz" and not slowed:
+            slowed = True
+            time.sleep(seconds)
+    _files._test_pause = pause
+
+
 def run_cli(args, argv):
     from cyconv import cli, train as train_module
 
@@ -100,6 +119,8 @@ def run_cli(args, argv):
         record_writes(args.log_writes)
     if args.kill_writing is not None and here == 0:
         kill_while_writing_checkpoint(args.kill_writing)
+    if args.slow_write is not None and here == 0:
+        slow_checkpoint_write(args.slow_write)
     if args.fault is not None and here == args.fault_rank:
         inject_fault(args.fault, args.fault_step, args.fault_stamp)
     if here == args.differ_rank:
@@ -158,6 +179,14 @@ def run_loop(args):
         if args.overlap:
             grad = classifier.backward(grad, input_grad=True)
             opt.gradients_ready(classifier.parameters())
+            if step == args.fail_step:  # every rank gives up this step, its allreduce in flight
+                try:
+                    raise RuntimeError("injected between gradients_ready and step")
+                except RuntimeError:
+                    # What a loop may do on giving up a step: count it over the ranks. This collective also
+                    # moves MPI's progress engine, which completes the allreduce in flight.
+                    distributed.sum_over_ranks([1])
+                    continue
             features.backward(grad)
         else:
             model.backward(grad)
@@ -228,11 +257,29 @@ def run_api(args):
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------------
+# first-on-node: the first rank's load fails
+
+
+def run_first_on_node(args):
+    distributed.init()
+    started = time.monotonic()
+
+    def load():
+        raise ValueError("injected load failure")
+    try:
+        distributed.first_on_each_node(load)
+    except Exception as e:
+        Path(args.out, f"rank{distributed.rank()}.txt").write_text(
+            f"{type(e).__name__}: {e}\n{time.monotonic() - started:.1f} s")
+    return 0
+
+
 def main(argv):
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers(dest="scenario", required=True)
     p = commands.add_parser("cli")
-    p.add_argument("--fault", choices=["value-error", "runtime-error", "sigkill", "sigstop", "exit"])
+    p.add_argument("--fault", choices=["value-error", "runtime-error", "sigkill", "sigint", "sigstop", "exit"])
     p.add_argument("--fault-rank", type=int, default=1)
     p.add_argument("--fault-step", type=int, default=3)
     p.add_argument("--fault-stamp", default=os.devnull, metavar="FILE", help="gets time.time() at the fault")
@@ -240,6 +287,7 @@ def main(argv):
     p.add_argument("--differ-rank", type=int, default=1)
     p.add_argument("--kill-writing", type=int, metavar="NTH", help="SIGKILL rank 0 inside its NTH checkpoint write")
     p.add_argument("--log-writes", metavar="DIR")
+    p.add_argument("--slow-write", type=float, metavar="SECONDS", help="rank 0's first checkpoint write takes longer")
     p.add_argument("--dump", metavar="DIR", help="every rank saves its final weights there")
     p = commands.add_parser("loop")
     p.add_argument("--data", required=True)
@@ -251,6 +299,9 @@ def main(argv):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--overlap", action="store_true")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd")
+    p.add_argument("--fail-step", type=int, help="with --overlap: an exception after gradients_ready, caught")
+    p = commands.add_parser("first-on-node")
+    p.add_argument("--out", required=True, help="every rank writes the exception it got to DIR/rank<R>.txt")
     p = commands.add_parser("api")
     p.add_argument("--expect-size", type=int, required=True)
     # Everything after "--" is the cyconv command line of the cli scenario.
@@ -258,6 +309,8 @@ def main(argv):
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     if args.scenario == "cli":
         return run_cli(args, rest)
+    if args.scenario == "first-on-node":
+        return run_first_on_node(args)
     return run_loop(args) if args.scenario == "loop" else run_api(args)
 
 

@@ -294,6 +294,34 @@ def test_library_loop_in_float64_follows_one_process(mpiexec, mnist_dir, tmp_pat
                         load_state(tmp_path / "two" / "rank0.npz"), 0, "overlapped against not")
 
 
+def test_an_exception_between_gradients_ready_and_step_leaves_no_allreduce_behind(mpiexec, mnist_dir, tmp_path):
+    """Every rank gives up step 5 after gradients_ready started the classifier's allreduce (an exception,
+    caught; then a collective, which lets MPI complete that allreduce). The next zero_grad finishes with it,
+    so the next steps average their own gradients: 2 ranks still follow one process that gave up the same
+    step. (Before, the stale request stood in for the classifier's next allreduce, whose gradients were then
+    never summed: the ranks drifted apart.)"""
+    def loop(ranks, out):
+        result = launch(mpiexec, ranks, python_worker("loop", "--data", mnist_dir, "--out", tmp_path / out,
+                                                       "--dtype", "float64", "--overlap", "--fail-step", "5"))
+        assert result.status == 0, result.err
+        return [load_state(tmp_path / out / f"rank{r}.npz") for r in range(ranks or 1)]
+
+    (one,), two = loop(None, "one"), loop(2, "two")
+    assert_close_states(two[1], two[0], 0, "rank 1 against rank 0")
+    assert_close_states(two[0], one, FLOAT64_TOLERANCE, "2 ranks against 1 process, step 5 given up")
+
+
+def test_a_failed_load_on_the_first_rank_of_a_node_fails_the_others_at_once(mpiexec, tmp_path):
+    """first_on_each_node: the first rank's exception goes on there; the node's other ranks raise RankFailed
+    with its message at once, rather than waiting up to FIRST_ON_NODE_TIMEOUT (30 minutes) for it."""
+    result = launch(mpiexec, 3, python_worker("first-on-node", "--out", tmp_path), timeout=FAULT_DEADLINE)
+    assert result.status == 0, result.err
+    got = [(tmp_path / f"rank{r}.txt").read_text().splitlines()[0] for r in range(3)]
+    assert got[0] == "ValueError: injected load failure"
+    assert got[1:] == 2 * ["RankFailed: first_on_each_node(): rank 0, the first of this node, failed to load: "
+                           "ValueError: injected load failure"]
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
 def test_adam_on_two_ranks_follows_one_process(mpiexec, mnist_dir, tmp_path, optimizer):
     """The library loop with DistributedAdam/AdamW (distributed.build_optimizer), float64, 20 steps: every
@@ -401,12 +429,13 @@ def test_one_epoch_of_mnist_on_two_ranks(mpiexec, mnist_dir, tmp_path):
 # Under MPI: faults
 
 
-def fault_run(mpiexec, mnist_dir, tmp_path, fault, env=None):
-    """Rank 1 fails at its 3rd of 10 steps in the way `fault` says; returns the launch and the moment of
-    the fault (the worker's rank 1 stamps it just before)."""
+def fault_run(mpiexec, mnist_dir, tmp_path, fault, env=None, fault_rank=1):
+    """Rank fault_rank (1) fails at its 3rd of 10 steps in the way `fault` says; returns the launch and the
+    moment of the fault (the failing rank stamps it just before)."""
     stamp = tmp_path / "fault-time"
     result = launch(mpiexec, 2, worker_train(mnist_dir, tmp_path / "out",
-                                             ["--fault", fault, "--fault-stamp", stamp], TEN_STEPS), env=env)
+                                             ["--fault", fault, "--fault-stamp", stamp, "--fault-rank", fault_rank],
+                                             TEN_STEPS), env=env)
     assert stamp.exists(), f"the fault was not reached:\n{result.out}\n{result.err}"
     return result, float(stamp.read_text())
 
@@ -436,6 +465,29 @@ def test_a_sigkill_in_one_rank_ends_every_rank(mpiexec, mnist_dir, tmp_path):
     pid = re.search(r"ranks: 0 = PID \d+ on \S+, 1 = PID (\d+) on", result.out)[1]
     said = result.out + result.err
     assert f"PID {pid} " in said and "signal 9" in said, said
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_ctrl_c_in_one_rank_ends_every_rank(mpiexec, mnist_dir, tmp_path, rank):
+    """Ctrl-C reaching one rank only: that rank ends the job (MPI_Abort, status 130), rather than exiting
+    alone and leaving the others to wait out CYCONV_MPI_TIMEOUT (60 s) in their next allreduce."""
+    result, fault_time = fault_run(mpiexec, mnist_dir, tmp_path, "sigint", fault_rank=rank)
+    assert_every_rank_ended(result, fault_time, tmp_path)
+    assert "did not complete within" not in result.err  # ended by the interrupted rank, not by a timeout
+    if rank == 0:  # it tells how to continue, as a plain run does (nothing written yet here)
+        assert "cyconv: interrupted before the first epoch ended" in result.err, result.err
+    else:
+        assert "cyconv: error: rank 1 of 2: interrupted; ending every rank" in result.err, result.err
+
+
+def test_a_checkpoint_write_longer_than_the_timeout_is_waited_for(mpiexec, mnist_dir, tmp_path):
+    """Rank 0's first checkpoint write takes longer than CYCONV_MPI_TIMEOUT: the others wait for it under
+    the writing's own limit (distributed.WRITE_TIMEOUT), not in their next allreduce, and the run ends."""
+    args = ["--epochs", "2", "--limit", "640", "--batch-size", "64"]
+    result = launch(mpiexec, 2, worker_train(mnist_dir, tmp_path / "out", ["--slow-write", 1.5 * HANG_TIMEOUT],
+                                             args), env={distributed.ENV_TIMEOUT: str(HANG_TIMEOUT)})
+    assert result.status == 0, result.err
+    assert load_checkpoint(tmp_path / "out" / CHECKPOINT_NAME).epoch == 2
 
 
 @pytest.mark.parametrize("fault", ["sigstop", "exit"])

@@ -681,3 +681,25 @@ def test_export_of_relu6_hardtanh_global_pool_grouped_conv(tmp_path):
     loaded = conx.load(path)
     assert [type(m) for m in loaded] == [type(m) for m in model]
     np.testing.assert_array_equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("make, shape", [(lambda g: models.resnet20(rng=g), (3, 32, 32)),
+                                         (lambda g: models.resnet18(10, rng=g), (3, 64, 64)),
+                                         (lambda g: models.mobilenet_v2(10, 0.25, rng=g), (3, 64, 64))],
+                         ids=["resnet20", "resnet18", "mobilenet_v2"])
+def test_cyconv_models_export_run_in_onnxruntime_load_back_and_compile(tmp_path, make, shape):
+    model = make(rng(55))
+    model.train()
+    model(random_array(rng(56), (4,) + shape, np.float32))  # running statistics that are not 0 and 1
+    model.eval()
+    path = tmp_path / "m.onnx"
+    conx.export(model, path)
+    onnx.checker.check_model(onnx.load(path), full_check=True)
+    x = random_array(rng(57), (2,) + shape, np.float32)
+    want = model(x)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(run_ort(path, x), want, rtol=0, atol=1e-4 * scale)
+    loaded = conx.load(path)
+    assert set(model.state_dict()) <= set(loaded.state_dict())  # torchvision's names, kept
+    np.testing.assert_allclose(loaded(x), want, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(cyconv.compile(loaded)(x), want, rtol=0, atol=1e-4 * scale)

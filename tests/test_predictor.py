@@ -77,8 +77,9 @@ def test_lenet5_from_1_to_1000_images(dtype):
                                          (lambda: models.resnet20(rng=rng_(5)), (3, 16, 16)),
                                          (lambda: models.mobilenet_v2(10, 0.25, rng=rng_(6)), (3, 32, 32))],
                          ids=["lenet5", "resnet20", "mobilenet_v2"])
-def test_an_image_gets_the_same_bits_in_any_batch(make, shape, threads):
-    # what a server batching requests needs (cyconv serve): float32 on cyconv's own GEMM, every tier
+def test_an_image_gets_the_same_bits_in_any_batch(make, shape, threads, own_gemm):
+    # what a server batching requests needs (cyconv serve): float32 on cyconv's own GEMM (the default path;
+    # BLAS's, CYCONV_GEMM=blas, rounds a row by where it falls in the batch), every tier
     model = make().eval()
     predictor = cyconv.compile(model, input_shape=shape)
     x = random_array(rng_(7), (23,) + shape, np.float32)

@@ -290,8 +290,8 @@ def test_concurrent_calls_from_python_threads():
 
 # ---------------------------------------------------------------------------
 # Busy cores: the convolutions hand images to threads as they come free and report
-# the split; cyconv._threads drops to one thread for a while when a thread keeps
-# getting far less than its share (its core is busy with another process).
+# the split; cyconv._threads leaves out, for a while, as many threads as keep getting
+# far less than their share (their cores are busy with other processes).
 
 class FakeClock:
     def __init__(self):
@@ -363,10 +363,66 @@ def test_small_splits_say_nothing(busy):
     assert busy.threads(2) == 2
 
 
-def test_kernels_use_one_thread_while_backing_off(busy):
-    assert _threads.threads_for(1000) == min(1000, cyconv.get_num_threads())
-    busy.until = busy.clock.now + 1
-    assert _threads.threads_for(1000) == 1
+def test_a_slow_thread_among_many_leaves_only_itself_out(busy):
+    # 16 cores, one busy: the other 15 keep up, and keep working (one thread would be ~15x slower).
+    for _ in range(10):
+        busy.record([8] * 15 + [2])
+    assert busy.threads(16) == 15
+    assert busy.threads(4) == 3  # a block of fewer threads (set_num_threads) may meet the busy core too
+    busy.clock.now += busy.BACKOFF + 0.01
+    assert busy.threads(16) == 16
+
+
+def test_as_many_threads_left_out_as_fall_behind(busy):
+    for _ in range(10):
+        busy.record([8] * 5 + [2, 3, 1])  # 8 threads, 3 of them on busy cores
+    assert busy.threads(8) == 5
+
+
+def test_the_backward_at_eight_threads_is_observed(busy):
+    # The convolutions' backward hands out 16 chunks of images, whatever the batch: 2 per thread at 8.
+    for _ in range(10):
+        busy.record([2, 2, 2, 2, 2, 2, 3, 1])
+    assert busy.threads(8) == 7
+
+
+def test_kernels_use_the_threads_that_keep_up_while_backing_off(busy):
+    n = cyconv.get_num_threads()
+    assert _threads.threads_for(1000) == min(1000, n)
+    busy.dropped, busy.until = 1, busy.clock.now + 1
+    assert _threads.threads_for(1000) == max(1, min(1000, n) - 1)
+
+
+@pytest.mark.skipif(not cyconv.openmp_enabled(), reason="the serial build runs one thread")
+def test_concurrent_callers_feed_the_governor_only_their_own_splits(monkeypatch):
+    """Two Python threads running convolutions at once count into the kernels' one array: a split that
+    mixes their counts (or was reset halfway by the other) must not reach the governor, where it looked
+    like a slow thread and set off a backoff."""
+    seen = []
+
+    class Spy(_threads._BusyCores):
+        def record(self, split):
+            seen.append(list(split))
+
+    monkeypatch.setattr(_threads, "_busy", Spy())
+    rng = np.random.default_rng(5)
+    weight = random_array(rng, (4, 3, 3, 3), np.float32)
+    inputs = [random_array(rng, (BATCH, 3, 12, 12), np.float32) for _ in range(2)]
+    start = threading.Barrier(len(inputs))
+
+    def worker(x):
+        with cyconv.set_num_threads(2):
+            start.wait()
+            for _ in range(300):
+                F.conv2d(x, weight, None, 1, 1)
+
+    threads = [threading.Thread(target=worker, args=(x,)) for x in inputs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen, "no split reached the governor"
+    assert all(sum(split) == BATCH for split in seen), [split for split in seen if sum(split) != BATCH][:5]
 
 
 @pytest.mark.skipif(not cyconv.openmp_enabled(), reason="the serial build runs one thread")

@@ -330,7 +330,8 @@ cdef inline void col2im_image(floating *img, const floating *cols, Py_ssize_t co
 # How many items each thread took in the last dynamically scheduled loop of a
 # convolution (images forward, chunks of images backward): cyconv._threads reads
 # it to notice threads that do not get their cores. Each thread writes its own
-# entry; concurrent calls from several Python threads only blur the estimate.
+# entry; a call that overlapped another (two Python threads) reads a split that
+# does not add up to its items, which cyconv._threads leaves out.
 cdef enum:
     MAX_TRACKED_THREADS = 256
 cdef Py_ssize_t _work_split[MAX_TRACKED_THREADS]

@@ -95,14 +95,14 @@ MIN_WORK_PER_THREAD = 1 << 15
 
 def threads_for(work_items, work_per_item=MIN_WORK_PER_THREAD):
     """Threads for work_items independent items of work_per_item element operations
-    each: at most one per item, only as many as the work justifies, and one while
-    the other cores are found busy (record_work_split)."""
+    each: at most one per item, only as many as the work justifies, and fewer while
+    some of the cores are found busy (record_work_split)."""
     worth = (work_items * work_per_item) // MIN_WORK_PER_THREAD
     return max(1, min(_busy.threads(get_num_threads()), work_items, worth))
 
 
 class _BusyCores:
-    """Runs cyconv on one thread for a while when its other threads do not get their cores.
+    """Leaves out, for a while, as many threads as do not get their cores.
 
     When another process keeps a core busy (a laptop with a browser open), the OS
     shares that core between it and one of cyconv's threads, and every parallel
@@ -110,16 +110,21 @@ class _BusyCores:
     convolutions hand out images to whichever thread is free, so the split of the
     images between threads says how much CPU each one really got: on a quiet
     machine every thread takes its share; a thread on a busy core takes far less.
-    When, over a few calls, some thread took under SLOW of its share, cyconv uses
-    one thread for a while (BACKOFF seconds, doubling while the cores stay busy,
-    up to MAX_BACKOFF), then tries all of them again. Results are the same bits
+    When, over a few calls, some threads took under SLOW of their share, cyconv runs
+    on that many threads fewer for a while (BACKOFF seconds, doubling while the
+    cores stay busy, up to MAX_BACKOFF), then tries all of them again: on 16 cores
+    with one busy, 15 threads, not one. Which core is the busy one does not matter,
+    only how many are: the OS moves threads between cores. Results are the same bits
     either way (see the module docstring).
     """
 
-    SLOW = 0.75        # a thread's share of the images, relative to an even split, that counts as slow
+    SLOW = 0.75        # a thread's share of the items, relative to an even split, that counts as slow
     SMOOTHING = 0.25   # weight of the newest call in the running estimate
-    MIN_ITEMS = 4      # per thread: fewer items split too coarsely to tell anything
-    BACKOFF = 2.0      # seconds on one thread before trying again ...
+    # Items per thread, on average, below which a split says nothing: with fewer, every thread takes one
+    # whatever its speed. 2 lets the backward's 16 chunks of images speak up to 8 threads (the forward's
+    # images, 64 in a training batch, speak up to 32).
+    MIN_ITEMS = 2
+    BACKOFF = 2.0      # seconds on fewer threads before trying them all again ...
     MAX_BACKOFF = 32.0  # ... doubling up to this while the cores stay busy
     RECOVERED = 16     # calls in a row with every thread at its share: back to BACKOFF
 
@@ -127,32 +132,47 @@ class _BusyCores:
         self.reset()
 
     def reset(self):
-        self.estimate, self.until, self.backoff, self.good_calls = 1.0, 0.0, self.BACKOFF, 0
+        self.estimate = 1.0  # running estimate of the slowest thread's share
+        self.slow = self.weight = 0.0  # running mean of how many threads fall behind (and its weight so far)
+        self.dropped = 0     # threads left out until `until`
+        self.until, self.backoff, self.good_calls = 0.0, self.BACKOFF, 0
 
     def threads(self, n):
-        return 1 if n > 1 and time.monotonic() < self.until else n
+        if self.dropped and time.monotonic() < self.until:
+            return max(1, n - self.dropped)
+        return n
 
     def record(self, split):
         nt, total = len(split), sum(split)
         if nt < 2 or total < self.MIN_ITEMS * nt or time.monotonic() < self.until:
             return
         share = min(split) * nt / total
+        slow = sum(1 for items in split if items * nt < self.SLOW * total)
         self.estimate = (1 - self.SMOOTHING) * self.estimate + self.SMOOTHING * share
+        # Weighted by how many calls it has seen, so that the first few calls count at their value, not near 0.
+        self.slow = (1 - self.SMOOTHING) * self.slow + self.SMOOTHING * slow
+        self.weight = (1 - self.SMOOTHING) * self.weight + self.SMOOTHING
         self.good_calls = self.good_calls + 1 if share >= self.SLOW else 0
         if self.good_calls >= self.RECOVERED:
             self.backoff = self.BACKOFF
         if self.estimate < self.SLOW:
+            self.dropped = min(max(1, round(self.slow / self.weight)), nt - 1)
             self.until = time.monotonic() + self.backoff
             self.backoff = min(2 * self.backoff, self.MAX_BACKOFF)
-            self.estimate = 1.0
+            self.estimate, self.slow, self.weight = 1.0, 0.0, 0.0
 
 
 _busy = _BusyCores()
 
 
-def record_work_split(split):
-    """After a parallel kernel that handed out its items dynamically: how many each thread took."""
-    _busy.record(split)
+def record_work_split(split, items):
+    """After a parallel kernel that handed out its `items` dynamically: how many each thread took.
+
+    The kernels count into one process-wide array, so a call that overlapped another one's (two Python
+    threads running convolutions at once) reads counts of both, or counts the other reset halfway: such
+    a split does not add up to its own items, and says nothing about the cores. It is left out."""
+    if sum(split) == items:
+        _busy.record(split)
 
 
 def get_num_threads():

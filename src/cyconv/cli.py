@@ -374,20 +374,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # here, so that a closed pipe is caught below rather than at exit
         return status
     except TrainingInterrupted as e:
-        if _quiet_rank():
-            return EXIT_INTERRUPTED
         if e.checkpoint is None:
             message = "interrupted before the first epoch ended; no checkpoint was written"
         else:
             # The whole command: a run outside the default directory needs its --out (and --data).
             message = (f"interrupted; last complete checkpoint: {e.checkpoint} (after epoch {e.epochs_done}); "
                        f"continue with: {_resume_command(e.out_dir, getattr(args, 'data', None))}")
-        print(f"{PROG}: {message}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted(message)
     except KeyboardInterrupt:
-        if not _quiet_rank():
-            print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted("interrupted")
     except UsageError as e:
         return _fail(e, EXIT_USAGE)
     except BrokenPipeError:
@@ -396,10 +391,23 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError):  # not a real file (a test's capture): nothing to flush
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
-    except (OSError, ValueError, FloatingPointError, MemoryError, _MissingDependency) as e:
+    except (OSError, ValueError, FloatingPointError, MemoryError, _MissingDependency, distributed.RankFailed) as e:
         if debug:
             raise
         return _fail(e, EXIT_ERROR)
+
+
+def _interrupted(message: str) -> int:
+    """Ctrl-C: say so, and exit with 130. A rank of a distributed run ends every rank: the Ctrl-C may have
+    reached this one alone (a terminal of its own, `kill -INT`), and the others would wait for it in their
+    next collective call until its timeout."""
+    if not _distributed_run():
+        print(f"{PROG}: {message}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if _quiet_rank():
+        distributed.abort("interrupted; ending every rank", EXIT_INTERRUPTED)
+    print(f"{PROG}: {message}", file=sys.stderr)  # rank 0 knows what the checkpoint holds
+    distributed.abort(None, EXIT_INTERRUPTED)
 
 
 def _fail(error: BaseException, status: int) -> int:

@@ -27,7 +27,9 @@ mpiexec ends them when a rank is killed by a signal, but not when one exits with
     `cyconv train` ends its one-line errors the same way (`abort`);
   - every collective call here waits at most `timeout` seconds (CYCONV_MPI_TIMEOUT, default 60) for the other
     ranks, then says which call it was and ends the job: a rank that hangs, or exits without aborting, cannot
-    hang the others. The wait polls, so a Ctrl-C still gets through;
+    hang the others. The wait polls, so a Ctrl-C still gets through. Two waits may be longer: for a node's
+    first rank loading the data (`first_on_each_node`; a failed load fails the node's other ranks at once)
+    and for rank 0 writing a checkpoint (`barrier`, as `cyconv train` calls it), 30 minutes each;
   - ranks that disagree on what they train (model, data, settings) are found before training by comparing
     checksums (`check_same`) and refused with a SetupError, raised on every rank alike.
 """
@@ -52,6 +54,7 @@ from .optim import SGD, Adam, AdamW
 __all__ = [
     "INSTALL_HINT",
     "SetupError",
+    "RankFailed",
     "init",
     "is_initialized",
     "rank",
@@ -70,6 +73,7 @@ __all__ = [
     "build_optimizer",
     "threads_per_rank",
     "first_on_each_node",
+    "barrier",
     "processes",
     "rank_prefix",
     "abort",
@@ -82,6 +86,8 @@ SPIN_SECONDS = 0.05  # a collective's wait polls without pause this long (see _w
 ABORT_GRACE = 0.5  # seconds between a rank's last words and MPI_Abort (see abort())
 # How long the other ranks of a node wait while the first one loads the data, which may mean downloading it.
 FIRST_ON_NODE_TIMEOUT = 30 * 60.0
+# How long the other ranks wait while rank 0 writes a checkpoint (a large model, a slow shared disk).
+WRITE_TIMEOUT = 30 * 60.0
 # What MPI launchers set in every process they start: how a process knows it is one of several even when
 # mpi4py cannot be imported (MPICH's and Intel MPI's hydra: PMI_SIZE; Open MPI: OMPI_COMM_WORLD_SIZE).
 _LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
@@ -92,6 +98,11 @@ class SetupError(ValueError):
     """A distributed run cannot start as launched: the ranks disagree on the model, the data or the
     settings, or a batch does not split over the ranks. Raised alike on every rank before training, so it
     needs reporting once (`cyconv train` prints it from rank 0 only)."""
+
+
+class RankFailed(RuntimeError):
+    """Another rank failed at a point this one waits for it (the first rank of a node loading the data):
+    raised at once on the waiting ranks, with that rank's error, instead of waiting out a timeout."""
 
 
 @dataclass
@@ -234,7 +245,10 @@ def abort(message: str | None = None, status: int = 1):
     # What this process printed last is still on its way through the launcher (a pipe to its proxy, then
     # a socket): MPICH's mpiexec, ending the job at once, lost it in 1 of 4 timeouts here, and never with
     # this pause.
-    time.sleep(ABORT_GRACE)
+    try:
+        time.sleep(ABORT_GRACE)
+    except KeyboardInterrupt:  # a second Ctrl-C must not stop the job's end halfway
+        pass
     _world.MPI.COMM_WORLD.Abort(status)
 
 
@@ -325,15 +339,49 @@ def check_same(what: str, *values) -> None:
 
 def first_on_each_node(load):
     """load() on one rank of each node, then (once it returned) on the node's other ranks; returns its
-    value. Whatever load caches on the node's disk, a download say, is then fetched once per node."""
+    value. Whatever load caches on the node's disk, a download say, is then fetched once per node.
+    If load raises on the first rank, its exception goes on there, and the node's other ranks raise
+    RankFailed with its message at once, rather than waiting for a load that will not come."""
     world = _initialized()
     if world.size == 1:
         return load()
-    first = world.local.Get_rank() == 0
-    value = load() if first else None
-    _wait([world.local.Ibarrier()], "waiting for the first rank of this node to load the data",
-          timeout=max(world.timeout, FIRST_ON_NODE_TIMEOUT))
-    return value if first else load()
+    if world.local.Get_rank() != 0:
+        failure = _from_first_on_node(world, None)
+        if failure:
+            raise RankFailed(f"first_on_each_node(): {failure}")
+        return load()
+    try:
+        value = load()
+    except BaseException as error:
+        _from_first_on_node(world, f"rank {world.rank}, the first of this node, failed to load: "
+                                   f"{type(error).__name__}: {error}")
+        raise
+    _from_first_on_node(world, "")
+    return value
+
+
+def _from_first_on_node(world, failure):
+    """The first rank of the node sends failure ('' when its load succeeded); the others get it."""
+    what = "waiting for the first rank of this node to load the data"
+    timeout = max(world.timeout, FIRST_ON_NODE_TIMEOUT)
+    text = failure.encode() if failure is not None else b""
+    length = np.array(len(text), np.int64)
+    _wait([world.local.Ibcast(length, 0)], what, timeout)
+    if not length:
+        return ""
+    data = np.frombuffer(text, np.uint8).copy() if failure is not None else np.empty(int(length), np.uint8)
+    _wait([world.local.Ibcast(data, 0)], what, timeout)
+    return data.tobytes().decode(errors="replace")
+
+
+def barrier(what: str, timeout: float | None = None) -> None:
+    """Wait until every rank has called barrier(), at most timeout seconds (default the world's), then end
+    the job saying what was awaited. For a wait that may legitimately outlast the collectives' timeout
+    (rank 0 writing a checkpoint: `cyconv train` waits WRITE_TIMEOUT), so that the next collective does
+    not count it."""
+    world = _initialized()
+    if world.size > 1:
+        _wait([world.comm.Ibarrier()], what, timeout)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -453,6 +501,13 @@ class _Gradients:
         world = _world
         self.requests[i] = world.comm.Iallreduce(world.MPI.IN_PLACE, flat, world.MPI.SUM)
 
+    def abandon(self):
+        """Wait for the buckets started and not finished, and forget their sums."""
+        started = [request for request in self.requests if request is not None]
+        if started:
+            _wait(started, "completing an allreduce of gradients that no step() finished")
+            self.requests = [None] * len(self.buckets)
+
     def finish(self):
         """Start the buckets not started yet, wait for all, and divide the sums by the number of ranks."""
         for i, request in enumerate(self.requests):
@@ -519,13 +574,23 @@ class DistributedOptimizer:
         return groups
 
     def gradients_ready(self, params) -> None:
-        """The gradients of params are final: start the allreduce of every bucket made of them alone."""
+        """The gradients of params are final: start the allreduce of every bucket made of them alone.
+        From then on MPI writes into those gradients until step(), or zero_grad() when an exception came
+        in between, has waited for it."""
         if self._gradients is None:
             return
         ready = {id(p) for p in params}
         for i, (bucket_params, _, _) in enumerate(self._gradients.buckets):
             if self._gradients.requests[i] is None and all(id(p) in ready for p in bucket_params):
                 self._gradients.start(i)
+
+    def zero_grad(self):
+        """Clear every gradient. An allreduce that gradients_ready started and no step() finished (an
+        exception came in between) is waited for first: MPI is still writing into those gradients, and
+        the next step must start its own."""
+        if self._gradients is not None:
+            self._gradients.abandon()
+        super().zero_grad()
 
     def step(self):
         """Average the gradients over the ranks, then take the optimizer's step."""

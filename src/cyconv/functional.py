@@ -461,14 +461,14 @@ def _conv2d(x, weight, bias, geom):
     scratch = np.empty(0 if direct else min(nt, N) * C * kh * kw * Ho * Wo, x.dtype)
     _kernels.conv2d_forward(y.reshape(-1), x.reshape(-1), weight.reshape(-1), bias, scratch, *geom, nt)
     if N >= nt:
-        _record_work_split(nt)
+        _record_work_split(nt, N)
     return y
 
 
-def _record_work_split(nt):
-    """After a convolution that handed its images to threads as they came free."""
+def _record_work_split(nt, items):
+    """After a convolution that handed its items (images, or chunks of them) to threads as they came free."""
     if nt > 1:
-        record_work_split(_kernels.last_work_split(nt))
+        record_work_split(_kernels.last_work_split(nt), items)
 
 
 def _conv_arguments(fn, x, weight, bias, stride, padding):
@@ -517,7 +517,7 @@ def conv2d_relu_max_pool2d(x, weight, bias=None, stride=1, padding=0, pool_size=
         _kernels.conv2d_relu_max_pool2d_forward(y.reshape(-1), indices.reshape(-1), x.reshape(-1),
                                                 weight.reshape(-1), bias, scratch, np.array(pool, np.intp),
                                                 *geom, nt)
-        _record_work_split(nt)
+        _record_work_split(nt, N)
     elif N:  # fewer images than threads: the convolution splits each image's GEMM, then the pooling
         conv = _conv2d(x, weight, bias, geom)
         _kernels.maxpool2d_forward(y.reshape(-1), indices.reshape(-1), conv.reshape(-1), N * O, Ho, Wo,
@@ -558,7 +558,7 @@ def conv2d_relu_max_pool2d_backward(grad_y, y, indices, x, weight, stride=1, pad
         grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype), grad_weight.reshape(-1), grad_bias,
         grad_y.reshape(-1), y.reshape(-1), indices.reshape(-1), x.reshape(-1), weight.reshape(-1),
         scratch, acc, PL, *geom, grad_input, accumulate, nt)
-    _record_work_split(nt)
+    _record_work_split(nt, _kernels.weight_grad_chunks(N))
     if bad:
         raise ValueError(f"{fn}(): indices has {bad} entries outside [0, H*W) = [0, {Ho * Wo}) of the "
                          "convolution's output planes")
@@ -618,7 +618,7 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     _kernels.conv2d_backward(
         grad_x.reshape(-1) if grad_input else np.empty(0, x.dtype), grad_weight.reshape(-1), grad_bias,
         grad_y.reshape(-1), x.reshape(-1), weight.reshape(-1), scratch, acc, *geom, grad_input, accumulate, nt)
-    _record_work_split(nt)
+    _record_work_split(nt, _kernels.weight_grad_chunks(N))
     return grad_x, grad_weight, grad_bias
 
 

@@ -327,6 +327,10 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
                     raise
                 saved, saved_epochs = checkpoint_path, epoch + 1
                 _write_metrics(metrics_path, metrics)
+            if distributed and out_dir is not None:
+                # The others wait for rank 0's writes here, under a limit for writing, rather than in their
+                # next allreduce, where a large checkpoint on a slow disk would count against its timeout.
+                dist.barrier("waiting for rank 0 to write the checkpoint", dist.WRITE_TIMEOUT)
     except KeyboardInterrupt:
         # metrics already counts the epoch whose checkpoint was being written when Ctrl-C came, and the
         # file still holds the one before: report what the file holds (without out_dir, what was trained).
