@@ -788,6 +788,11 @@ cdef extern from "cyconv.h" nogil:
                                  Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo) noexcept
 
 
+def conv2d_direct_scratch(Py_ssize_t C, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t Ho, Py_ssize_t Wo):
+    """Floats of one thread's scratch for a direct convolution (a band's gathered columns)."""
+    return conv2d_direct_scratch_size(C, kh, kw, Ho, Wo)
+
+
 def direct_scratch_size(Py_ssize_t C, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t Ho, Py_ssize_t Wo):
     """Floats of scratch one thread of direct_conv2d_forward needs."""
     return conv2d_direct_scratch_size(C, kh, kw, Ho, Wo)
@@ -2039,7 +2044,9 @@ cdef enum:
     F_WINO = 39  # OP_CONV by Winograd F(m x m, kh x kh): m (0: not), and the transformed filters' offset
     F_U = 40     # (in packed for float, in params for double)
     F_WT = 41    # OP_LINEAR, float on the own GEMM: F_WEIGHT holds weight.T (in, out), and the product runs
-    OP_FIELDS = 42  # batch-invariant (gemm_packed_f32 on whole panels of images, gemm_rows_f32 on the rest)
+                 # batch-invariant (gemm_packed_f32 on whole panels of images, gemm_rows_f32 on the rest)
+    F_DIRECT = 42  # OP_CONV (float): direct convolution (csrc/direct.c) from the weights at F_PACKED
+    OP_FIELDS = 43
 
 
 def op_fields():
@@ -2048,7 +2055,8 @@ def op_fields():
                 sw=F_SW, ph=F_PH, pw=F_PW, Ho=F_HO, Wo=F_WO, pkh=F_PKH, pkw=F_PKW, psh=F_PSH, psw=F_PSW, pph=F_PPH,
                 ppw=F_PPW, pHo=F_PHO, pWo=F_PWO, pincl=F_PINCL, weight=F_WEIGHT, bias=F_BIAS, packed=F_PACKED,
                 In=F_IN, Out=F_OUT, src=F_SRC, src2=F_SRC2, dst=F_DST, coff=F_COFF, ctot=F_CTOT, actp=F_ACTP,
-                G=F_G, dh=F_DH, dw=F_DW, pstride=F_PSTRIDE, wino=F_WINO, u=F_U, wt=F_WT, count=OP_FIELDS,
+                G=F_G, dh=F_DH, dw=F_DW, pstride=F_PSTRIDE, wino=F_WINO, u=F_U, wt=F_WT, direct=F_DIRECT,
+                count=OP_FIELDS,
                 ACT_HARDTANH=ACT_HARDTANH,
                 POOL_ADAPTIVE=POOL_ADAPTIVE,
                 OP_CONV=OP_CONV, OP_LINEAR=OP_LINEAR, OP_POOL=OP_POOL, OP_ACT=OP_ACT, OP_SOFTMAX=OP_SOFTMAX,
@@ -2244,6 +2252,34 @@ def predict(floating[::1] out, const floating[::1] x, const Py_ssize_t[:, ::1] o
                             for p in prange(N * O, schedule='static'):
                                 conv_out = (&scratch[0] + N * wsize + num_threads * wtmp if pooled else dst)
                                 conv_epilogue_plane(op, &params[0], dst + p * PL, conv_out + p * L)
+                    elif op[F_DIRECT]:  # direct: each image's output rows in bands, no im2col buffer
+                        if floating is float:
+                            wsize = conv2d_direct_scratch_size(C, op[F_KH], op[F_KW], op[F_HO], op[F_WO])
+                            wtmp = conv2d_direct_band_rows(C, op[F_KH], op[F_KW], op[F_HO], op[F_WO])
+                            if N >= num_threads:  # an image per thread at a time
+                                for n in prange(N, schedule='dynamic'):
+                                    buf = &scratch[threadid() * per_thread]
+                                    conv_out = buf + wsize if pooled else dst + n * O * L
+                                    conv2d_direct_image_f32(g, conv_out, buf, src + n * C * H * W, pw_, bias, C, H, W,
+                                                            O, op[F_KH], op[F_KW], op[F_SH], op[F_SW], op[F_PH],
+                                                            op[F_PW], op[F_HO], op[F_WO])
+                                    for p in range(O):
+                                        conv_epilogue_plane(op, &params[0], dst + (n * O + p) * PL, conv_out + p * L)
+                            else:  # fewer images than threads: the bands of each image shared by the threads
+                                # scratch: each thread's band buffer, then the images' conv outputs if pooled
+                                for it in prange(N * ((op[F_HO] + wtmp - 1) // wtmp), schedule='dynamic'):
+                                    n = it // ((op[F_HO] + wtmp - 1) // wtmp)
+                                    b = it % ((op[F_HO] + wtmp - 1) // wtmp)
+                                    conv_out = (&scratch[0] + num_threads * wsize + n * O * L if pooled
+                                                else dst + n * O * L)
+                                    conv2d_direct_band_f32(g, conv_out, &scratch[0] + threadid() * wsize,
+                                                           src + n * C * H * W, pw_, bias, C, H, W, O, op[F_KH],
+                                                           op[F_KW], op[F_SH], op[F_SW], op[F_PH], op[F_PW],
+                                                           op[F_HO], op[F_WO], b * wtmp,
+                                                           min(op[F_HO], (b + 1) * wtmp))
+                                for p in prange(N * O, schedule='static'):
+                                    conv_out = &scratch[0] + num_threads * wsize if pooled else dst
+                                    conv_epilogue_plane(op, &params[0], dst + p * PL, conv_out + p * L)
                     elif not plain and op[F_G] == C:  # depthwise (as functional.conv2d): a plane per output channel,
                         # read from input plane o // (O/C)
                         for p in prange(N * O, schedule='dynamic'):
