@@ -250,8 +250,10 @@ def test_adam_step(benchmark, impl, threads):
 
 
 # MobileNetV2's depthwise 3x3 layers (C, H, W, stride), padding 1, at batch 1 (inference) and 32
+# MobileNetV2's depthwise layers (issue 20's list): (C, H, W, stride)
 DEPTHWISE = {"32x112s1": (32, 112, 112, 1), "96x112s2": (96, 112, 112, 2), "144x56s1": (144, 56, 56, 1),
-             "960x7s1": (960, 7, 7, 1)}
+             "144x56s2": (144, 56, 56, 2), "192x28s1": (192, 28, 28, 1), "384x14s1": (384, 14, 14, 1),
+             "576x14s1": (576, 14, 14, 1), "576x14s2": (576, 14, 14, 2), "960x7s1": (960, 7, 7, 1)}
 
 
 @pytest.mark.parametrize("phase", PHASES)
@@ -330,4 +332,31 @@ def test_conv2d_algorithm(benchmark, impl, layer, phase, threads):
             F.conv2d(x, w, b, padding=r // 2, algorithm=algorithm)
             if phase == "fwd+bwd":
                 F.conv2d_backward(gy, x, w, padding=r // 2, algorithm=algorithm)
+    benchmark(step)
+
+
+# The layers algorithm="direct" (csrc/direct.c) is for: ResNet-18's stem, strided 1x1 shortcuts and
+# 3x3 stride-2 layers (224x224 input): (C, O, H = W, kernel, stride, padding); forward only (the
+# gradients are im2col's).
+DIRECT_LAYERS = {"stem-7x7s2": (3, 64, 224, 7, 2, 3), "1x1s2-64x56": (64, 128, 56, 1, 2, 0),
+                 "1x1s2-256x14": (256, 512, 14, 1, 2, 0), "3x3s2-64x56": (64, 128, 56, 3, 2, 1)}
+
+
+@pytest.mark.parametrize("batch", [1, 32])
+@pytest.mark.parametrize("layer", DIRECT_LAYERS)
+@pytest.mark.parametrize("impl", ["cyconv-im2col", "cyconv-direct", "torch"])
+def test_conv2d_direct(benchmark, impl, layer, batch, threads):
+    mod = _setup(benchmark, f"conv2d-direct-{layer}-b{batch}", impl, "fwd", threads)
+    C, O, H, k, s, p = DIRECT_LAYERS[layer]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, C, H, H), dtype=np.float32)
+    w = (rng.standard_normal((O, C, k, k)) / np.sqrt(C * k * k)).astype(np.float32)
+    if impl == "torch":
+        tx, tw = mod.from_numpy(x), mod.from_numpy(w)
+        step = _torch_step(mod, "fwd", lambda: mod.nn.functional.conv2d(tx, tw, None, s, p), (tx, tw), None)
+    else:
+        algorithm = impl.split("-")[1]
+
+        def step():
+            F.conv2d(x, w, None, s, p, algorithm=algorithm)
     benchmark(step)

@@ -200,6 +200,23 @@ void conv_weight_grad_direct_f32(float *dw, const float *dy, const float *xp, pt
 /* The image (C,H,W) zero-padded to (C, H + 2*ph, W + 2*pw). */
 void pad_image_f32(float *padded, const float *img, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
                    ptrdiff_t ph, ptrdiff_t pw);
+/* Direct convolution of one image (direct.c), float32, any stride and padding, no dilation:
+ * y (O, Ho*Wo) = packed_w (O, C*kh*kw, packed by gemm_pack_a_f32 for g) applied to x (C,H,W)
+ * gathered a band of conv2d_direct_band_rows() output rows at a time into scratch
+ * (conv2d_direct_scratch_size() floats, per thread), + bias (O,) unless NULL. */
+ptrdiff_t conv2d_direct_band_rows(ptrdiff_t C, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t Ho, ptrdiff_t Wo);
+ptrdiff_t conv2d_direct_scratch_size(ptrdiff_t C, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t Ho, ptrdiff_t Wo);
+void conv2d_direct_image_f32(const cyconv_gemm *g, float *y, float *scratch, const float *x,
+                             const float *packed_w, const float *bias, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
+                             ptrdiff_t O, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph,
+                             ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo);
+/* Output rows [oh0, oh1) only (at most conv2d_direct_band_rows()): bands of one image may run on
+ * different threads. */
+void conv2d_direct_band_f32(const cyconv_gemm *g, float *y, float *scratch, const float *x, const float *packed_w,
+                            const float *bias, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t O, ptrdiff_t kh,
+                            ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho,
+                            ptrdiff_t Wo, ptrdiff_t oh0, ptrdiff_t oh1);
+
 /* im2row: one image (C,H,W) -> (Ho*Wo, C*kh*kw), the transpose of im2col. */
 void im2row_f32(float *rows, const float *img, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
                 ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph,

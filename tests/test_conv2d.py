@@ -30,7 +30,7 @@ pytestmark = KERNEL_TESTS
 
 # The grid runs with each algorithm forced in turn where it takes the geometry (the rest skip):
 # im2col everywhere, winograd on 3x3 and 5x5 stride-1 kernels (at its own, looser tolerance:
-# tests/test_winograd.py), direct on 1x1 stride-1 unpadded ones.
+# tests/test_winograd.py), direct on every 1x1, every strided and every 7x7 kernel.
 ALGORITHMS = ["im2col", "winograd", "direct"]
 
 
@@ -40,7 +40,7 @@ def takes(algorithm, kernel, stride, padding):
     if algorithm == "winograd":
         return k in ((3, 3), (5, 5)) and s == (1, 1)
     if algorithm == "direct":
-        return k == (1, 1) and s == (1, 1) and p == (0, 0)
+        return k in ((1, 1), (7, 7)) or s != (1, 1)
     return True
 
 
@@ -301,3 +301,55 @@ BAD_CONV2D_BACKWARD = [
 def test_rejects_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# csrc/direct.c at the shapes it is for, larger than the grid's: several bands of output rows per
+# image (the stem), batch 1 split over the threads by band, and the same bits as im2col's GEMM.
+DIRECT_LAYERS = [
+    pytest.param((2, 3, 40, 36), (8, 3, 7, 7), 2, 3, id="stem-7x7-s2-p3"),
+    pytest.param((2, 16, 14, 14), (24, 16, 1, 1), 2, 0, id="downsample-1x1-s2"),
+    pytest.param((1, 8, 9, 10), (13, 8, 1, 1), 1, 1, id="1x1-p1"),
+    pytest.param((3, 6, 15, 13), (10, 6, 3, 3), 2, 1, id="3x3-s2-p1"),
+    pytest.param((1, 2, 33, 31), (5, 2, 7, 7), 3, 2, id="7x7-s3-p2"),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding", DIRECT_LAYERS)
+def test_direct_conv2d_matches_reference(x_shape, w_shape, stride, padding, dtype, threads):
+    rng = np.random.default_rng(5)
+    x, weight = random_array(rng, x_shape, dtype), random_array(rng, w_shape, dtype)
+    bias = random_array(rng, w_shape[:1], dtype)
+    with cyconv.set_num_threads(threads):
+        got = F.conv2d(x, weight, bias, stride, padding, algorithm="direct")
+        im2col = F.conv2d(x, weight, bias, stride, padding, algorithm="im2col")
+        grads = F.conv2d_backward(np.ones_like(got), x, weight, stride, padding, algorithm="direct")
+    assert_close(got, R.conv2d(x, weight, bias, stride, padding), dtype)
+    np.testing.assert_array_equal(got, im2col)  # the same GEMM dot products, whatever the bands
+    for name, g, w in zip(["grad_x", "grad_weight", "grad_bias"], grads,
+                          R.conv2d_backward(np.ones_like(got), x, weight, stride, padding)):
+        assert_close(g, w, dtype, err_msg=name)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding", DIRECT_LAYERS[:3])
+def test_direct_conv2d_gradcheck(x_shape, w_shape, stride, padding):
+    """float64, algorithm="direct" end to end (its backward is im2col's: checked all the same)."""
+    rng = np.random.default_rng(6)
+    x, weight = random_array(rng, x_shape, np.float64)[:1, :, :12, :12], random_array(rng, w_shape, np.float64)
+    bias = random_array(rng, w_shape[:1], np.float64)
+
+    def conv(x_, w_, b_):
+        return F.conv2d(x_, w_, b_, stride, padding, algorithm="direct")
+
+    g = random_array(rng, conv(x, weight, bias).shape, np.float64)
+    grad_x, grad_weight, grad_bias = F.conv2d_backward(g, x, weight, stride, padding, algorithm="direct")
+    assert_grad(grad_x, projection(lambda x_: conv(x_, weight, bias), g), x)
+    assert_grad(grad_weight, projection(lambda w_: conv(x, w_, bias), g), weight)
+    assert_grad(grad_bias, projection(lambda b_: conv(x, weight, b_), g), bias)
+
+
+def test_direct_rejects_what_it_does_not_run():
+    x, w = np.ones((1, 2, 6, 6), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="algorithm='direct' takes"):
+        F.conv2d(x, w, None, 1, 1, algorithm="direct")  # 3x3 stride 1: Winograd's or im2col's

@@ -163,7 +163,11 @@ def test_conv_algorithm_heuristic():
     assert ca(512, 512, 7, 7, 3, 3, 1, 1, batch=1) == "im2col"    # the filter transform is not repaid
     assert ca(16, 16, 32, 32, 3, 3, 1, 1) == "im2col"             # ResNet-20: too few channels
     assert ca(20, 50, 14, 14, 5, 5, 1, 2) == "im2col"             # LeNet-5 conv2
-    assert ca(64, 64, 56, 56, 3, 3, 2, 1) == "im2col"             # stride 2
+    assert ca(64, 64, 56, 56, 3, 3, 2, 1) == "direct"             # stride 2, 28x28 outputs: csrc/direct.c
+    assert ca(256, 512, 14, 14, 3, 3, 2, 1) == "im2col"           # stride 2, 7x7 outputs
+    assert ca(64, 64, 56, 56, 3, 3, 2, 1, dtype=np.float64) == "im2col"
+    assert ca(64, 128, 56, 56, 1, 1, 2, 0) == "direct"            # ResNet's downsample shortcut
+    assert ca(3, 64, 224, 224, 7, 7, 2, 3) == "direct"            # the stem
     assert ca(64, 64, 56, 56, 3, 3, 1, 1, dtype=np.float64) == "im2col"
     assert ca(64, 128, 28, 28, 1, 1) == "direct"
     assert ca(32, 32, 56, 56, 3, 3, 1, 1, groups=32) == "direct"  # depthwise
@@ -177,7 +181,8 @@ BAD = [
     pytest.param("winograd6", dict(kernel=5, padding=2), id="winograd6-5x5"),
     pytest.param("winograd", dict(kernel=1, padding=0), id="winograd-1x1"),
     pytest.param("direct", dict(), id="direct-3x3"),
-    pytest.param("direct", dict(kernel=1, stride=2, padding=0), id="direct-1x1-stride2"),
+    pytest.param("direct", dict(kernel=3, dilation=2, padding=2), id="direct-dilated"),
+    pytest.param("direct", dict(kernel=5, padding=2), id="direct-5x5-stride1"),
     pytest.param("fft", dict(), id="unknown"),
 ]
 

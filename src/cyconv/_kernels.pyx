@@ -766,6 +766,72 @@ cdef inline void input_grad_gemm(const cyconv_gemm *g, const float *packed_wt, P
 
 
 # ---------------------------------------------------------------------------
+# Direct convolution (csrc/direct.c): float32, any stride and padding, no im2col
+# buffer: each image's output rows in bands, the band's columns gathered from the
+# input into this thread's scratch and multiplied by the weights packed once per
+# call. The items are (image, band): they own disjoint columns of y, so a batch of
+# one image uses every thread and no result depends on the thread count.
+
+cdef extern from "cyconv.h" nogil:
+    Py_ssize_t conv2d_direct_band_rows(Py_ssize_t C, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t Ho,
+                                       Py_ssize_t Wo) noexcept
+    Py_ssize_t conv2d_direct_scratch_size(Py_ssize_t C, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t Ho,
+                                          Py_ssize_t Wo) noexcept
+    void conv2d_direct_band_f32(const cyconv_gemm *g, float *y, float *scratch, const float *x,
+                                const float *packed_w, const float *bias, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                                Py_ssize_t O, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                                Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t oh0,
+                                Py_ssize_t oh1) noexcept
+    void conv2d_direct_image_f32(const cyconv_gemm *g, float *y, float *scratch, const float *x,
+                                 const float *packed_w, const float *bias, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                                 Py_ssize_t O, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                                 Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo) noexcept
+
+
+def conv2d_direct_scratch(Py_ssize_t C, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t Ho, Py_ssize_t Wo):
+    """Floats of one thread's scratch for a direct convolution (a band's gathered columns)."""
+    return conv2d_direct_scratch_size(C, kh, kw, Ho, Wo)
+
+
+def direct_scratch_size(Py_ssize_t C, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t Ho, Py_ssize_t Wo):
+    """Floats of scratch one thread of direct_conv2d_forward needs."""
+    return conv2d_direct_scratch_size(C, kh, kw, Ho, Wo)
+
+
+def direct_conv2d_forward(float[::1] y, const float[::1] x, const float[::1] weight, const float[::1] bias,
+                          float[::1] scratch, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                          Py_ssize_t O, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                          Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Ho, Py_ssize_t Wo, int num_threads):
+    # OUT y (N,O,Ho,Wo); IN x (N,C,H,W), weight (O,C*kh*kw), bias (O,) or empty;
+    # SCRATCH (num_threads, direct_scratch_size(C, kh, kw, Ho, Wo)).
+    cdef Py_ssize_t K = C * kh * kw, L = Ho * Wo, S = conv2d_direct_scratch_size(C, kh, kw, Ho, Wo)
+    cdef Py_ssize_t rows = conv2d_direct_band_rows(C, kh, kw, Ho, Wo), bands = (Ho + rows - 1) // rows
+    cdef Py_ssize_t item, n, oh0, p, panels
+    cdef const float *bias_ptr = &bias[0] if bias.shape[0] > 0 else NULL
+    check_scratch("direct_conv2d_forward", "scratch", scratch.shape[0], 0 if N == 0 else num_threads * S)
+    check_scratch("direct_conv2d_forward", "y", y.shape[0], N * O * L)
+    check_scratch("direct_conv2d_forward", "x", x.shape[0], N * C * H * W)
+    check_scratch("direct_conv2d_forward", "weight", weight.shape[0], O * K)
+    if N == 0:
+        return
+    cdef const cyconv_gemm *g = gemm_kernel()  # once per call: the packing depends on its tier
+    panels = (O + g.mr - 1) // g.mr
+    cdef float *packed_w = packed_buffer(gemm_packed_size(g, O, K))
+    try:
+        with nogil, parallel(num_threads=num_threads):
+            for p in prange(panels, schedule='static'):
+                pack_panels(g, packed_w, &weight[0], O, K, K, 1, p)
+            for item in prange(N * bands, schedule='static'):
+                n = item // bands
+                oh0 = item % bands * rows
+                conv2d_direct_band_f32(g, &y[n * O * L], &scratch[0] + threadid() * S, &x[n * C * H * W],
+                                       packed_w, bias_ptr, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo, oh0,
+                                       oh0 + rows if oh0 + rows < Ho else Ho)
+    finally:
+        free(packed_w)
+
+
+# ---------------------------------------------------------------------------
 # Winograd convolution (csrc/winograd.c): stride-1, undilated, ungrouped r x r
 # layers (r = 3 or 5), output tiles m x m. Per call the filters are transformed
 # (and, for float, packed for the own GEMM) once, then per image: input
@@ -1978,7 +2044,9 @@ cdef enum:
     F_WINO = 39  # OP_CONV by Winograd F(m x m, kh x kh): m (0: not), and the transformed filters' offset
     F_U = 40     # (in packed for float, in params for double)
     F_WT = 41    # OP_LINEAR, float on the own GEMM: F_WEIGHT holds weight.T (in, out), and the product runs
-    OP_FIELDS = 42  # batch-invariant (gemm_packed_f32 on whole panels of images, gemm_rows_f32 on the rest)
+                 # batch-invariant (gemm_packed_f32 on whole panels of images, gemm_rows_f32 on the rest)
+    F_DIRECT = 42  # OP_CONV (float): direct convolution (csrc/direct.c) from the weights at F_PACKED
+    OP_FIELDS = 43
 
 
 def op_fields():
@@ -1987,7 +2055,8 @@ def op_fields():
                 sw=F_SW, ph=F_PH, pw=F_PW, Ho=F_HO, Wo=F_WO, pkh=F_PKH, pkw=F_PKW, psh=F_PSH, psw=F_PSW, pph=F_PPH,
                 ppw=F_PPW, pHo=F_PHO, pWo=F_PWO, pincl=F_PINCL, weight=F_WEIGHT, bias=F_BIAS, packed=F_PACKED,
                 In=F_IN, Out=F_OUT, src=F_SRC, src2=F_SRC2, dst=F_DST, coff=F_COFF, ctot=F_CTOT, actp=F_ACTP,
-                G=F_G, dh=F_DH, dw=F_DW, pstride=F_PSTRIDE, wino=F_WINO, u=F_U, wt=F_WT, count=OP_FIELDS,
+                G=F_G, dh=F_DH, dw=F_DW, pstride=F_PSTRIDE, wino=F_WINO, u=F_U, wt=F_WT, direct=F_DIRECT,
+                count=OP_FIELDS,
                 ACT_HARDTANH=ACT_HARDTANH,
                 POOL_ADAPTIVE=POOL_ADAPTIVE,
                 OP_CONV=OP_CONV, OP_LINEAR=OP_LINEAR, OP_POOL=OP_POOL, OP_ACT=OP_ACT, OP_SOFTMAX=OP_SOFTMAX,
@@ -2183,6 +2252,34 @@ def predict(floating[::1] out, const floating[::1] x, const Py_ssize_t[:, ::1] o
                             for p in prange(N * O, schedule='static'):
                                 conv_out = (&scratch[0] + N * wsize + num_threads * wtmp if pooled else dst)
                                 conv_epilogue_plane(op, &params[0], dst + p * PL, conv_out + p * L)
+                    elif op[F_DIRECT]:  # direct: each image's output rows in bands, no im2col buffer
+                        if floating is float:
+                            wsize = conv2d_direct_scratch_size(C, op[F_KH], op[F_KW], op[F_HO], op[F_WO])
+                            wtmp = conv2d_direct_band_rows(C, op[F_KH], op[F_KW], op[F_HO], op[F_WO])
+                            if N >= num_threads:  # an image per thread at a time
+                                for n in prange(N, schedule='dynamic'):
+                                    buf = &scratch[threadid() * per_thread]
+                                    conv_out = buf + wsize if pooled else dst + n * O * L
+                                    conv2d_direct_image_f32(g, conv_out, buf, src + n * C * H * W, pw_, bias, C, H, W,
+                                                            O, op[F_KH], op[F_KW], op[F_SH], op[F_SW], op[F_PH],
+                                                            op[F_PW], op[F_HO], op[F_WO])
+                                    for p in range(O):
+                                        conv_epilogue_plane(op, &params[0], dst + (n * O + p) * PL, conv_out + p * L)
+                            else:  # fewer images than threads: the bands of each image shared by the threads
+                                # scratch: each thread's band buffer, then the images' conv outputs if pooled
+                                for it in prange(N * ((op[F_HO] + wtmp - 1) // wtmp), schedule='dynamic'):
+                                    n = it // ((op[F_HO] + wtmp - 1) // wtmp)
+                                    b = it % ((op[F_HO] + wtmp - 1) // wtmp)
+                                    conv_out = (&scratch[0] + num_threads * wsize + n * O * L if pooled
+                                                else dst + n * O * L)
+                                    conv2d_direct_band_f32(g, conv_out, &scratch[0] + threadid() * wsize,
+                                                           src + n * C * H * W, pw_, bias, C, H, W, O, op[F_KH],
+                                                           op[F_KW], op[F_SH], op[F_SW], op[F_PH], op[F_PW],
+                                                           op[F_HO], op[F_WO], b * wtmp,
+                                                           min(op[F_HO], (b + 1) * wtmp))
+                                for p in prange(N * O, schedule='static'):
+                                    conv_out = &scratch[0] + num_threads * wsize if pooled else dst
+                                    conv_epilogue_plane(op, &params[0], dst + p * PL, conv_out + p * L)
                     elif not plain and op[F_G] == C:  # depthwise (as functional.conv2d): a plane per output channel,
                         # read from input plane o // (O/C)
                         for p in prange(N * O, schedule='dynamic'):

@@ -155,7 +155,11 @@ def _conv_geometry(fn, x, weight, stride, padding):
 #               dilation 1 and groups 1, any padding; "winograd2" / "winograd4" / "winograd6" force
 #               the output tile m (6 for 3x3 only), "winograd" lets conv_algorithm() pick it
 #   "direct"    no im2col buffer: 1x1 kernels with stride 1 and no padding (the image is its own
-#               columns) and depthwise layers (groups == in_channels: csrc/depthwise.c)
+#               columns), depthwise layers (groups == in_channels: csrc/depthwise.c), and the
+#               ungrouped, undilated layers Winograd does not take: every 1x1 (strided or padded:
+#               ResNet's downsample shortcuts), every strided layer (the 3x3 stride-2 ones) and
+#               every 7x7 (the stem): csrc/direct.c gathers the GEMM's columns from the input a
+#               band of output rows at a time (float32; float64 and the gradients stay on im2col)
 #   "auto"      conv_algorithm()'s choice for the shape (the default)
 # CYCONV_CONV_ALGO (read at import) or set_conv_algorithm() overrides "auto" everywhere, e.g. to
 # run a whole model on im2col; an algorithm asked for a layer it cannot run raises ValueError.
@@ -208,6 +212,10 @@ def conv_algorithm(C, O, H, W, kh, kw, stride=1, padding=0, dilation=1, groups=1
     The heuristic, measured on a 2-core Sapphire Rapids (benchmarks/RESULTS.md, "Convolution
     algorithms"), float32 forward, batch 1 and 32:
       - depthwise (groups == C) and 1x1 stride-1 unpadded layers: "direct";
+      - float32 1x1 layers with a stride or padding (ResNet's shortcuts), 7x7 layers (the stem) and
+        strided layers with at least 28x28 outputs: "direct" (csrc/direct.c, bands of output rows:
+        the stem 0.53-0.66x of im2col's time, the 1x1 shortcuts 0.7-1.0x, ResNet-18's 3x3 stride-2
+        64->128 0.8x; at 7x7 outputs it is im2col's time, so im2col stays);
       - Winograd only for float32, 3x3, stride 1, undilated, ungrouped layers whose GEMMs are large
         enough to hide the transforms: C*O/(C+O) >= 32 (the transforms cost C + O per tile, the
         GEMM C*O), and a plane of at least 14x14 unless C*O/(C+O) >= 128 (ResNet-18's 512x7x7), and
@@ -228,12 +236,23 @@ def conv_algorithm(C, O, H, W, kh, kw, stride=1, padding=0, dilation=1, groups=1
     if (kh, kw, sh, sw, ph, pw, dh, dw) == (1, 1, 1, 1, 0, 0, 1, 1):
         return "direct"
     Ho, Wo = _output_size(H, kh, sh, ph), _output_size(W, kw, sw, pw)
+    if np.dtype(dtype) == np.float32 and _direct_takes(kh, kw, sh, sw, dh, dw, groups) and (
+            (kh, kw) in ((1, 1), (7, 7)) or Ho * Wo >= 784):
+        return "direct"
     if np.dtype(dtype) != np.float32 or (kh, kw, sh, sw, dh, dw) != (3, 3, 1, 1, 1, 1) or min(Ho, Wo) < 1:
         return "im2col"
     h = C * O / (C + O)
     if h < 32 or (Ho * Wo < 196 and h < 128) or (batch is not None and batch * Ho * Wo < 1024):
         return "im2col"
     return "winograd4" if min(Ho, Wo) >= 16 else "winograd2"
+
+
+def _direct_takes(kh, kw, sh, sw, dh, dw, groups):
+    """Whether algorithm="direct" runs this ungrouped layer: 1x1 (any stride and padding), any
+    stride above 1, or a 7x7 kernel; undilated."""
+    if (groups, dh, dw) != (1, 1, 1):
+        return False
+    return (kh, kw) == (1, 1) or (kh, kw) == (7, 7) or sh > 1 or sw > 1
 
 
 def _check_algorithm(fn, algorithm, C, kernel, stride, padding, dilation, groups):
@@ -253,9 +272,9 @@ def _check_algorithm(fn, algorithm, C, kernel, stride, padding, dilation, groups
                              f"{', '.join(map(str, tiles))}; this layer has {shape}")
     elif algorithm == "direct":
         depthwise = groups > 1 and (C is None or groups == C)
-        if not depthwise and (kh, kw, sh, sw, ph, pw, dh, dw, groups) != (1, 1, 1, 1, 0, 0, 1, 1, 1):
-            raise ValueError(f"{fn}(): algorithm='direct' takes 1x1 kernels with stride 1, padding 0, "
-                             f"dilation 1 and groups 1, and depthwise layers (groups == in_channels); "
+        if not depthwise and not _direct_takes(kh, kw, sh, sw, dh, dw, groups):
+            raise ValueError(f"{fn}(): algorithm='direct' takes depthwise layers (groups == in_channels) and, "
+                             f"with dilation 1 and groups 1, 1x1 kernels, strided layers and 7x7 kernels; "
                              f"this layer has {shape}")
     return algorithm
 
@@ -296,6 +315,17 @@ def _winograd_conv2d(x, weight, bias, geom, m):
     return y
 
 
+def _direct_conv2d(x, weight, bias, geom):
+    """conv2d on checked float32 arguments by csrc/direct.c (bands of output rows, no im2col buffer)."""
+    N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo = geom
+    y = np.empty((N, O, Ho, Wo), x.dtype)
+    if N:
+        nt = _conv_threads(geom)
+        scratch = np.empty(nt * _kernels.direct_scratch_size(C, kh, kw, Ho, Wo), x.dtype)
+        _kernels.direct_conv2d_forward(y.reshape(-1), x.reshape(-1), weight.reshape(-1), bias, scratch, *geom, nt)
+    return y
+
+
 def _winograd_input_grad(grad_y, weight, geom, m):
     """The input gradient of a stride-1 convolution: the convolution of grad_y with the filters
     flipped and transposed (O and C swapped), padded by r - 1 - padding (negative: cropped)."""
@@ -319,8 +349,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, algo
 
     algorithm: "auto" (conv_algorithm()'s choice for the shape, or the CYCONV_CONV_ALGO /
     set_conv_algorithm() override), "im2col", "winograd" (3x3 and 5x5, stride 1, dilation 1,
-    groups 1; "winograd2"/"winograd4"/"winograd6" force the tile) or "direct" (1x1 stride-1
-    unpadded, and depthwise); one that cannot run the shape raises ValueError. Winograd's float32
+    groups 1; "winograd2"/"winograd4"/"winograd6" force the tile) or "direct" (depthwise, and
+    with groups 1 and dilation 1: every 1x1, every strided layer and every 7x7; no im2col buffer,
+    float32; float64 runs im2col); one that cannot run the shape raises ValueError. Winograd's float32
     results are less accurate than im2col's (tests/test_winograd.py has the table).
 
     groups splits the channels into that many independent convolutions (C and O divisible by
@@ -346,6 +377,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, algo
         algorithm = _resolve_algorithm(fn, algorithm, x, weight, geom[7:9], geom[9:11], dilation, groups)
         if algorithm.startswith("winograd"):
             return _winograd_conv2d(x, weight, bias, geom, int(algorithm[8:]))
+        if algorithm == "direct" and x.dtype == np.float32 and geom[5:11] != (1, 1, 1, 1, 0, 0):
+            return _direct_conv2d(x, weight, bias, geom)
         return _conv2d(x, weight, bias, geom)
     x, weight, bias, geom = _grouped_conv_arguments(fn, x, weight, bias, stride, padding, dilation, groups)
     N, C, H, W, O, G, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo = geom
@@ -549,7 +582,8 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
 
     algorithm as in conv2d (the forward's choice, for the same arguments). With Winograd only the
     input gradient is computed by it (the forward on grad_y with the flipped, transposed filters);
-    the weight and bias gradients stay on im2col's kernel.
+    the weight and bias gradients stay on im2col's kernel. "direct" has a backward of its own for
+    depthwise layers only: its strided, padded and 7x7 layers run im2col's backward.
     """
     fn = "conv2d_backward"
     dilation, groups = _dilation_groups(fn, dilation, groups)

@@ -237,7 +237,15 @@ class Predictor:
                         self._pool_columns(row, pool, (O, Ho, Wo))
                     continue
                 Og, Kg = O // G, C // G * kh * kw  # one group's GEMM: (Og, Kg) @ (Kg, L)
-                if use_packed and not depthwise:
+                direct = (algorithm == "direct" and self.dtype == np.float32 and G == 1
+                          and (kh, kw, sh, sw, ph, pw) != (1, 1, 1, 1, 0, 0))  # (that one: conv_image's own)
+                if direct:  # csrc/direct.c, from the weights packed for the own GEMM whatever path the rest takes
+                    row[_F["direct"]] = 1
+                    use_packed_here = True
+                    per_thread = max(per_thread, _kernels.conv2d_direct_scratch(C, kh, kw, Ho, Wo) + O * Ho * Wo)
+                else:
+                    use_packed_here = use_packed
+                if use_packed_here and not depthwise:
                     stride = _kernels.packed_size(Og, Kg, isa)
                     buffer = np.empty(G * stride, np.float32)
                     weight = first.weight.data.reshape(G, Og * Kg).astype(np.float32)

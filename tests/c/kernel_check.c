@@ -184,6 +184,55 @@ static void check_gemm(void)
     }
 }
 
+/* direct.c: one image's convolution in bands of output rows (1x1 strided and padded, 3x3 and 7x7
+ * strided) against plain loops in double; images tall enough for several bands, and a band
+ * split that must give the image's bits. Per tier, through that tier's GEMM. */
+static void check_direct(void)
+{
+    static const ptrdiff_t geo[][8] = { /* C, O, H, W, k, stride, pad */
+        {3, 5, 9, 7, 1, 2, 0, 0}, {4, 6, 8, 8, 1, 1, 1, 0}, {3, 8, 23, 21, 7, 2, 3, 0},
+        {5, 7, 11, 12, 3, 2, 1, 0}, {2, 5, 17, 15, 7, 3, 2, 0}, {64, 9, 40, 40, 3, 2, 1, 0},
+    };
+    const cyconv_gemm *g = gemm_kernel_for(cyconv_get_isa());
+    for (size_t gi = 0; gi < sizeof geo / sizeof geo[0]; gi++) {
+        ptrdiff_t C = geo[gi][0], O = geo[gi][1], H = geo[gi][2], W = geo[gi][3], k = geo[gi][4], st = geo[gi][5];
+        ptrdiff_t pad = geo[gi][6], Ho = (H + 2 * pad - k) / st + 1, Wo = (W + 2 * pad - k) / st + 1, K = C * k * k;
+        float *x = alloc((size_t)(C * H * W), sizeof *x), *w = alloc((size_t)(O * K), sizeof *w);
+        float *bias = alloc((size_t)O, sizeof *bias), *y = alloc((size_t)(O * Ho * Wo), sizeof *y);
+        float *y2 = alloc((size_t)(O * Ho * Wo), sizeof *y2);
+        float *P = alloc((size_t)gemm_packed_size(g, O, K), sizeof *P);
+        float *scratch = alloc((size_t)conv2d_direct_scratch_size(C, k, k, Ho, Wo), sizeof *scratch);
+        for (ptrdiff_t i = 0; i < C * H * W; i++) x[i] = (float)uniform();
+        for (ptrdiff_t i = 0; i < O * K; i++) w[i] = (float)uniform();
+        for (ptrdiff_t i = 0; i < O; i++) bias[i] = (float)uniform();
+        gemm_pack_a_f32(g, P, w, O, K, K, 1);
+        conv2d_direct_image_f32(g, y, scratch, x, P, bias, C, H, W, O, k, k, st, st, pad, pad, Ho, Wo);
+        /* one output row per band: the same bits */
+        for (ptrdiff_t oh = 0; oh < Ho; oh++)
+            conv2d_direct_band_f32(g, y2, scratch, x, P, bias, C, H, W, O, k, k, st, st, pad, pad, Ho, Wo, oh, oh + 1);
+        char shape[96];
+        snprintf(shape, sizeof shape, "C %td O %td %tdx%td k %td s %td p %td, %s", C, O, H, W, k, st, pad,
+                 tier_name[cyconv_get_isa()]);
+        for (ptrdiff_t o = 0; o < O; o++)
+            for (ptrdiff_t i = 0; i < Ho * Wo; i++) {
+                double s = bias[o];
+                for (ptrdiff_t c = 0; c < C; c++)
+                    for (ptrdiff_t a = 0; a < k; a++)
+                        for (ptrdiff_t b = 0; b < k; b++) {
+                            ptrdiff_t h = i / Wo * st - pad + a, v = i % Wo * st - pad + b;
+                            if (h >= 0 && h < H && v >= 0 && v < W)
+                                s += (double)w[(o * C + c) * k * k + a * k + b] * x[(c * H + h) * W + v];
+                        }
+                float got = y[o * Ho * Wo + i];
+                if (fabs(got - s) > 1e-5 * (double)(K + 2)) fail("conv2d_direct_image", "float32", shape, i, got, s);
+                if (memcmp(&got, &y2[o * Ho * Wo + i], sizeof got) != 0)
+                    fail("conv2d_direct_band", "float32", shape, i, y2[o * Ho * Wo + i], got);
+            }
+        checked += 2 * O * Ho * Wo;
+        free(x), free(w), free(bias), free(y), free(y2), free(P), free(scratch);
+    }
+}
+
 int main(void)
 {
     int tiers = 0;
@@ -193,6 +242,7 @@ int main(void)
         check_all_f32();
         check_all_f64();
         check_im2row();
+        check_direct();
     }
     tier = CYCONV_ISA_GENERIC;
     check_gemm();
