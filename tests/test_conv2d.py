@@ -317,7 +317,7 @@ DIRECT_LAYERS = [
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("x_shape, w_shape, stride, padding", DIRECT_LAYERS)
-def test_direct_conv2d_matches_reference(x_shape, w_shape, stride, padding, dtype, threads):
+def test_direct_conv2d_matches_reference(x_shape, w_shape, stride, padding, dtype, threads, own_gemm):
     rng = np.random.default_rng(5)
     x, weight = random_array(rng, x_shape, dtype), random_array(rng, w_shape, dtype)
     bias = random_array(rng, w_shape[:1], dtype)
@@ -326,7 +326,9 @@ def test_direct_conv2d_matches_reference(x_shape, w_shape, stride, padding, dtyp
         im2col = F.conv2d(x, weight, bias, stride, padding, algorithm="im2col")
         grads = F.conv2d_backward(np.ones_like(got), x, weight, stride, padding, algorithm="direct")
     assert_close(got, R.conv2d(x, weight, bias, stride, padding), dtype)
-    np.testing.assert_array_equal(got, im2col)  # the same GEMM dot products, whatever the bands
+    # the same GEMM dot products, whatever the bands (im2col on cyconv's own GEMM: the own_gemm fixture, as
+    # CYCONV_GEMM=blas would put im2col's on BLAS)
+    np.testing.assert_array_equal(got, im2col)
     for name, g, w in zip(["grad_x", "grad_weight", "grad_bias"], grads,
                           R.conv2d_backward(np.ones_like(got), x, weight, stride, padding)):
         assert_close(g, w, dtype, err_msg=name)
