@@ -134,8 +134,8 @@ def extensions():
 
     debug = os.environ.get("CYCONV_DEBUG", "") == "1"
     ext = Extension(
-        "cyconv._kernels",
-        sources=["src/cyconv/_kernels.pyx", "csrc/isa.c", "csrc/im2col.c", "csrc/gemm.c", "csrc/direct.c", "csrc/maxpool.c",
+        "cyconv.kernels._kernels",
+        sources=["src/cyconv/kernels/_kernels.pyx", "csrc/isa.c", "csrc/im2col.c", "csrc/gemm.c", "csrc/direct.c", "csrc/maxpool.c",
                  "csrc/avgpool.c", "csrc/relu.c", "csrc/activations.c", "csrc/dropout.c", "csrc/batchnorm.c",
                  "csrc/optim.c", "csrc/hog.c", "csrc/depthwise.c", "csrc/adaptive_avgpool.c",
                  "csrc/hardtanh.c", "csrc/winograd.c"],

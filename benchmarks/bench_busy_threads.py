@@ -1,5 +1,5 @@
 """LeNet-5 training steps (batch 64) for SECONDS (default 15): mean and median ms per step, and how many
-threads the busy-core governor (cyconv._threads._BusyCores) lets the kernels use. Run it with more OpenMP
+threads the busy-core governor (cyconv.kernels.threads._BusyCores) lets the kernels use. Run it with more OpenMP
 threads than cores while another process spins, as a stand-in for a big machine with a busy core:
 
     python -c "while True: pass" &  OMP_NUM_THREADS=8 python benchmarks/bench_busy_threads.py 10; kill %1
@@ -10,7 +10,8 @@ import time
 import numpy as np
 
 import cyconv
-from cyconv import _threads, functional as F, models, optim
+from cyconv import functional as F, models, optim
+from cyconv.kernels import threads as _threads
 
 rng = np.random.default_rng(0)
 model = models.lenet5(rng=rng)

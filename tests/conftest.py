@@ -115,7 +115,7 @@ def pytest_report_header(config):
 def fresh_thread_governor():
     """Every test starts with all of cyconv's threads: a test that oversubscribes the cores
     (two Python threads calling kernels at once) must not leave the next on one thread."""
-    from cyconv import _threads
+    from cyconv.kernels import threads as _threads
 
     _threads._busy.reset()
     yield

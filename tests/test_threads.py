@@ -15,7 +15,8 @@ import pytest
 import cyconv
 import cyconv.functional as F
 import cyconv.reference as R
-from cyconv import _kernels, _threads, functional
+from cyconv import _kernels, functional
+from cyconv.kernels import threads as _threads
 from conftest import KERNEL_TESTS, DTYPES, assert_close, distinct_array, random_array
 
 pytestmark = KERNEL_TESTS
@@ -140,7 +141,7 @@ def test_set_num_threads_rejects(n, error):
 
 BATCH = 8  # enough images that two threads both get work
 # Pooling, ReLU, im2col and linear start a second thread only for enough work
-# (cyconv._threads.threads_for): inputs of this size give each thread plenty.
+# (cyconv.kernels.threads.threads_for): inputs of this size give each thread plenty.
 BIG = (BATCH, 4, 48, 40)
 
 
@@ -290,7 +291,7 @@ def test_concurrent_calls_from_python_threads():
 
 # ---------------------------------------------------------------------------
 # Busy cores: the convolutions hand images to threads as they come free and report
-# the split; cyconv._threads leaves out, for a while, as many threads as keep getting
+# the split; cyconv.kernels.threads leaves out, for a while, as many threads as keep getting
 # far less than their share (their cores are busy with other processes).
 
 class FakeClock:

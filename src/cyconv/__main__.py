@@ -1,5 +1,5 @@
-"""`python -m cyconv`: the same as the `cyconv` command (see cyconv.cli)."""
+"""`python -m cyconv`: the same as the `cyconv` command (see cyconv.tools.cli)."""
 
-from .cli import command
+from .tools.cli import command
 
 raise SystemExit(command())

@@ -45,8 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import graph, nn
-from ._files import atomic_write
+from ..layers import graph, nn
+from .._files import atomic_write
 
 __all__ = ["export", "load", "UnsupportedModelError", "InvalidModelError", "OPSET"]
 
@@ -86,7 +86,7 @@ def export(model, path, *, input_shape=None):
     onnx = _onnx()
     from onnx import TensorProto, helper
 
-    from . import __version__
+    from .. import __version__
 
     tr = graph.trace(model)
     if not tr.nodes:

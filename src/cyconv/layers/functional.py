@@ -19,8 +19,8 @@ import os
 
 import numpy as np
 
-from . import _kernels
-from ._threads import record_work_split, threads_for
+from ..kernels import _kernels
+from ..kernels.threads import record_work_split, threads_for
 
 __all__ = [
     "conv2d", "conv2d_backward", "im2col", "col2im", "max_pool2d", "max_pool2d_backward",

@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import atomic_write
-from .data import FolderSpec
-from .models import MODELS, build_model
+from .._files import atomic_write
+from ..data import FolderSpec
+from ..layers.models import MODELS, build_model
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -63,12 +63,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import graph, models
-from .checkpoint import build_model_for
-from .data import MNIST, ImageSplit
-from .nn import Linear
-from .optim import SGD
-from .train import FOLDER_RECIPE, TrainConfig, evaluate, lr_schedule, train, train_epoch
+from ..layers import graph, models
+from ..training.checkpoint import build_model_for
+from ..data import MNIST, ImageSplit
+from ..layers.nn import Linear
+from ..training.optim import SGD
+from ..training.train import FOLDER_RECIPE, TrainConfig, evaluate, lr_schedule, train, train_epoch
 
 __all__ = ["DEFAULT_EPOCHS", "DEFAULT_CNN_EPOCHS", "FOLDER_EPOCHS", "Row", "compare", "standardize",
            "format_table", "as_dicts", "plot_title"]
@@ -131,7 +131,7 @@ def _each(extract):
 
 def _task(data, seed: int = 0) -> _Task:
     # Imported here so that cyconv (and the rest of the CLI) loads without it.
-    from . import features
+    from ..data import features
 
     if isinstance(data, ImageSplit):
         c, (h, w) = data.spec.channels, data.spec.size

@@ -36,7 +36,7 @@ from importlib import resources
 import numpy as np
 from PIL import Image
 
-from . import data
+from .. import data
 
 __all__ = ["ServedModel", "Batcher", "QueueFull", "create_app", "run", "INSTALL_HINT"]
 
@@ -109,7 +109,7 @@ class ServedModel:
 
     @classmethod
     def from_checkpoint(cls, path, **kwargs):
-        from .checkpoint import load_model
+        from ..training.checkpoint import load_model
 
         model, ckpt = load_model(path)
         return cls.from_model(model, ckpt.data, f"{ckpt.path}: {ckpt.model_name}, {ckpt.epoch} epochs", **kwargs)
@@ -138,9 +138,9 @@ class ServedModel:
                 raise InputError("raw=1 is for MNIST digits; this model was trained on an image folder")
             # decode_picture refuses a picture of more than MAX_IMAGE_PIXELS from its header (before Pillow
             # would warn of a bomb), so read_image's process-wide warnings filter is not needed here.
-            seen = data._read_image(body, *self.spec.size, self.spec.channels)
+            seen = data.mnist._read_image(body, *self.spec.size, self.spec.channels)
             return self._normalised(seen), seen, None
-        from .cli import IMAGE_FORMATS, _grey
+        from ..tools.cli import IMAGE_FORMATS, _grey
 
         grey = data.decode_picture(body, _grey, formats=IMAGE_FORMATS, max_pixels=MAX_PIXELS,
                                    kind="an image")
@@ -170,7 +170,7 @@ class ServedModel:
         return self._digit(grey, raw)
 
     def _digit(self, grey: np.ndarray, raw: bool):
-        from .cli import IMAGE_SIZE
+        from ..tools.cli import IMAGE_SIZE
 
         warning = None
         if raw:
@@ -519,7 +519,7 @@ def create_app(model: ServedModel, *, max_batch=DEFAULT_MAX_BATCH, max_wait_ms=D
 
 
 def _version():
-    from . import __version__
+    from .. import __version__
 
     return __version__
 

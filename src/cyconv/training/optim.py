@@ -21,8 +21,8 @@ import math
 
 import numpy as np
 
-from . import functional as F
-from .nn import Parameter
+from ..layers import functional as F
+from ..layers.nn import Parameter
 
 __all__ = ["SGD", "Adam", "AdamW", "OPTIMIZERS", "build_optimizer", "cosine_lr", "step_lr"]
 

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .nn import Module, Parameter
+from ..layers.nn import Module, Parameter
 from . import optim
 from .optim import SGD, Adam, AdamW
 

@@ -23,8 +23,8 @@ import numbers
 
 import numpy as np
 
-from . import _kernels
-from ._threads import threads_for
+from ..kernels import _kernels
+from ..kernels.threads import threads_for
 
 __all__ = ["pixels", "color_histogram", "hog", "hog_reference", "BagOfWords", "DESCRIPTORS"]
 

@@ -55,8 +55,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ._files import atomic_write
-from ._threads import get_num_threads
+from .._files import atomic_write
+from ..kernels.threads import get_num_threads
 
 __all__ = [
     "MNIST",

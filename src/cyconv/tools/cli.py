@@ -44,17 +44,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import __version__, compare, data, distributed, graph, set_num_threads
-from . import predictor as predictor_module
-from ._files import atomic_write
-from .checkpoint import load_checkpoint, load_model
-from .data import ImageError
-from .models import MODELS, build_model, default_input
-from .models import conv_algorithms, summary
-from ._isa import get_isa
-from .optim import OPTIMIZERS
-from .train import (CHECKPOINT_NAME, DEFAULT_LR, FOLDER_IMAGE_SIZE, FOLDER_RECIPE, RESNET20_FOLDER_RECIPE, SCHEDULES,
-                    TrainConfig, TrainingInterrupted, confusion_matrix, folder_recipe, predict_logits, train)
+from .. import __version__, data
+from .._files import atomic_write
+from ..data import ImageError
+from ..deploy import predictor as predictor_module
+from ..kernels.isa import get_isa
+from ..kernels.threads import set_num_threads
+from ..layers import graph
+from ..layers.models import MODELS, build_model, conv_algorithms, default_input, summary
+from ..training import distributed
+from ..training.checkpoint import load_checkpoint, load_model
+from ..training.optim import OPTIMIZERS
+from ..training.train import (CHECKPOINT_NAME, DEFAULT_LR, FOLDER_IMAGE_SIZE, FOLDER_RECIPE, RESNET20_FOLDER_RECIPE,
+                              SCHEDULES, TrainConfig, TrainingInterrupted, confusion_matrix, folder_recipe,
+                              predict_logits, train)
+from . import compare
 
 __all__ = ["main", "ImageError", "load_image"]
 
@@ -348,7 +352,7 @@ def _build_parser():
 def command() -> int:
     """The `cyconv` command (and `python -m cyconv`): main() on sys.argv, in a process of its own, so it
     may tune that process's malloc to keep freed arrays for reuse (cyconv._malloc; import cyconv does not)."""
-    from . import _malloc
+    from ..kernels import malloc as _malloc
 
     _malloc.keep_freed_memory()
     return main()
@@ -702,7 +706,7 @@ def _compiled(model, input_shape, args):
 
 
 def _onnx():
-    from . import onnx as cyconv_onnx
+    from ..deploy import onnx as cyconv_onnx
 
     try:
         cyconv_onnx._onnx()
@@ -822,7 +826,7 @@ def _cmd_plot_maps(args) -> int:
 
 
 def _cmd_serve(args) -> int:
-    from . import serve
+    from ..deploy import serve
 
     missing = serve.missing_dependency()
     if missing:

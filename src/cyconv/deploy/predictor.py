@@ -29,10 +29,11 @@ import threading
 
 import numpy as np
 
-from . import _kernels, graph, nn
-from . import functional as F
-from ._isa import TIERS, get_isa
-from ._threads import MIN_WORK_PER_THREAD, get_num_threads, threads_for
+from ..kernels import _kernels
+from ..layers import graph, nn
+from ..layers import functional as F
+from ..kernels.isa import TIERS, get_isa
+from ..kernels.threads import MIN_WORK_PER_THREAD, get_num_threads, threads_for
 
 __all__ = ["compile", "Predictor"]
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import atomic_write
-from .graph import layers as _layers, run_unfused, trace
-from .nn import Conv2d
+from .._files import atomic_write
+from ..layers.graph import layers as _layers, run_unfused, trace
+from ..layers.nn import Conv2d
 
 __all__ = ["formats", "check_path", "read_metrics", "curves", "filters", "feature_maps", "confusion",
            "comparison"]

@@ -47,12 +47,12 @@ import numpy as np
 from tqdm import tqdm
 
 from . import distributed as dist
-from . import functional as F
-from ._threads import get_num_threads
-from ._files import atomic_write, remove_stale_temp_files
+from ..layers import functional as F
+from ..kernels.threads import get_num_threads
+from .._files import atomic_write, remove_stale_temp_files
 from .checkpoint import build_model_for, load_checkpoint, restore, save_checkpoint
-from .data import FolderSpec, ImageSplit, normalize, to_float32
-from .models import MODELS
+from ..data import FolderSpec, ImageSplit, normalize, to_float32
+from ..layers.models import MODELS
 from .optim import OPTIMIZERS, build_optimizer, cosine_lr, step_lr
 
 __all__ = [
@@ -249,7 +249,7 @@ def train(config: TrainConfig, data, *, out_dir=None, resume: bool = False, prog
         raise TypeError(f"train(): config must be a TrainConfig, got {type(config).__name__}")
     if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1:
         raise ValueError(f"train(): eval_batch_size must be an int >= 1, got {eval_batch_size!r}")
-    from . import __version__  # here, not at the top: cyconv/__init__.py sets it after its imports
+    from .. import __version__  # here, not at the top: cyconv/__init__.py sets it after its imports
 
     root = True  # this process logs and writes: the only one, or rank 0 of a distributed run
     if distributed:

@@ -132,8 +132,8 @@ def build_info():
     compiler       the C compiler that built the kernels
     malloc         "kept" when freed memory stays in the process for reuse, else "system" (cyconv._malloc)
     """
-    from . import _malloc
-    from ._threads import blas_description, get_num_threads
+    from . import malloc as _malloc
+    from .threads import blas_description, get_num_threads
 
     return {
         "isa": get_isa(),
