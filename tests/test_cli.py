@@ -353,10 +353,10 @@ def test_blank_image_is_refused(capsys, tmp_path, checkpoint, pixels):
 def test_raw_refuses_any_size_but_28x28(capsys, tmp_path, checkpoint):
     path = save(tmp_path / "paint.png", np.kron(255 - gray_digit(), np.ones((10, 10), np.uint8)), "RGB")
     assert_error(run(capsys, "predict", "--raw", "--checkpoint", checkpoint, path), 1,
-                 f"{path}: image is 280x280, expected 28x28 (width x height)")
+                 f"{path}: image is 280x280, --raw needs 28x28 (width x height)")
     np.save(tmp_path / "narrow.npy", gray_digit()[:, :27])
     assert_error(run(capsys, "predict", "--raw", "--checkpoint", checkpoint, tmp_path / "narrow.npy"), 1,
-                 "image is 27x28, expected 28x28")
+                 "image is 27x28, --raw needs 28x28")
     # Without --raw, the same picture is read.
     assert list(predicted_classes(capsys, checkpoint, [path])) == [str(path)]
 

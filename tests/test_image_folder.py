@@ -250,7 +250,7 @@ def test_root_must_be_a_folder(tmp_path):
 def test_bad_size_or_channels_is_refused_before_anything_is_read(tmp_path, monkeypatch, size, channels, error,
                                                                  match):
     folder_of(tmp_path, {"a": 1, "b": 1})
-    monkeypatch.setattr(data.mnist, "_scan", lambda root: pytest.fail("the folder was read"))
+    monkeypatch.setattr(data.folders, "_scan", lambda root: pytest.fail("the folder was read"))
     with pytest.raises(error, match=f"ImageFolder: {match}"):
         ImageFolder(tmp_path, size=size, channels=channels)
 
@@ -301,7 +301,7 @@ def test_ctrl_c_while_reading_does_not_wait_for_the_rest(tmp_path, monkeypatch, 
         time.sleep(0.1)
         return np.zeros((channels, height, width), np.uint8)
 
-    monkeypatch.setattr(data.mnist, "_read_image", slow_read)
+    monkeypatch.setattr(data.folders, "_read_image", slow_read)
     with pytest.raises(KeyboardInterrupt), cyconv.set_num_threads(threads):
         ImageFolder(tmp_path, size=8)
     assert len(read) <= 2 * threads  # the pictures not yet started are dropped: 60 take 3 s on 2 threads
@@ -472,14 +472,14 @@ def test_make_shapes_is_balanced_and_deterministic():
 ])
 def test_each_shape_is_the_shape_it_says(shape, inside, outside):
     u, v = np.array([p[0] for p in inside + outside]), np.array([p[1] for p in inside + outside])
-    distance = data.mnist._SIGNED_DISTANCE[shape](u.astype(np.float32), v.astype(np.float32))
+    distance = data.shapes._SIGNED_DISTANCE[shape](u.astype(np.float32), v.astype(np.float32))
     assert (distance[:len(inside)] < 0).all() and (distance[len(inside):] > 0).all(), distance
 
 
 def test_rendered_shape_has_its_colour_inside_and_the_background_outside():
     # One circle of radius 8 at the centre of a 32x32 image, no gradient, no noise.
     size = 32
-    image = data.mnist._render(np.array([0]), np.array([8.0]), np.array([[16.0, 16.0]]), np.array([0.3]),
+    image = data.shapes._render(np.array([0]), np.array([8.0]), np.array([[16.0, 16.0]]), np.array([0.3]),
                          np.array([[1.0, 0.0, 0.0]]), np.array([[0.0, 0.0, 1.0]]), np.zeros((1, 2, 3)),
                          np.zeros((1, 3, size, size), np.float32), size)[0]
     yy, xx = np.mgrid[0:size, 0:size] + 0.5

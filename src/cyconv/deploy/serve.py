@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from .. import data
+from ..data import images
 
 __all__ = ["ServedModel", "Batcher", "QueueFull", "create_app", "run", "INSTALL_HINT"]
 
@@ -47,8 +48,6 @@ DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_MAX_QUEUE = 256   # waiting requests; past it, 503
 DEFAULT_MAX_BODY_MB = 10.0
 RETRY_AFTER_S = 1
-# A photo of more pixels than this is refused from its header, before decoding: as `cyconv predict` does.
-MAX_PIXELS = 40_000_000
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -138,13 +137,9 @@ class ServedModel:
                 raise InputError("raw=1 is for MNIST digits; this model was trained on an image folder")
             # decode_picture refuses a picture of more than MAX_IMAGE_PIXELS from its header (before Pillow
             # would warn of a bomb), so read_image's process-wide warnings filter is not needed here.
-            seen = data.mnist._read_image(body, *self.spec.size, self.spec.channels)
+            seen = images._read_image(body, *self.spec.size, self.spec.channels)
             return self._normalised(seen), seen, None
-        from ..tools.cli import IMAGE_FORMATS, _grey
-
-        grey = data.decode_picture(body, _grey, formats=IMAGE_FORMATS, max_pixels=MAX_PIXELS,
-                                   kind="an image")
-        return self._digit(grey, raw)
+        return self._digit(images.decode_grey(body, kind="an image"), raw)
 
     def prepare_pixels(self, pixels, raw: bool = False):
         """JSON pixels (a list of rows) by the rule `cyconv predict` has for .npy files: integers 0..255 or
@@ -155,38 +150,18 @@ class ServedModel:
             a = np.array(pixels)
         except (ValueError, TypeError):
             raise InputError("pixels must be a list of rows of numbers, all rows of one length") from None
-        if a.ndim != 2 or a.size == 0:
-            raise InputError(f"pixels must be a non-empty list of rows (height, width), got shape {a.shape}")
-        if a.dtype.kind in "iu":
-            if a.min() < 0 or a.max() > 255:
-                raise InputError(f"integer pixels must be in 0..255, got {a.min()}..{a.max()}")
-            grey = a.astype(np.uint8)
-        elif a.dtype.kind == "f":
-            if not np.all(np.isfinite(a)) or a.min() < 0 or a.max() > 1:
-                raise InputError("float pixels must be finite and in [0, 1] (or all integers in 0..255)")
-            grey = np.rint(a * 255).astype(np.uint8)
-        else:
-            raise InputError("pixels must be numbers: integers 0..255 or floats 0..1")
+        try:
+            grey = images.grey_pixels(a)
+        except ValueError as e:
+            raise InputError(f"pixels: {e}") from None
         return self._digit(grey, raw)
 
     def _digit(self, grey: np.ndarray, raw: bool):
-        from ..tools.cli import IMAGE_SIZE
-
-        warning = None
-        if raw:
-            if grey.shape != (IMAGE_SIZE, IMAGE_SIZE):
-                raise InputError(f"image is {grey.shape[1]}x{grey.shape[0]}, raw=1 needs {IMAGE_SIZE}x{IMAGE_SIZE} "
-                                 "(width x height); without raw=1 it would be scaled and centred")
-            if grey.mean() > 127.5:
-                warning = ("mostly bright: MNIST digits are white on black, so invert a dark-on-light image, "
-                           "or leave out raw=1, for a meaningful prediction")
-            digit = grey
-        else:
-            try:
-                digit = data.prepare_digit(grey)
-            except ValueError as e:  # a blank drawing: nothing to classify, so no guess
-                raise InputError(str(e).removeprefix("prepare_digit(): ")) from None
-        return data.to_float32(digit[None])[0], digit[None], warning
+        try:
+            x, digit, warning = images.digit_input(grey, raw, "raw=1")
+        except ValueError as e:  # not 28x28 with raw=1, or a blank drawing: nothing to classify, so no guess
+            raise InputError(str(e).removeprefix("prepare_digit(): ")) from None
+        return x, digit[None], warning
 
     def _normalised(self, seen: np.ndarray) -> np.ndarray:
         return data.normalize(seen[None], self.spec.mean, self.spec.std)[0]

@@ -24,11 +24,12 @@ Ctrl-C exits with 130. Set CYCONV_DEBUG=1 to get the traceback instead of the on
 
 Images for `predict` may be pictures of any size and colour mode (PNG, JPEG, BMP, GIF, TIFF, PPM, read
 by Pillow) or 2-D .npy arrays, a dark digit on a light background or a light one on dark: `load_image`
-turns each into an MNIST digit with cyconv.data.prepare_digit (inverted if need be, cropped to the ink,
-scaled to fit 20x20, centred by its centre of mass in 28x28). `--raw` skips that, for images that already
-are MNIST digits (28x28, white on black). A model trained on an image folder (`train --data-dir`) takes
-pictures as the folder's were read instead (cyconv.data.read_image: resized to its image size, grey or RGB)
-and normalised with its training split's mean and std, which the checkpoint keeps with the class names.
+(cyconv.data.images.load_digit) turns each into an MNIST digit with cyconv.data.prepare_digit (inverted if
+need be, cropped to the ink, scaled to fit 20x20, centred by its centre of mass in 28x28). `--raw` skips
+that, for images that already are MNIST digits (28x28, white on black). A model trained on an image folder
+(`train --data-dir`) takes pictures as the folder's were read instead (cyconv.data.read_image: resized to
+its image size, grey or RGB) and normalised with its training split's mean and std, which the checkpoint
+keeps with the class names.
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .. import __version__, data
 from .._files import atomic_write
 from ..data import ImageError
+from ..data.images import load_digit as load_image  # its name here since before data/images.py
 from ..deploy import predictor as predictor_module
 from ..kernels.isa import get_isa
 from ..kernels.threads import set_num_threads
@@ -852,102 +853,3 @@ def _cmd_download(args) -> int:
     print(f"MNIST: {len(mnist.train_labels)} training and {len(mnist.test_labels)} test images in {root} "
           "(MD5-verified)")
     return 0
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Images
-
-
-_NPY_MAGIC = b"\x93NUMPY"
-# What Pillow may open: the common raster formats. Not all it knows: its EPS reader runs Ghostscript.
-IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "PPM")
-# A 40-megapixel photo is more than a picture of one digit needs. The size is checked in the header, before
-# any pixel is decoded (3-4 bytes a pixel for colour), so a small file that claims more costs nothing.
-MAX_IMAGE_PIXELS = 40_000_000
-
-
-def load_image(path, raw: bool = False) -> tuple[np.ndarray, str | None]:
-    """An image file as the network's input: float32 (1, 28, 28), normalised by cyconv.data.to_float32,
-    and a warning (or None).
-
-    path: a picture (PNG, JPEG, BMP, GIF, TIFF or PPM; any size and colour mode, read by Pillow) or a 2-D
-    .npy array (uint8 0..255, or float 0..1, rounded to 8 bits as MNIST's pixels are). By default the
-    digit is made to look like MNIST's by cyconv.data.prepare_digit: either polarity, any size, cropped,
-    scaled and centred. raw=True uses the pixels as they are, so the image must already be an MNIST digit:
-    28x28, white on black; the warning says when it is mostly bright.
-
-    Raises ImageError (a ValueError) naming the file for anything it cannot use; OSError if it cannot be
-    opened.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            is_npy = f.read(len(_NPY_MAGIC)) == _NPY_MAGIC
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory, not an image") from None
-    grey = _read_npy(path) if is_npy else _read_picture(path)
-    warning = None
-    if raw:
-        if grey.shape != (IMAGE_SIZE, IMAGE_SIZE):
-            raise ImageError(f"{path}: image is {grey.shape[1]}x{grey.shape[0]}, expected {IMAGE_SIZE}x{IMAGE_SIZE} "
-                             "(width x height); without --raw it would be scaled and centred")
-        if grey.mean() > 127.5:
-            warning = ("mostly bright: MNIST digits are white on black, so invert a dark-on-light image "
-                       "(255 - pixels), or leave out --raw, for a meaningful prediction")
-        digit = grey
-    else:
-        try:
-            digit = data.prepare_digit(grey)
-        except ValueError as e:
-            raise ImageError(f"{path}: {e}") from None
-    return data.to_float32(digit[None])[0], warning
-
-
-def _read_npy(path: Path) -> np.ndarray:
-    """A 2-D .npy of integers in 0..255, or floats in [0, 1], as uint8 (H, W)."""
-    try:
-        a = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ImageError(f"{path}: cannot read as .npy: {e}") from e
-    if a.ndim != 2 or a.size == 0:
-        raise ImageError(f"{path}: array has shape {a.shape}, expected a 2-D (height, width) image")
-    if a.dtype.kind in "iu":
-        if a.min() < 0 or a.max() > 255:
-            raise ImageError(f"{path}: integer pixels must be in 0..255, got {a.min()}..{a.max()}")
-        return a.astype(np.uint8)
-    if a.dtype.kind == "f":
-        if not np.all(np.isfinite(a)) or a.min() < 0 or a.max() > 1:
-            raise ImageError(f"{path}: float pixels must be finite and in [0, 1]")
-        return np.rint(a * 255).astype(np.uint8)
-    raise ImageError(f"{path}: dtype {a.dtype} is not an image; expected uint8 (0..255) or float (0..1)")
-
-
-def _read_picture(path: Path) -> np.ndarray:
-    """A picture file as uint8 (H, W) grey, its size checked before its pixels are decoded."""
-    with data.refusing_decompression_bombs():
-        return data.decode_picture(path, _grey, formats=IMAGE_FORMATS, max_pixels=MAX_IMAGE_PIXELS,
-                                   kind="a .npy file or an image")
-
-
-def _grey(picture: Image.Image) -> np.ndarray:
-    """Any Pillow mode as uint8 grey: luma 0.299 R + 0.587 G + 0.114 B (Pillow's "L"), 16-bit scaled to
-    8, transparency flattened onto black or white (_flatten)."""
-    if picture.mode.startswith("I"):  # 16-bit grey ("I;16" and, from older Pillows, "I"): 0..65535
-        return data.wide_grey_to_uint8(picture)
-    if picture.has_transparency_data:
-        rgba = picture.convert("RGBA")
-        return _flatten(np.asarray(rgba.convert("L")), np.asarray(rgba.getchannel("A")))
-    return np.asarray(picture.convert("L"))
-
-
-def _flatten(grey: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Composite grey over white if its opaque part is mostly dark, else over black.
-
-    A transparent canvas has no colour of its own: a paint program shows it as white (or a checkerboard)
-    and its pixels often hold black. Put behind the drawing the colour the ink stands out from.
-    """
-    opacity = int(alpha.sum(dtype=np.int64))
-    mean = int((grey.astype(np.int64) * alpha).sum()) / opacity if opacity else 0.0
-    background = 255 if mean < 128 else 0
-    a = alpha.astype(np.uint32)
-    return ((grey * a + background * (255 - a) + 127) // 255).astype(np.uint8)
