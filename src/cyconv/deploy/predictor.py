@@ -33,7 +33,7 @@ from ..kernels import _kernels
 from ..layers import graph, nn
 from ..layers import functional as F
 from ..kernels.isa import TIERS, get_isa
-from ..kernels.threads import MIN_WORK_PER_THREAD, get_num_threads, threads_for
+from ..kernels.threads import MIN_WORK_PER_THREAD, threads_for
 
 __all__ = ["compile", "Predictor"]
 
@@ -119,9 +119,9 @@ class Predictor:
                 return out
             self._reserve(max(n, self._wanted_batch or 0))
             x = np.ascontiguousarray(x)
-            nt = threads_for(max(1, n * self._macs // MIN_WORK_PER_THREAD), MIN_WORK_PER_THREAD)
-            if nt * self._per_thread > self._scratch.size:
-                self._scratch = np.empty(get_num_threads() * self._per_thread, self.dtype)
+            nt = self._threads(n)
+            if nt * self._per_thread > self._scratch.size:  # more threads than any call before
+                self._scratch = np.empty(nt * self._per_thread, self.dtype)
             _kernels.predict(out.reshape(-1), x.reshape(-1), self._ops, self._params, self._packed,
                              TIERS.index(self.isa), self._arena, n * self._largest, self._scratch,
                              self._per_thread, self._xpack, n, nt)
@@ -330,12 +330,17 @@ class Predictor:
             (*layer.kernel_size, *layer.stride, *layer.padding, Ho, Wo)
         row[_F["pincl"]] = int(getattr(layer, "count_include_pad", True))
 
+    def _threads(self, n):
+        """The threads a batch of n images runs on: as many as its multiply-adds justify (threads_for)."""
+        return threads_for(max(1, n * self._macs // MIN_WORK_PER_THREAD), MIN_WORK_PER_THREAD)
+
     def _reserve(self, n):
-        """Buffers for batches of up to n images."""
+        """Buffers for batches of up to n images (the per-thread scratch: for the threads such a batch gets)."""
         if n > self.batch_size:
             self._arena = np.empty(max(1, self._nslots * n * self._largest), self.dtype)
             self._xpack = np.empty(max(1, n * self._linear_in), self.dtype)
-            self._scratch = np.empty(get_num_threads() * self._per_thread, self.dtype)
+            if self._threads(n) * self._per_thread > self._scratch.size:
+                self._scratch = np.empty(self._threads(n) * self._per_thread, self.dtype)
             self.batch_size = n
 
 

@@ -93,12 +93,24 @@ def _install_blas_hooks():
 MIN_WORK_PER_THREAD = 1 << 15
 
 
-def threads_for(work_items, work_per_item=MIN_WORK_PER_THREAD):
+def threads_for(work_items, work_per_item=MIN_WORK_PER_THREAD, *, split=None):
     """Threads for work_items independent items of work_per_item element operations
     each: at most one per item, only as many as the work justifies, and fewer while
-    some of the cores are found busy (record_work_split)."""
-    worth = (work_items * work_per_item) // MIN_WORK_PER_THREAD
-    return max(1, min(_busy.threads(get_num_threads()), work_items, worth))
+    some of the cores are found busy (record_work_split).
+
+    split: (items, work_per_item), the finer way a kernel shares the same work out
+    when it has fewer work_items than threads (a convolution: its images, else each
+    image's output columns); the count is then what either way justifies.
+
+    The one place that decides how many threads a kernel runs on: every kernel call
+    of cyconv.layers.functional, and the compiled predictor's, takes its count here."""
+    available = _busy.threads(get_num_threads())
+
+    def justified(items, per_item):
+        return max(1, min(available, items, (items * per_item) // MIN_WORK_PER_THREAD))
+
+    nt = justified(work_items, work_per_item)
+    return nt if split is None else max(nt, justified(*split))
 
 
 class _BusyCores:

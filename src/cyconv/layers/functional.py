@@ -333,7 +333,7 @@ def _winograd_input_grad(grad_y, weight, geom, m):
     flipped = np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
     grad_x = np.empty((N, C, H, W), grad_y.dtype)
     if N:
-        nt = max(threads_for(N), threads_for(C * H * W, O * kh * kw))
+        nt = threads_for(N, split=(C * H * W, O * kh * kw))
         _kernels.winograd_conv2d_forward(grad_x.reshape(-1), grad_y.reshape(-1), flipped.reshape(-1),
                                          np.empty(0, grad_y.dtype), N, O, Ho, Wo, C, kh, kh - 1 - ph, kw - 1 - pw,
                                          H, W, m, nt)
@@ -490,7 +490,7 @@ def _conv_threads(geom):
     """One image per thread; with fewer images than threads, the kernel splits
     each image's GEMM (O*Ho*Wo outputs of C*kh*kw multiply-adds) instead."""
     N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo = geom
-    return max(threads_for(N), threads_for(O * Ho * Wo, C * kh * kw))
+    return threads_for(N, split=(O * Ho * Wo, C * kh * kw))
 
 
 def conv2d_relu_max_pool2d(x, weight, bias=None, stride=1, padding=0, pool_size=2, pool_stride=None,
