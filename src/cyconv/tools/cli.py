@@ -54,11 +54,11 @@ from ..kernels.threads import set_num_threads
 from ..layers import graph
 from ..layers.models import MODELS, build_model, conv_algorithms, default_input, summary
 from ..training import distributed
-from ..training.checkpoint import load_checkpoint, load_model
+from ..training.checkpoint import load_model
 from ..training.optim import OPTIMIZERS
-from ..training.train import (CHECKPOINT_NAME, DEFAULT_LR, FOLDER_IMAGE_SIZE, FOLDER_RECIPE, RESNET20_FOLDER_RECIPE,
-                              SCHEDULES, TrainConfig, TrainingInterrupted, confusion_matrix, folder_recipe,
-                              predict_logits, train)
+from ..training.train import (DEFAULT_LR, FOLDER_IMAGE_SIZE, FOLDER_RECIPE, RESNET20_FOLDER_RECIPE,
+                              SCHEDULES, TrainConfig, TrainingInterrupted, confusion_matrix, predict_logits,
+                              run_config, saved_run, train)
 from . import compare
 
 __all__ = ["main", "ImageError", "load_image"]
@@ -495,9 +495,6 @@ def _cmd_train(args) -> int:
         raise UsageError("train: --data is the MNIST directory, --data-dir an image folder: give one "
                          "(see 'cyconv train --help')")
     model = given.get("model", FOLDER_RECIPE["model"] if args.data_dir is not None else TrainConfig.model)
-    recipe = folder_recipe(model) if args.data_dir is not None else {}
-    if given.get("optimizer", "sgd") != "sgd":
-        recipe = {k: v for k, v in recipe.items() if k != "lr"}  # the folder lr is SGD's; Adam's default fits
     if "hidden" in given and model != "mlp":
         raise UsageError("train: --hidden applies to --model mlp only (see 'cyconv train --help')")
     if "momentum" in given and given.get("optimizer", "sgd") != "sgd":
@@ -512,19 +509,15 @@ def _cmd_train(args) -> int:
             raise _MissingDependency(f"train: --distributed: {e}") from None
         if args.threads is None and not os.environ.get("OMP_NUM_THREADS", "").strip():
             threads = set_num_threads(distributed.threads_per_rank())
-    spec = None
-    if args.resume:
-        # What the command line does not say comes from the run being resumed, so a plain
-        # `cyconv train --resume` continues it; what it does say must agree (train() checks).
+    saved = spec = None
+    if args.resume:  # a plain `cyconv train --resume` continues the run (run_config)
         # In a distributed run rank 0 reads it: the other ranks' machines need not see OUT.
         if args.distributed:
-            saved = distributed.broadcast_json(_saved_run(out) if distributed.rank() == 0 else None)
+            saved = distributed.broadcast_json(saved_run(out) if distributed.rank() == 0 else None)
         else:
-            saved = _saved_run(out)
-        config = TrainConfig.from_dict({**saved["config"], **given})
+            saved = saved_run(out)
         spec = None if saved["data"] is None else data.FolderSpec.from_dict(saved["data"])
-    else:
-        config = TrainConfig(**{**recipe, **given})
+    config = run_config(given, image_folder=args.data_dir is not None, saved=saved)
     if "width_mult" in given and config.model != "mobilenet_v2":
         raise UsageError("train: --width-mult applies to --model mobilenet_v2 only (see 'cyconv train --help')")
     if args.data_dir is None and spec is None:
@@ -591,14 +584,6 @@ def _test_set(args, ckpt):
               f"{len(split.test_labels)} images, the model was tested on {ckpt.info.get('n_test')}; some "
               "of these may be images it was trained on", file=sys.stderr)
     return data.normalize(split.test_images, spec.mean, spec.std), split.test_labels, list(spec.classes)
-
-
-def _saved_run(out: Path) -> dict:
-    """The config and image-folder spec (None for MNIST) of the run saved in out, as JSON-able dicts."""
-    if not (out / CHECKPOINT_NAME).is_file():
-        raise FileNotFoundError(f"nothing to resume: {out / CHECKPOINT_NAME} does not exist")
-    saved = load_checkpoint(out / CHECKPOINT_NAME)
-    return {"config": saved.config, "data": None if saved.data is None else saved.data.to_dict()}
 
 
 def _cmd_evaluate(args) -> int:

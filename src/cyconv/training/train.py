@@ -61,6 +61,8 @@ __all__ = [
     "FOLDER_RECIPES",
     "FOLDER_IMAGE_SIZE",
     "folder_recipe",
+    "run_config",
+    "saved_run",
     "TrainConfig",
     "TrainResult",
     "TrainingInterrupted",
@@ -107,6 +109,34 @@ def folder_recipe(model: str) -> dict:
         raise ValueError(f"folder_recipe(): model must be one of {', '.join(MODELS)}, got {model!r}")
     return {**FOLDER_RECIPES.get(model, FOLDER_RECIPE), "model": model}
 
+
+
+def run_config(given: dict, *, image_folder: bool = False, saved: dict | None = None) -> TrainConfig:
+    """The config of a run from the TrainConfig fields `given` (a command line's options; the others left out).
+
+    A new run takes what is not given from TrainConfig's defaults, or on an image folder from the model's
+    folder_recipe (without its lr when the optimizer is not SGD: that lr is SGD's, Adam's default fits).
+    A resumed run (saved: saved_run() of its directory) takes it from the run being resumed, so resuming
+    with nothing given continues it; what is given must agree with it (train() checks).
+    """
+    if saved is not None:
+        return TrainConfig.from_dict({**saved["config"], **given})
+    if not image_folder:
+        return TrainConfig(**given)
+    recipe = folder_recipe(given.get("model", FOLDER_RECIPE["model"]))
+    if given.get("optimizer", "sgd") != "sgd":
+        recipe = {k: v for k, v in recipe.items() if k != "lr"}
+    return TrainConfig(**{**recipe, **given})
+
+
+def saved_run(out_dir) -> dict:
+    """The config and image-folder spec (None for MNIST) of the run saved in out_dir, as JSON-able dicts
+    (so a distributed run's rank 0 can read it and broadcast it): what run_config(saved=...) resumes."""
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume: {path} does not exist")
+    saved = load_checkpoint(path)
+    return {"config": saved.config, "data": None if saved.data is None else saved.data.to_dict()}
 
 @dataclass(frozen=True)
 class TrainConfig:
