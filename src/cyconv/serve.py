@@ -364,6 +364,7 @@ class _Limits:
     def __init__(self, app, max_bytes, requests, latency, predict=None):
         self.app, self.max_bytes, self.requests, self.latency = app, max_bytes, requests, latency
         self.predict = predict
+        self._counters, self._timers = {}, {}  # labels() -> child, looked up once: labels() takes a lock
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -403,8 +404,14 @@ class _Limits:
                 mb = self.max_bytes / 1e6
                 await _send_json(send_counted, 413, {"detail": f"body too large: at most {mb:g} MB"})
         finally:
-            self.requests.labels(endpoint, str(status)).inc()
-            self.latency.labels(endpoint).observe(time.perf_counter() - start)
+            counter = self._counters.get((endpoint, status))
+            if counter is None:
+                counter = self._counters[endpoint, status] = self.requests.labels(endpoint, str(status))
+            timer = self._timers.get(endpoint)
+            if timer is None:
+                timer = self._timers[endpoint] = self.latency.labels(endpoint)
+            counter.inc()
+            timer.observe(time.perf_counter() - start)
 
 
 async def _send_json(send, status, content, headers=()):
@@ -590,8 +597,9 @@ def run(app, *, host=DEFAULT_HOST, port=DEFAULT_PORT, log_level="info") -> int:
     """
     import uvicorn
 
+    # No proxy-headers layer: nothing here reads the client's address, and it is one more call per request.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30,
-                            access_log=False, server_header=False)
+                            access_log=False, server_header=False, proxy_headers=False)
     server = uvicorn.Server(config)
     received = []
     previous = {sig: signal.signal(sig, lambda s, f: received.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
