@@ -219,8 +219,8 @@ class Batcher:
     what is queued, up to max_batch, and runs it in a worker thread; the next batch forms while it runs,
     and goes as soon as the model is free. Only a request that finds the model idle and the queue empty
     waits, up to max_wait seconds, for company (less if max_batch requests come sooner). The answers are
-    the one-at-a-time ones, bit for bit: a float32 predictor on cyconv's own GEMM computes each image's outputs alike in a
-    batch of any size (cyconv.predictor; tests/test_predictor.py holds it to that).
+    the one-at-a-time ones, bit for bit: a float32 predictor on cyconv's own GEMM computes each image's
+    outputs alike in a batch of any size (cyconv.predictor; tests/test_predictor.py holds it to that).
     """
 
     def __init__(self, run, *, max_batch=DEFAULT_MAX_BATCH, max_wait=DEFAULT_MAX_WAIT_MS / 1000,
@@ -355,7 +355,7 @@ class _Limits:
     while it is read; count every request by endpoint and status, and time it, in prometheus metrics.
 
     It also answers POST /predict itself, with `predict` (an ASGI app), rather than passing it down to
-    FastAPI: FastAPI's route only documents it. The layers below (exception and telemetry middleware,
+    FastAPI, whose route for it documents it (and answers alike, should it be reached). The layers below (exception and telemetry middleware,
     routing through every route, solving the endpoint's dependencies, building the response object) cost
     as much as reading the picture, on the one thread that serves every request."""
 
