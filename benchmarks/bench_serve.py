@@ -3,6 +3,7 @@ batching on and off, against the same server code running ONNX Runtime on the ex
 
     python benchmarks/bench_serve.py [--clients 1 8 32 64] [--seconds 10] [--repeats 3] [--threads 2]
                                      [--stress-clients 512 --stress-seconds 20] [--json out.json] [--quick]
+                                     [--spin]
 
 Prints markdown tables for benchmarks/RESULTS.md. A default run takes about 6 minutes; --quick about one.
 
@@ -12,6 +13,10 @@ What it runs:
   (--max-batch 64, --max-wait-ms 2, the defaults), cyconv batching off (--max-batch 1), and ONNX Runtime
   on the model `cyconv export` writes, batching on, behind the very same app (serve.create_app with
   ORT's session as the model call; ORT on the same number of intra-op threads).
+- Idle threads sleep, in both: OMP_WAIT_POLICY=passive for cyconv's OpenMP threads, ORT's
+  session.intra_op.allow_spinning=0 (--spin leaves both at their default, spinning). A thread that
+  spins for its next parallel region holds a core; here the event loop and the clients need it, and on a
+  shared machine a thread spinning at a barrier burns the time slice its partner waits for.
 - The clients: one process on the same 2 cores, asyncio (uvloop), each client one keep-alive connection
   sending POST /predict?raw=1 with a 28x28 PNG of an MNIST-like digit (what a program calling the API
   sends; the page's drawings go through prepare_digit as well) and waiting for the answer before the
@@ -66,6 +71,8 @@ def serve_main(args):
         options.intra_op_num_threads = args.threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if not args.spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(args.onnx, options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         model = serve.ServedModel(lambda x: session.run(None, {name: x})[0], (1, 28, 28), range(10),
@@ -79,12 +86,16 @@ def serve_main(args):
 class Server:
     """A server process of this file; stopped with SIGTERM (it must exit 0)."""
 
-    def __init__(self, kind, checkpoint, onnx, threads, max_batch, max_wait_ms=2.0):
+    def __init__(self, kind, checkpoint, onnx, threads, max_batch, max_wait_ms=2.0, spin=False):
         self.kind, self.port = kind, _free_port()
         cmd = [sys.executable, __file__, "--server", "onnxruntime" if kind == "onnxruntime" else "cyconv",
                "--port", str(self.port), "--checkpoint", str(checkpoint), "--onnx", str(onnx),
                "--threads", str(threads), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        if spin:
+            cmd.append("--spin")
+        else:  # libgomp reads it once, when it is loaded: before the server imports cyconv
+            env["OMP_WAIT_POLICY"] = "passive"
         self.process = subprocess.Popen(cmd, env=env)
         deadline = time.monotonic() + 60
         while True:
@@ -217,10 +228,12 @@ def main(args):
     cyconv.onnx.export(load_model(checkpoint)[0], onnx_path, input_shape=(1, 28, 28))
 
     results = {"date": datetime.date.today().isoformat(), "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+               "spin": args.spin, "load_average": {"start": os.getloadavg()},
                "cpu": _cpu(), "threads": args.threads, "seconds": args.seconds, "repeats": args.repeats,
                "python": platform.python_version(), "cyconv": cyconv.__version__, "isa": cyconv.get_isa(),
                "load": {}, "stress": None}
-    servers = {name: Server(kind, checkpoint, onnx_path, args.threads, batch) for name, (kind, batch) in SERVERS.items()}
+    servers = {name: Server(kind, checkpoint, onnx_path, args.threads, batch, spin=args.spin)
+               for name, (kind, batch) in SERVERS.items()}
     try:
         for clients in args.clients:
             rounds = {name: [] for name in servers}
@@ -247,6 +260,7 @@ def main(args):
     finally:
         for server in servers.values():
             server.stop()
+    results["load_average"]["end"] = os.getloadavg()
     print(report(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
@@ -264,8 +278,12 @@ def _median(rounds):
 
 
 def report(results):
+    load = results["load_average"]
     lines = [f"{results['date']}, `{results['command']}`, {results['cpu']}, {results['threads']} threads, "
-             f"tier {results['isa']}; medians of {results['repeats']} rounds of {results['seconds']:g} s",
+             f"tier {results['isa']}, idle threads {'spinning' if results['spin'] else 'sleeping'}; medians of "
+             f"{results['repeats']} rounds of {results['seconds']:g} s; load average (1, 5, 15 min) "
+             f"{'/'.join(f'{x:.1f}' for x in load['start'])} at the start, "
+             f"{'/'.join(f'{x:.1f}' for x in load['end'])} at the end",
              "", "| clients | server | images/s (min-max) | p50 ms | p99 ms | failed | 503 |",
              "|---|---|---|---|---|---|---|"]
     for clients, by_server in results["load"].items():
@@ -305,6 +323,8 @@ def parse_args():
     p.add_argument("--stress-clients", type=int, default=512)
     p.add_argument("--stress-seconds", type=float, default=20.0)
     p.add_argument("--json")
+    p.add_argument("--spin", action="store_true",
+                   help="leave the model's threads spinning when idle (OpenMP's and ONNX Runtime's default)")
     p.add_argument("--quick", action="store_true", help="32 clients, 1 round of 5 s, stress of 5 s")
     # A server process of this file:
     p.add_argument("--server", choices=("cyconv", "onnxruntime"), help=argparse.SUPPRESS)

@@ -327,6 +327,48 @@ def test_batcher_runs_what_arrives_together_as_one_call(lenet):
         assert ms > 0
 
 
+def test_a_request_queued_while_a_batch_runs_does_not_wait_for_company(lenet):
+    """max_wait is for a request that finds the model idle; one that queued behind a batch goes when it ends."""
+    started = threading.Event()
+
+    def run(x):
+        started.set()
+        time.sleep(0.2)
+        return lenet.run(x)
+
+    xs = [lenet.prepare_pixels(drawing(seed).tolist())[0] for seed in range(3)]
+
+    async def main():
+        batcher = serve.Batcher(run, max_batch=2, max_wait=60, max_queue=10)
+        batcher.start()
+        first = [batcher.submit(x) for x in xs[:2]]  # a full batch: it goes at once
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        late = batcher.submit(xs[2])
+        answers = await asyncio.wait_for(asyncio.gather(*first, late), 30)  # not the 60 s of max_wait
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(main())
+    np.testing.assert_array_equal(answers[2][0], lenet.run(xs[2][None])[0])
+
+
+def test_answers_are_the_json_fastapi_writes():
+    """The pre-encoded answers are byte for byte JSONResponse's, whatever the class names and probabilities."""
+    from fastapi.responses import JSONResponse
+
+    rng = np.random.default_rng(0)
+    for classes in ([str(c) for c in range(10)], ["cat", "dög", 'a "quoted" name', "back\\slash", "日本"]):
+        answers = serve._Answers(classes)
+        for k in range(200):
+            p = serve.probabilities(rng.normal(size=len(classes)) * [1e-3, 1, 40, 400][k % 4])
+            index, ms = int(p.argmax()), float(rng.random() * 10)
+            extra = {"warning": "mostly bright ü", "input": "data:image/png;base64,AAAA"} if k % 3 == 0 else {}
+            expected = {"class": classes[index], "index": index, "probabilities": dict(zip(classes, map(float, p))),
+                        "model_ms": round(ms, 3), **extra}
+            assert answers.encode(index, p, ms, extra) == JSONResponse(expected).body
+
+
 class SlowModel(serve.ServedModel):
     """LeNet-5's answers, each call taking at least `delay` seconds: a queue that fills."""
 

@@ -11,12 +11,14 @@ the thin layer above it, as Triton's dynamic batcher is:
   MNIST-like by cyconv.data.prepare_digit, or ?raw=1 as --raw; JSON pixels by the rule of .npy files),
   for image-folder models what the folder's pictures went through (cyconv.data.read_image, normalised
   by the checkpoint's mean and std).
-- Batcher: requests wait in a bounded queue; one task takes up to max_batch of them, waiting at most
-  max_wait for company while the batch is not full, and runs them as one model call in a worker thread
-  (the compiled call releases the GIL, so the event loop keeps parsing requests meanwhile). A full queue
-  is a 503 with Retry-After, never unbounded memory.
+- Batcher: requests wait in a bounded queue; one task takes up to max_batch of them and runs them as
+  one model call in a worker thread (the compiled call releases the GIL, so the event loop keeps parsing
+  requests meanwhile); those that queue meanwhile go as soon as it ends, and a request that finds the
+  model idle waits at most max_wait for company. A full queue is a 503 with Retry-After, never
+  unbounded memory.
 - create_app: the endpoints (POST /predict, GET /health, GET /metrics, GET / the page, and FastAPI's
-  /docs and /openapi.json), a body-size limit, request metrics through prometheus_client.
+  /docs and /openapi.json), a body-size limit, request metrics through prometheus_client. POST /predict
+  is answered by the body-limit middleware itself, past FastAPI's per-request layers (see _Limits).
 - run: uvicorn, exiting 0 after SIGTERM or Ctrl-C once the requests in flight are answered.
 
 Nothing from a request names a file on the server: uploads are decoded from memory.
@@ -26,6 +28,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import gc
 import io
 import json
 import signal
@@ -48,6 +51,7 @@ DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_MAX_QUEUE = 256   # waiting requests; past it, 503
 DEFAULT_MAX_BODY_MB = 10.0
 RETRY_AFTER_S = 1
+_RETRY_AFTER = ((b"retry-after", str(RETRY_AFTER_S).encode()),)
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -187,10 +191,11 @@ class Batcher:
     """Runs the inputs of concurrent requests as batches of one model call each (Triton's dynamic batcher).
 
     submit(x) queues one input (C, H, W) and returns a future of (logits row, model ms). One task takes
-    what is queued, up to max_batch, waiting up to max_wait seconds for more while the batch is not full,
-    and runs it in a worker thread; the next batch forms while it runs. The answers are the one-at-a-time
-    ones, bit for bit: a float32 predictor on cyconv's own GEMM computes each image's outputs alike in a
-    batch of any size (cyconv.predictor; tests/test_predictor.py holds it to that).
+    what is queued, up to max_batch, and runs it in a worker thread; the next batch forms while it runs,
+    and goes as soon as the model is free. Only a request that finds the model idle and the queue empty
+    waits, up to max_wait seconds, for company (less if max_batch requests come sooner). The answers are
+    the one-at-a-time ones, bit for bit: a float32 predictor on cyconv's own GEMM computes each image's
+    outputs alike in a batch of any size (cyconv.predictor; tests/test_predictor.py holds it to that).
     """
 
     def __init__(self, run, *, max_batch=DEFAULT_MAX_BATCH, max_wait=DEFAULT_MAX_WAIT_MS / 1000,
@@ -235,13 +240,17 @@ class Batcher:
     async def _serve(self):
         loop = asyncio.get_running_loop()
         while True:
+            # Company is waited for only by a request that found the model idle. Requests that queued while
+            # the previous batch ran have waited already, and the clients they belong to are the company
+            # there is: waiting longer would leave the model idle while the event loop answers, then the
+            # event loop idle while the model runs, in lock-step.
             if not self._pending:
                 self._arrived.clear()
                 await self._arrived.wait()
-            if len(self._pending) < self.max_batch and self.max_wait > 0:
-                self._full.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self.max_wait)
+                if len(self._pending) < self.max_batch and self.max_wait > 0:
+                    self._full.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), self.max_wait)
             batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
             batch = [(x, f) for x, f in batch if not f.done()]  # a caller that went away
             if not batch:
@@ -318,12 +327,19 @@ class _BodyTooLarge(Exception):
 
 class _Limits:
     """Pure ASGI middleware: refuse a body over max_bytes (413), from Content-Length when it says so, else
-    while it is read; count every request by endpoint and status, and time it, in prometheus metrics."""
+    while it is read; count every request by endpoint and status, and time it, in prometheus metrics.
+
+    It also answers POST /predict itself, with `predict` (an ASGI app), rather than passing it down to
+    FastAPI, whose route for it documents it (and answers alike, should it be reached). The layers below (exception and telemetry middleware,
+    routing through every route, solving the endpoint's dependencies, building the response object) cost
+    as much as reading the picture, on the one thread that serves every request."""
 
     ENDPOINTS = ("/", "/predict", "/health", "/metrics", "/docs", "/openapi.json")
 
-    def __init__(self, app, max_bytes, requests, latency):
+    def __init__(self, app, max_bytes, requests, latency, predict=None):
         self.app, self.max_bytes, self.requests, self.latency = app, max_bytes, requests, latency
+        self.predict = predict
+        self._counters, self._timers = {}, {}  # labels() -> child, looked up once: labels() takes a lock
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -354,29 +370,66 @@ class _Limits:
             length = dict(scope["headers"]).get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
                 raise _BodyTooLarge
-            await self.app(scope, receive_limited, send_counted)
+            app = self.app
+            if self.predict is not None and scope["path"] == "/predict" and scope["method"] == "POST":
+                app = self.predict
+            await app(scope, receive_limited, send_counted)
         except _BodyTooLarge:
             if not started:
                 mb = self.max_bytes / 1e6
                 await _send_json(send_counted, 413, {"detail": f"body too large: at most {mb:g} MB"})
         finally:
-            self.requests.labels(endpoint, str(status)).inc()
-            self.latency.labels(endpoint).observe(time.perf_counter() - start)
+            counter = self._counters.get((endpoint, status))
+            if counter is None:
+                counter = self._counters[endpoint, status] = self.requests.labels(endpoint, str(status))
+            timer = self._timers.get(endpoint)
+            if timer is None:
+                timer = self._timers[endpoint] = self.latency.labels(endpoint)
+            counter.inc()
+            timer.observe(time.perf_counter() - start)
 
 
 async def _send_json(send, status, content, headers=()):
-    body = json.dumps(content).encode()
+    """A JSON answer, then the connection closed: for a body that is refused unread."""
+    await _send(send, status, json.dumps(content).encode(), ((b"connection", b"close"), *headers))
+
+
+async def _send(send, status, body: bytes, headers=()):
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"), *headers]})
+                            *headers]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _json(content) -> bytes:
+    """As FastAPI's JSONResponse encodes."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+class _Answers:
+    """The JSON of /predict's answers, from pieces encoded once per class: the same bytes json.dumps (and
+    FastAPI's JSONResponse) writes, at a third of its time (a float is written as repr() writes it, as
+    json's encoder does; probabilities are finite)."""
+
+    def __init__(self, classes):
+        names = [json.dumps(c, ensure_ascii=False) for c in classes]
+        self.heads = [f'{{"class":{name},"index":{i},"probabilities":{{' for i, name in enumerate(names)]
+        self.keys = [f"{name}:" for name in names]
+
+    def encode(self, index: int, p, model_ms: float, extra: dict) -> bytes:
+        parts = [self.heads[index], ",".join([k + repr(v) for k, v in zip(self.keys, p.tolist())]),
+                 '},"model_ms":', repr(round(model_ms, 3))]
+        for key, value in extra.items():
+            parts += [",", json.dumps(key), ":", json.dumps(value, ensure_ascii=False)]
+        parts.append("}")
+        return "".join(parts).encode()
 
 
 def create_app(model: ServedModel, *, max_batch=DEFAULT_MAX_BATCH, max_wait_ms=DEFAULT_MAX_WAIT_MS,
                max_queue=DEFAULT_MAX_QUEUE, max_body_mb=DEFAULT_MAX_BODY_MB):
     """The FastAPI application serving `model` (see the module docstring); run it with uvicorn."""
     from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from fastapi.responses import HTMLResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
     from starlette.datastructures import UploadFile
 
@@ -412,7 +465,6 @@ def create_app(model: ServedModel, *, max_batch=DEFAULT_MAX_BATCH, max_wait_ms=D
 
     app = FastAPI(title="cyconv serve", version=_version(), lifespan=lifespan,
                   description=f"{model.description}: POST an image to /predict. The page to try it is at /.")
-    app.add_middleware(_Limits, max_bytes=int(max_body_mb * 1e6), requests=requests, latency=latency)
     page = resources.files(__package__).joinpath("static", "index.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -429,7 +481,8 @@ def create_app(model: ServedModel, *, max_batch=DEFAULT_MAX_BATCH, max_wait_ms=D
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     # The query parameters are read by hand and documented in openapi_extra: FastAPI's parameter
-    # solving would cost as much per request as the model's time per image.
+    # solving would cost as much per request as the model's time per image. The requests themselves are
+    # answered by _Limits with predict_asgi, which skips FastAPI's layers; this route documents them.
     @app.post("/predict", summary="Classify one image", openapi_extra={"requestBody": _PREDICT_BODY,
                                                                         "parameters": _PREDICT_PARAMETERS},
               responses={200: _PREDICT_ANSWER, 413: {"description": "Body too large"},
@@ -437,31 +490,35 @@ def create_app(model: ServedModel, *, max_batch=DEFAULT_MAX_BATCH, max_wait_ms=D
                          422: {"description": "An image or pixels the model cannot use (a blank drawing, ...)"},
                          503: {"description": "Too many requests waiting; retry after Retry-After seconds"}})
     async def predict(request: Request):
+        status, body, headers = await answer(request)
+        return Response(body, status, {k.decode(): v.decode() for k, v in headers}, "application/json")
+
+    async def predict_asgi(scope, receive, send):
+        await _send(send, *await answer(Request(scope, receive)))
+
+    answers = _Answers(model.classes)
+
+    async def answer(request):
+        """The answer to POST /predict: (status, JSON body, headers)."""
         try:
             raw, preview = (_flag(request.query_params, name) for name in ("raw", "preview"))
-        except InputError as e:
-            raise HTTPException(e.status, str(e)) from None
-        try:
             x, seen, warning = await _prepared(request, raw)
         except InputError as e:
-            raise HTTPException(e.status, str(e)) from None
+            return e.status, _json({"detail": str(e)}), ()
         except data.ImageError as e:
-            raise HTTPException(422 if "too large" in str(e) else 400, str(e)) from None
+            return 422 if "too large" in str(e) else 400, _json({"detail": str(e)}), ()
         try:
             future = state["batcher"].submit(x)
         except QueueFull:
-            raise HTTPException(503, "too many requests waiting; retry shortly",
-                                headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+            return 503, _json({"detail": "too many requests waiting; retry shortly"}), _RETRY_AFTER
         logits, model_ms = await future
         p = probabilities(logits)
-        index = int(p.argmax())
-        answer = {"class": model.classes[index], "index": index,
-                  "probabilities": dict(zip(model.classes, map(float, p))), "model_ms": round(model_ms, 3)}
+        extra = {}
         if warning:
-            answer["warning"] = warning
+            extra["warning"] = warning
         if preview:
-            answer["input"] = png_data_url(seen)
-        return JSONResponse(answer)
+            extra["input"] = png_data_url(seen)
+        return 200, answers.encode(int(p.argmax()), p, model_ms, extra), ()
 
     async def _prepared(request, raw):
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -488,6 +545,8 @@ def create_app(model: ServedModel, *, max_batch=DEFAULT_MAX_BATCH, max_wait_ms=D
         raise InputError(f"content type {media or 'missing'}: send a picture (multipart form field 'file', or "
                          "an image/* body) or JSON pixels (application/json)", 415)
 
+    app.add_middleware(_Limits, max_bytes=int(max_body_mb * 1e6), requests=requests, latency=latency,
+                       predict=predict_asgi)
     app.state.model = model
     app.state.registry = registry
     return app
@@ -513,11 +572,16 @@ def run(app, *, host=DEFAULT_HOST, port=DEFAULT_PORT, log_level="info") -> int:
     """
     import uvicorn
 
+    # No proxy-headers layer: nothing here reads the client's address, and it is one more call per request.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30,
-                            access_log=False, server_header=False)
+                            access_log=False, server_header=False, proxy_headers=False)
     server = uvicorn.Server(config)
     received = []
     previous = {sig: signal.signal(sig, lambda s, f: received.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # What exists now (the model, FastAPI, every module) lives as long as the server: out of the garbage
+    # collector's sight, a full collection does not walk its ~70,000 objects while requests wait.
+    gc.collect()
+    gc.freeze()
     try:
         server.run()
     finally:
