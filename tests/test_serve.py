@@ -22,6 +22,7 @@ import time
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -441,14 +442,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_server(checkpoint, *options):
+def start_server(checkpoint, *options, env=None):
     """`cyconv serve` as its own process; returns (process, base URL) once /health answers."""
     import httpx
 
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "cyconv", "serve", "--checkpoint", str(checkpoint),
                                 "--port", str(port), "--threads", "1", *map(str, options)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -461,6 +462,22 @@ def start_server(checkpoint, *options):
             time.sleep(0.1)
     process.kill()
     raise AssertionError("cyconv serve did not answer /health within 60 s")
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc/<pid>/environ (Linux)")
+@pytest.mark.parametrize("policy", [None, "active"], ids=["default", "the user's"])
+def test_serve_runs_with_sleeping_openmp_threads_unless_told_otherwise(lenet_checkpoint, policy):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
+    process, url = start_server(lenet_checkpoint, env=env)
+    try:
+        environ = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    assert f"OMP_WAIT_POLICY={policy or 'passive'}".encode() in environ
+    assert process.returncode == 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])

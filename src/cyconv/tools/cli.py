@@ -355,6 +355,13 @@ def command() -> int:
     may tune that process's malloc to keep freed arrays for reuse (cyconv._malloc; import cyconv does not)."""
     from ..kernels import malloc as _malloc
 
+    if sys.argv[1:2] == ["serve"] and "OMP_WAIT_POLICY" not in os.environ:
+        # A server shares its cores with its clients and its own event loop: OpenMP's idle threads must sleep
+        # rather than spin for milliseconds after every batch (measured: benchmarks/RESULTS.md, serve). OpenMP
+        # reads the policy once, when cyconv's kernels are loaded (already done here), so the command starts
+        # itself again, as the same process (exec), with the policy set; a user's own setting is kept.
+        os.environ["OMP_WAIT_POLICY"] = "passive"
+        os.execv(sys.executable, [sys.executable, "-m", "cyconv", *sys.argv[1:]])
     _malloc.keep_freed_memory()
     return main()
 
