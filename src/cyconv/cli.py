@@ -49,6 +49,7 @@ from . import predictor as predictor_module
 from ._files import atomic_write
 from .checkpoint import load_checkpoint, load_model
 from .data import ImageError
+from .functional import get_conv_algorithm
 from .models import MODELS, build_model, default_input
 from .models import conv_algorithms, summary
 from ._isa import get_isa
@@ -727,7 +728,8 @@ def _cmd_summary(args) -> int:
     print(summary(model, input_shape=(channels, size, size)))
     rows = conv_algorithms(model, (channels, size, size))
     if rows:  # which convolution algorithm each layer runs here (cyconv.functional.conv_algorithm)
-        print(f"Convolution algorithms ({get_isa()}; training at batch 64 / compiled): "
+        measured = ", measured on this machine" if get_conv_algorithm() == "measure" else ""
+        print(f"Convolution algorithms ({get_isa()}{measured}; training at batch 64 / compiled): "
               + ", ".join(f"{name} {a}" + ("" if a == b else f" / {b}") for name, a, b in rows))
     return 0
 

@@ -60,7 +60,11 @@ class Predictor:
     """A compiled inference pass: `predictor(x)` -> the model's output for the batch x.
 
     Attributes: dtype (of the parameters, and of the inputs it takes), isa (the tier its weights
-    were packed for), input_shape (one image's, once planned), batch_size (what the buffers hold).
+    were packed for), input_shape (one image's, once planned), batch_size (what the buffers hold),
+    algorithms ([(layer, the algorithm its convolution runs)], once planned). A layer whose algorithm
+    is "measure" (or any "auto" one under CYCONV_CONV_ALGO=measure / set_conv_algorithm("measure"))
+    gets the fastest of its candidates compiled alone, timed when the plan is made (at batch_size
+    images, or the first batch's) and kept for the process (functional.measured_conv_algorithms()).
     """
 
     def __init__(self, model, *, batch_size=None, input_shape=None):
@@ -89,11 +93,11 @@ class Predictor:
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):
             raise ValueError(f"compile(): batch_size must be a positive int, got {batch_size!r}")
+        self._wanted_batch = batch_size
         if input_shape is not None:
-            self._plan(_shape(input_shape))
+            self._plan(_shape(input_shape), batch_size or 1)
             if batch_size is not None:
                 self._reserve(batch_size)
-        self._wanted_batch = batch_size
 
     def __call__(self, x):
         if not isinstance(x, np.ndarray):
@@ -105,7 +109,7 @@ class Predictor:
             raise ValueError(f"Predictor: x must be a batch (N, ...) of inputs, got shape {x.shape}")
         with self._lock:
             if self.input_shape is None:
-                self._plan(tuple(int(s) for s in x.shape[1:]))
+                self._plan(tuple(int(s) for s in x.shape[1:]), max(x.shape[0], self._wanted_batch or 1))
             if x.shape[1:] != self.input_shape:
                 raise ValueError(f"Predictor: x must have shape (N, {', '.join(map(str, self.input_shape))}) "
                                  f"as planned, got {x.shape}")
@@ -133,7 +137,8 @@ class Predictor:
 
     # -- planning -----------------------------------------------------------
 
-    def _plan(self, input_shape):
+    def _plan(self, input_shape, batch):
+        """Plan for images of input_shape; batch: the batch "measure" times the convolutions at."""
         try:
             shapes = graph.shapes(self._trace, input_shape)
         except ValueError as e:
@@ -220,7 +225,8 @@ class Predictor:
                     row[_F["bias"]] = add(params, first.bias.data)
                 depthwise = G == C and (G, dh, dw) != (1, 1, 1)  # the kernels functional.conv2d picks
                 algorithm = F.resolve_conv_algorithm(f"compile(): layer {name}", first.algorithm, C, O, H, W,
-                                                     (kh, kw), (sh, sw), (ph, pw), (dh, dw), G, None, self.dtype)
+                                                     (kh, kw), (sh, sw), (ph, pw), (dh, dw), G, None, self.dtype,
+                                                     measure_batch=batch)
                 self.algorithms.append((name, algorithm))
                 if algorithm.startswith("winograd"):
                     # the filters transformed once (float32: packed for the tier's GEMM, which Winograd's
