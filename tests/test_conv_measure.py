@@ -61,7 +61,8 @@ def test_measured_choice_is_admitted_cached_and_close(fresh_cache, C, O, H, W, k
                                                       admitted, dtype):
     rng = np.random.default_rng(0)
     x = random_array(rng, (3, C, H, W), dtype)
-    w = (random_array(rng, (O, C // groups, kernel, kernel), dtype) / np.sqrt(C // groups * kernel * kernel)).astype(dtype)
+    w = random_array(rng, (O, C // groups, kernel, kernel), dtype)
+    w = (w / np.sqrt(C // groups * kernel * kernel)).astype(dtype)
     b = random_array(rng, (O,), dtype)
     if dtype == np.float64 and groups == 1:
         admitted = [a for a in admitted if a != "direct"]  # float64's direct is im2col's code
@@ -108,7 +109,8 @@ def test_key_holds_batch_threads_and_tier(fresh_cache):
 
 def test_results_do_not_depend_on_threads_given_the_choice(fresh_cache):
     rng = np.random.default_rng(2)
-    x, w = random_array(rng, (4, 16, 14, 14), np.float32), random_array(rng, (16, 16, 3, 3), np.float32) / np.float32(12)
+    x = random_array(rng, (4, 16, 14, 14), np.float32)
+    w = random_array(rng, (16, 16, 3, 3), np.float32) / np.float32(12)
     F.conv2d(x, w, None, 1, 1, algorithm="measure")
     (chosen, _), = F.measured_conv_algorithms().values()
     ys = []
@@ -183,3 +185,20 @@ def test_env_measure(value, expected):
                          capture_output=True, text=True)
     assert expected in (out.stdout if value == "measure" else out.stderr)
     assert (out.returncode == 0) == (value == "measure")
+
+
+def test_training_runs_a_named_algorithm_unfused(fresh_cache):
+    """Conv2d -> ReLU -> MaxPool2d trains fused on im2col's kernel; a convolution whose algorithm is
+    "measure" (or any other by name) runs on its own, so the measured choice is what trains."""
+    rng = np.random.default_rng(5)
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, rng=rng, algorithm="measure"), nn.ReLU(), nn.MaxPool2d(2))
+    twin = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, rng=np.random.default_rng(5)), nn.ReLU(), nn.MaxPool2d(2))
+    x = random_array(rng, (2, 8, 10, 10), np.float32)
+    y = model(x)
+    model.backward(np.ones_like(y))
+    assert {k[0] for k in F.measured_conv_algorithms()} == {"forward", "backward"}
+    y_twin = twin(x)  # fused, im2col
+    twin.backward(np.ones_like(y_twin))
+    chosen = {k[0]: a for k, (a, _) in F.measured_conv_algorithms().items()}
+    assert_algorithm_close(y, y_twin, np.float32, chosen["forward"])
+    assert_algorithm_close(model[0].weight.grad, twin[0].weight.grad, np.float32, chosen["backward"])

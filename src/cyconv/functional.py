@@ -397,7 +397,8 @@ def _candidate_run(direction, algorithm, C, O, H, W, kernel, stride, padding, di
     if direction == "forward":
         return lambda: conv2d(x, w, b, stride, padding, dilation, groups, algorithm=algorithm)
     if direction == "backward":
-        g = rng.standard_normal(conv2d(x, w, b, stride, padding, dilation, groups, algorithm="im2col").shape).astype(dtype)
+        y = conv2d(x, w, b, stride, padding, dilation, groups, algorithm="im2col")
+        g = rng.standard_normal(y.shape).astype(dtype)
         return lambda: conv2d_backward(g, x, w, stride, padding, dilation, groups, algorithm=algorithm)
     from . import nn
     from .predictor import compile as compile_model
