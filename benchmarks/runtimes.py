@@ -26,14 +26,15 @@ def ort_session(onnx_path, threads, profile_prefix=None):
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
-def ort_node_times(session, skip=0):
-    """Ends a profiling session's profile: {node name: median seconds per run}, leaving out each node's
-    first `skip` runs (warm-up). The names are ONNX Runtime's after its graph optimisations: a fused node
-    is named after one of the nodes it replaced (with a suffix such as "_nchwc" for its blocked-layout
-    rewrite), and layout reorders appear as nodes of their own."""
+def ort_node_times(session, skip=0, statistic=statistics.median):
+    """Ends a profiling session's profile: {node name: seconds per run, the statistic (median, or min)
+    of its runs}, leaving out each node's first `skip` runs (warm-up). The names are ONNX Runtime's
+    after its graph optimisations: a fused node is named after one of the nodes it replaced (with a
+    suffix such as "_nchwc" for its blocked-layout rewrite), and layout reorders appear as nodes of
+    their own."""
     events = json.loads(Path(session.end_profiling()).read_text())
     per_node = {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             per_node.setdefault(e["name"][:-len("_kernel_time")], []).append(e["dur"] * 1e-6)
-    return {node: statistics.median(d[skip:] or d) for node, d in per_node.items()}
+    return {node: statistic(d[skip:] or d) for node, d in per_node.items()}
