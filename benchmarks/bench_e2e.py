@@ -1,6 +1,7 @@
 """cyconv vs PyTorch eager, LeNet-5, float32, end to end, side by side on this machine.
 
     python benchmarks/bench_e2e.py [--isa avx2] [--threads 1 2] [--repeats 5] [--quick] [--json out.json]
+                                   [--algorithm auto|im2col|measure]
 
 Prints markdown tables for benchmarks/RESULTS.md: training step, inference, 2-thread scaling, training
 with the other core busy, peak memory, the machine's SGEMM and FMA peaks and a per-layer breakdown at
@@ -9,6 +10,11 @@ batch 64. A default run takes a few minutes on 2 cores, --quick under one.
 --isa runs every library at one ISA tier (default: the best this CPU has): cyconv's kernels, PyTorch
 (its ATen kernels, oneDNN and MKL) and OpenBLAS, through the environment of benchmarks/machine.py, so
 an AVX-512 machine measures what an AVX2 or SSE-only one would see, side by side.
+
+--algorithm sets cyconv's convolution algorithm (CYCONV_CONV_ALGO in its workers' environment): "auto"
+(the default: conv_algorithm()'s choice per layer, im2col for LeNet-5's 5x5 layers, which training runs
+fused with their ReLU and pooling), "im2col", or "measure" (each layer's fastest candidate, timed on its
+first call; the convolutions then run unfused). The header says which; run once per algorithm to compare.
 
 How the comparison is kept fair:
 - Every measurement runs in a fresh worker process (this file with --worker, JSON on stdout), one
@@ -426,7 +432,10 @@ def worker_info(framework):
                     cpu_capability=torch.backends.cpu.get_cpu_capability())
     else:
         import cyconv
-        info.update(cyconv_threads=cyconv.get_num_threads(), build=cyconv.build_info())
+        from cyconv.functional import get_conv_algorithm
+
+        info.update(cyconv_threads=cyconv.get_num_threads(), build=cyconv.build_info(),
+                    conv_algo=get_conv_algorithm())
     return info
 
 
@@ -455,6 +464,8 @@ def launch(job, threads):
     `threads` and every library at the job's ISA tier; return its JSON. A failing worker stops the
     whole run with its stderr."""
     env = dict(os.environ, **{k: str(threads) for k in THREAD_ENV}, **job["tier_env"])
+    if job["framework"] == "cyconv":
+        env["CYCONV_CONV_ALGO"] = job.get("algorithm", "auto")
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -782,6 +793,8 @@ def header(args, results, started, flops, checks, wall):
         + (", ".join(f"{k}={v}" for k, v in args.tier_env.items()) or "nothing forced")
         + f"; cyconv ran on {build.get('isa', '?')} (compiler {build.get('compiler', '?')}, BLAS "
         f"{build.get('blas', '?')}), torch on CPU capability {tinfo.get('cpu_capability', '?')}",
+        f"- cyconv's convolution algorithm: {results.info.get('cyconv', {}).get('conv_algo', args.algorithm)} "
+        "(--algorithm, CYCONV_CONV_ALGO)",
         f"- Python {platform.python_version()}, cyconv {cyconv.__version__} (OpenMP "
         f"{'on' if cyconv.openmp_enabled() else 'off'}), numpy {np.__version__} (BLAS in this parent "
         f"process: {blas}), torch {tinfo.get('torch', _version('torch'))}",
@@ -880,6 +893,8 @@ def parse_args(argv=None):
     p.add_argument("--torch-knobs", choices=("all", "aten"), default="all",
                    help="with --isa below the CPU's best: force PyTorch down through ATen, oneDNN and MKL "
                         "(all, the default: what a CPU of that tier runs) or ATEN_CPU_CAPABILITY alone")
+    p.add_argument("--algorithm", choices=("auto", "im2col", "measure"), default="auto",
+                   help="cyconv's convolution algorithm (CYCONV_CONV_ALGO in its workers; default: auto)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker is None:
@@ -920,7 +935,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench_e2e-") as tmp:
         weights = str(Path(tmp) / "lenet5-seed0.npz")
         np.savez(weights, **model.state_dict())
-        common = {"weights": weights, "spec": spec, "tier_env": args.tier_env}
+        common = {"weights": weights, "spec": spec, "tier_env": args.tier_env, "algorithm": args.algorithm}
         checks = [run_check(common, threads, tmp) for threads in args.threads]
         memory = run_memory(args, iters, common) if "memory" in args.sections else None
         run_rounds(args, iters, common, results)

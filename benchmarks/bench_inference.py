@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_e2e  # noqa: E402  (describe, torch_model, time_calls, cpu_model, THREAD_ENV)
 import machine  # noqa: E402
+import runtimes  # noqa: E402  (the ONNX Runtime session and its per-node times)
 
 FRAMEWORKS = ("cyconv", "cyconv-eager", "onnxruntime", "torch")
 BATCHES = (1, 64, 256, 1000)
@@ -69,13 +70,7 @@ def build(job):
         predictor = cyconv.compile(model, batch_size=max(BATCHES), input_shape=(1, 28, 28))
         return predictor
     if framework == "onnxruntime":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        session = ort.InferenceSession(job["onnx"], options, providers=["CPUExecutionProvider"])
+        session = runtimes.ort_session(job["onnx"], threads)
         return lambda x: session.run(None, {"input": x})[0]
     import torch
 
@@ -112,31 +107,20 @@ def layer_times(job):
                 t = statistics.median(bench_e2e.time_calls(lambda: predictor(x), warmup, iters))
                 times[name][n], previous = t - previous, t
         return times
-    import onnxruntime as ort
-
     for n, (warmup, iters) in LAYER_BATCHES.items():
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = job["threads"], 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        session = ort.InferenceSession(job["onnx"], options, providers=["CPUExecutionProvider"])
+        session = runtimes.ort_session(job["onnx"], job["threads"])
         x = batch(n)
         for _ in range(warmup):
             session.run(None, {"input": x})
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(job["tmp"]) / f"ort-{job['threads']}-{n}")
-        session = ort.InferenceSession(job["onnx"], options, providers=["CPUExecutionProvider"])
+        session = runtimes.ort_session(job["onnx"], job["threads"],
+                                       profile_prefix=Path(job["tmp"]) / f"ort-{job['threads']}-{n}")
         for _ in range(warmup + iters):
             session.run(None, {"input": x})
-        events = json.loads(Path(session.end_profiling()).read_text())
-        per_node = {}
-        for e in events:
-            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-                per_node.setdefault(e["name"][:-len("_kernel_time")], []).append(e["dur"] * 1e-6)
-        for node, durations in per_node.items():
+        for node, seconds in runtimes.ort_node_times(session, skip=warmup).items():
             # A fused node keeps the name of its first layer ("0.Conv2d"...): its group is that layer's.
             index = int("".join(c for c in node.split(".")[0] if c.isdigit()) or 0)
             group = next(name for name, end in GROUPS if index < end)
-            times[group][n] = times[group].get(n, 0.0) + statistics.median(durations[warmup:] or durations)
+            times[group][n] = times[group].get(n, 0.0) + seconds
     return times
 
 

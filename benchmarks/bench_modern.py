@@ -4,7 +4,7 @@ network) and PyTorch eager; resnet20 training steps (32x32, SGD momentum 0.9, we
 128) in cyconv and PyTorch eager. float32.
 
     python benchmarks/bench_modern.py [--threads 1 2] [--repeats 3] [--quick] [--isa avx2]
-                                      [--only resnet18 mobilenet_v2 resnet20]
+                                      [--only resnet18 mobilenet_v2 resnet20] [--algorithm auto measure im2col]
 
 The torch networks are tests/torch_models.py's (torchvision's structure and parameter names, no
 torchvision); cyconv's are cyconv.models', loaded with the torch weights converted by
@@ -14,6 +14,11 @@ against PyTorch's on the same batch (1e-3 of the largest logit) or the script st
 and cyconv's time over each other framework's. --isa forces cyconv, PyTorch (ATen, oneDNN, MKL) and OpenBLAS
 down to a tier (benchmarks/machine.py); ONNX Runtime and OpenVINO have no such switch (their best kernels for
 the CPU): the header says so. OpenVINO runs in float32 (INFERENCE_PRECISION_HINT f32), as the others do.
+--algorithm runs cyconv once per convolution algorithm given (CYCONV_CONV_ALGO in its worker's environment:
+"auto", the default, is conv_algorithm()'s choice per layer, "measure" the fastest candidate timed per layer
+when the predictor is compiled or the layer first runs, "im2col" every layer on im2col + GEMM), each its own
+column ("cyconv" for auto, "cyconv-<algorithm>" for the others); every one is compared with the faster of ONNX
+Runtime and OpenVINO and with PyTorch.
 """
 
 import argparse
@@ -36,6 +41,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 import bench_e2e  # noqa: E402  (time_calls, cpu_model, sig, THREAD_ENV)
 import machine  # noqa: E402
+import runtimes  # noqa: E402  (the ONNX Runtime session)
 
 INFER_MODELS = ("resnet18", "mobilenet_v2")
 TRAIN_MODEL = "resnet20"
@@ -65,7 +71,7 @@ def labels(n, seed=2):
 def build_infer(job):
     """A callable x -> numpy logits for job's framework and model."""
     framework, threads = job["framework"], job["threads"]
-    if framework == "cyconv":
+    if framework.startswith("cyconv"):
         import cyconv
         from cyconv import models
 
@@ -74,13 +80,7 @@ def build_infer(job):
         model.load_state_dict(dict(np.load(job["weights"])))
         return cyconv.compile(model.eval(), batch_size=max(INFER_BATCHES), input_shape=(3, SIZE, SIZE))
     if framework == "onnxruntime":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        session = ort.InferenceSession(job["onnx"], options, providers=["CPUExecutionProvider"])
+        session = runtimes.ort_session(job["onnx"], threads)
         return lambda x: session.run(None, {"input": x})[0]
     if framework == "openvino":
         import openvino as ov
@@ -113,7 +113,7 @@ def build_infer(job):
 def build_train(job):
     """A callable (x, y) -> loss that runs one SGD step of resnet20 in job's framework."""
     framework, threads = job["framework"], job["threads"]
-    if framework == "cyconv":
+    if framework.startswith("cyconv"):
         import cyconv
         from cyconv import functional as F, models, optim
 
@@ -170,9 +170,9 @@ def work(job):
 
 
 def info(framework):
-    if framework == "cyconv":
+    if framework.startswith("cyconv"):
         import cyconv
-        return cyconv.build_info()
+        return dict(cyconv.build_info(), conv_algo=os.environ.get("CYCONV_CONV_ALGO", "auto"))
     module = __import__(framework)
     out = {"version": module.__version__}
     if framework == "torch":
@@ -184,8 +184,15 @@ def info(framework):
 # Parent
 
 
+def cyconv_variant(algorithm):
+    """The framework name of cyconv run with CYCONV_CONV_ALGO=algorithm."""
+    return "cyconv" if algorithm == "auto" else f"cyconv-{algorithm}"
+
+
 def launch(job, env_extra):
     env = dict(os.environ, **{k: str(job["threads"]) for k in bench_e2e.THREAD_ENV}, **env_extra)
+    if job["framework"].startswith("cyconv"):
+        env["CYCONV_CONV_ALGO"] = job["framework"].partition("-")[2] or "auto"
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -249,15 +256,29 @@ def fmt(times):
 
 
 def table(results, model, threads, frameworks, batches):
-    others = [f for f in frameworks if f != "cyconv"]
-    header = ["batch"] + [f"{f} ms" for f in frameworks] + [f"cyconv / {f}" for f in others]
+    """ms per batch per framework, then each cyconv variant's time over the faster of ONNX Runtime and
+    OpenVINO ("engines") and over PyTorch's."""
+    ours = [f for f in frameworks if f.startswith("cyconv")]
+    engines = [f for f in frameworks if f in ("onnxruntime", "openvino")]
+    against = (["engines"] if engines else []) + (["torch"] if "torch" in frameworks else [])
+    header = ["batch"] + [f"{f} ms" for f in frameworks] + [f"{c} / {a}" for c in ours for a in against]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for n in batches:
         runs = {f: results.get((model, f, threads), {}).get(str(n)) for f in frameworks}
         med = {f: statistics.median(t) if t else None for f, t in runs.items()}
-        ratios = [f"{med['cyconv'] / med[f]:.2f}" if med["cyconv"] and med[f] else "–" for f in others]
+        timed = [med[f] for f in engines if med[f]]
+        med["engines"] = min(timed) if timed else None
+        ratios = [f"{med[c] / med[a]:.2f}" if med[c] and med[a] else "–" for c in ours for a in against]
         lines.append("| " + " | ".join([str(n)] + [fmt(runs[f]) for f in frameworks] + ratios) + " |")
     return "\n".join(lines)
+
+
+def expand(args, frameworks):
+    """frameworks with cyconv replaced by one variant per --algorithm."""
+    out = []
+    for f in frameworks:
+        out += [cyconv_variant(a) for a in dict.fromkeys(args.algorithm)] if f == "cyconv" else [f]
+    return out
 
 
 def main(argv=None):
@@ -267,6 +288,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true")
     p.add_argument("--isa", choices=machine.TIERS, default=None)
     p.add_argument("--only", nargs="+", choices=(*INFER_MODELS, TRAIN_MODEL), default=None)
+    p.add_argument("--algorithm", nargs="+", choices=("auto", "im2col", "measure"), default=["auto"],
+                   help="cyconv's convolution algorithms, one column each (CYCONV_CONV_ALGO; default: auto)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -289,7 +312,7 @@ def main(argv=None):
         jobs = []
         for name in names:
             train = name == TRAIN_MODEL
-            frameworks = [f for f in (TRAIN_FRAMEWORKS if train else INFER_FRAMEWORKS) if available(f)]
+            frameworks = expand(args, [f for f in (TRAIN_FRAMEWORKS if train else INFER_FRAMEWORKS) if available(f)])
             for threads in args.threads:
                 for framework in frameworks:
                     jobs.append(dict(prepared[name], mode="train" if train else "infer", model=name,
@@ -309,7 +332,7 @@ def main(argv=None):
              f"- ONNX Runtime and OpenVINO run their own best kernels for the CPU whatever --isa says", ""]
     for name in names:
         train = name == TRAIN_MODEL
-        frameworks = [f for f in (TRAIN_FRAMEWORKS if train else INFER_FRAMEWORKS) if available(f)]
+        frameworks = expand(args, [f for f in (TRAIN_FRAMEWORKS if train else INFER_FRAMEWORKS) if available(f)])
         for threads in args.threads:
             what = f"training step, 32x32, SGD" if train else f"inference, {SIZE}x{SIZE}"
             lines += [f"### {name} {what}, {threads} thread{'s' if threads > 1 else ''}, ms per batch", "",

@@ -304,16 +304,17 @@ ALGO_LAYERS = {
 
 @pytest.mark.parametrize("phase", PHASES)
 @pytest.mark.parametrize("layer", ALGO_LAYERS)
-@pytest.mark.parametrize("impl", ["cyconv-im2col", "cyconv-winograd", "cyconv-auto", "torch"])
+@pytest.mark.parametrize("impl", ["cyconv-im2col", "cyconv-winograd", "cyconv-auto", "cyconv-measure", "torch"])
 def test_conv2d_algorithm(benchmark, impl, layer, phase, threads):
     """One convolution per algorithm ("cyconv-winograd": the tile conv_algorithm picks, F(4x4) if it
-    picks im2col; fwd+bwd: the input gradient by the same algorithm, the weight gradient im2col's)."""
+    picks im2col; fwd+bwd: the input gradient by the same algorithm, the weight gradient im2col's;
+    "cyconv-measure": the measured choice, timed before the benchmark starts, its pick in extra_info)."""
     mod = _setup(benchmark, f"conv2d-algorithm-{layer}", impl, phase, threads)
     N, C, H, r = ALGO_LAYERS[layer]
     O = 50 if r == 5 else C
     rng = np.random.default_rng(0)
     x = rng.standard_normal((N, C, H, H), dtype=np.float32)
-    w = rng.standard_normal((O, C, r, r), dtype=np.float32) / np.sqrt(C * r * r)
+    w = (rng.standard_normal((O, C, r, r)) / np.sqrt(C * r * r)).astype(np.float32)
     b = np.zeros(O, np.float32)
     gy = np.ones((N, O, H, H), np.float32)
     if impl == "torch":
@@ -326,13 +327,22 @@ def test_conv2d_algorithm(benchmark, impl, layer, phase, threads):
         if algorithm == "winograd":
             chosen = F.conv_algorithm(C, O, H, H, r, r, 1, r // 2, batch=N)
             algorithm = chosen if chosen.startswith("winograd") else ("winograd2" if r == 5 else "winograd4")
-        benchmark.extra_info["algorithm"] = algorithm
 
         def step():
             F.conv2d(x, w, b, padding=r // 2, algorithm=algorithm)
             if phase == "fwd+bwd":
                 F.conv2d_backward(gy, x, w, padding=r // 2, algorithm=algorithm)
+        benchmark.extra_info["algorithm"] = _measured(step) if algorithm == "measure" else algorithm
     benchmark(step)
+
+
+def _measured(step):
+    """Run step once, on an empty cache of measured choices, so that its algorithm="measure" calls time
+    their candidates outside the benchmark; what they chose, "forward / backward"."""
+    F._measured.clear()
+    step()
+    chosen = {k[0]: a for k, (a, _) in F.measured_conv_algorithms().items()}
+    return " / ".join(chosen[d] for d in ("forward", "backward") if d in chosen)
 
 
 # The layers algorithm="direct" (csrc/direct.c) is for: ResNet-18's stem, strided 1x1 shortcuts and
@@ -344,7 +354,7 @@ DIRECT_LAYERS = {"stem-7x7s2": (3, 64, 224, 7, 2, 3), "1x1s2-64x56": (64, 128, 5
 
 @pytest.mark.parametrize("batch", [1, 32])
 @pytest.mark.parametrize("layer", DIRECT_LAYERS)
-@pytest.mark.parametrize("impl", ["cyconv-im2col", "cyconv-direct", "torch"])
+@pytest.mark.parametrize("impl", ["cyconv-im2col", "cyconv-direct", "cyconv-measure", "torch"])
 def test_conv2d_direct(benchmark, impl, layer, batch, threads):
     mod = _setup(benchmark, f"conv2d-direct-{layer}-b{batch}", impl, "fwd", threads)
     C, O, H, k, s, p = DIRECT_LAYERS[layer]
@@ -359,4 +369,5 @@ def test_conv2d_direct(benchmark, impl, layer, batch, threads):
 
         def step():
             F.conv2d(x, w, None, s, p, algorithm=algorithm)
+        benchmark.extra_info["algorithm"] = _measured(step) if algorithm == "measure" else algorithm
     benchmark(step)

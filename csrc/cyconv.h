@@ -2,7 +2,7 @@
  * cyconv's C kernels: the per-image / per-plane building blocks of a CNN.
  *
  * Layout: NCHW, C-contiguous. Every kernel works on one image or one plane and
- * is called by the Cython layer (src/cyconv/_kernels.pyx), which owns the
+ * is called by the Cython layer (src/cyconv/kernels/_kernels.pyx and its .pxi files), which owns the
  * OpenMP parallel loop, the BLAS calls and all validation. Prior validation is
  * assumed here: shapes are consistent and sizes fit in memory. Kernels never
  * print, assert or exit; where user data can be wrong (pooling indices) they

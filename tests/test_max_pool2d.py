@@ -322,3 +322,23 @@ def test_2x2_kernel_writes_nothing_past_its_output(dtype, width, relu):
     want_y, want_i = pool(x[:, None], 2, return_indices=True)
     np.testing.assert_array_equal(y[:n_out], want_y.reshape(-1))
     np.testing.assert_array_equal(indices[:n_out], want_i.reshape(-1))
+
+
+# Without indices (inference, the predictor) max_pool2d takes each window's maximum in two passes (the
+# rows' tap-wise maximum, then each window's taps across it): the values must be the indexed scan's,
+# with ties, -inf padding, NaN and a relu, on every tier.
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", [((3, 2, 1), (2, 3, 17, 19)), ((3, 1, 1), (1, 2, 9, 8)), ((2, 2, 0), (1, 2, 9, 8)),
+                                      (((3, 2), (2, 1), (1, 0)), (2, 2, 11, 7)), ((5, 3, 2), (1, 1, 13, 33))])
+def test_values_without_indices_equal_the_indexed_scan(geometry, dtype, relu):
+    (kernel, stride, padding), shape = geometry
+    rng = np.random.default_rng(11)
+    x = rng.integers(-3, 4, shape).astype(dtype)  # many ties
+    x.flat[rng.choice(x.size, 3, replace=False)] = [np.nan, -np.inf, np.inf]
+    pool = F.relu_max_pool2d if relu else F.max_pool2d
+    y = pool(x, kernel, stride, padding)
+    y_indexed, _ = pool(x, kernel, stride, padding, return_indices=True)
+    np.testing.assert_array_equal(y, y_indexed)
+    np.testing.assert_array_equal(y, R.relu_max_pool2d(x, kernel, stride, padding) if relu else
+                                  R.max_pool2d(x, kernel, stride, padding))

@@ -225,3 +225,25 @@ def test_kernel_checks_its_buffers():
         _kernels.predict(np.empty(19, np.float32), x.reshape(-1), predictor._ops, predictor._params,
                          predictor._packed, 0, predictor._arena, 2 * predictor._largest, predictor._scratch,
                          predictor._per_thread, predictor._xpack, 2, 1)
+
+
+def test_profile_times_every_op():
+    """Predictor.profile: one row per op in plan order (named after its first layer, with what it fused),
+    the convolution's algorithm, multiply-adds as im2col counts them, and last the whole call; the
+    buffers are left as a call leaves them, so the next call gives the same output."""
+    rng = np.random.default_rng(3)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, rng=rng), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 5, rng=rng))
+    predictor = cyconv.compile(model.eval())
+    x = random_array(rng, (3, 2, 8, 8), np.float32)
+    want = predictor(x)
+    rows = predictor.profile(x, repeats=2, statistic="min")
+    assert [r[:3] for r in rows] == [("0", "Conv2d+ReLU+MaxPool2d", predictor.algorithms[0][1]), ("4", "Linear", None),
+                                     ("(whole call)", "", None)]
+    assert [r[3] for r in rows] == [3 * 4 * 64 * 2 * 9, 3 * 64 * 5, 3 * (4 * 64 * 2 * 9 + 64 * 5)]
+    assert all(r[4] > 0 for r in rows)
+    np.testing.assert_array_equal(predictor(x), want)
+    with pytest.raises(ValueError, match=r"profile\(\): statistic"):
+        predictor.profile(x, statistic="mean")
+    with pytest.raises(ValueError, match=r"profile\(\): repeats"):
+        predictor.profile(x, repeats=0)

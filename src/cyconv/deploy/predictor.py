@@ -61,7 +61,11 @@ class Predictor:
     """A compiled inference pass: `predictor(x)` -> the model's output for the batch x.
 
     Attributes: dtype (of the parameters, and of the inputs it takes), isa (the tier its weights
-    were packed for), input_shape (one image's, once planned), batch_size (what the buffers hold).
+    were packed for), input_shape (one image's, once planned), batch_size (what the buffers hold),
+    algorithms ([(layer, the algorithm its convolution runs)], once planned). A layer whose algorithm
+    is "measure" (or any "auto" one under CYCONV_CONV_ALGO=measure / set_conv_algorithm("measure"))
+    gets the fastest of its candidates compiled alone, timed when the plan is made (at batch_size
+    images, or the first batch's) and kept for the process (functional.measured_conv_algorithms()).
     """
 
     def __init__(self, model, *, batch_size=None, input_shape=None):
@@ -90,11 +94,11 @@ class Predictor:
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):
             raise ValueError(f"compile(): batch_size must be a positive int, got {batch_size!r}")
+        self._wanted_batch = batch_size
         if input_shape is not None:
-            self._plan(_shape(input_shape))
+            self._plan(_shape(input_shape), batch_size or 1)
             if batch_size is not None:
                 self._reserve(batch_size)
-        self._wanted_batch = batch_size
 
     def __call__(self, x):
         if not isinstance(x, np.ndarray):
@@ -106,7 +110,7 @@ class Predictor:
             raise ValueError(f"Predictor: x must be a batch (N, ...) of inputs, got shape {x.shape}")
         with self._lock:
             if self.input_shape is None:
-                self._plan(tuple(int(s) for s in x.shape[1:]))
+                self._plan(tuple(int(s) for s in x.shape[1:]), max(x.shape[0], self._wanted_batch or 1))
             if x.shape[1:] != self.input_shape:
                 raise ValueError(f"Predictor: x must have shape (N, {', '.join(map(str, self.input_shape))}) "
                                  f"as planned, got {x.shape}")
@@ -134,7 +138,8 @@ class Predictor:
 
     # -- planning -----------------------------------------------------------
 
-    def _plan(self, input_shape):
+    def _plan(self, input_shape, batch):
+        """Plan for images of input_shape; batch: the batch "measure" times the convolutions at."""
         try:
             shapes = graph.shapes(self._trace, input_shape)
         except ValueError as e:
@@ -150,7 +155,10 @@ class Predictor:
                          .reshape(-1))
             return start
 
+        owners = []  # per row: (the op's name, its layers); `name` and `layers` are the loop's below
+
         def new_row(kind, src, dst, in_shape, out_shape):
+            owners.append((name, layers))
             row = np.zeros(_F["count"], np.intp)
             row[_F["weight"]] = row[_F["bias"]] = row[_F["packed"]] = -1
             row[_F["kind"]], row[_F["src"]], row[_F["dst"]] = _F[kind], src, dst
@@ -221,7 +229,8 @@ class Predictor:
                     row[_F["bias"]] = add(params, first.bias.data)
                 depthwise = G == C and (G, dh, dw) != (1, 1, 1)  # the kernels functional.conv2d picks
                 algorithm = F.resolve_conv_algorithm(f"compile(): layer {name}", first.algorithm, C, O, H, W,
-                                                     (kh, kw), (sh, sw), (ph, pw), (dh, dw), G, None, self.dtype)
+                                                     (kh, kw), (sh, sw), (ph, pw), (dh, dw), G, None, self.dtype,
+                                                     measure_batch=batch)
                 self.algorithms.append((name, algorithm))
                 if algorithm.startswith("winograd"):
                     # the filters transformed once (float32: packed for the tier's GEMM, which Winograd's
@@ -310,6 +319,7 @@ class Predictor:
                 raise TypeError(f"compile(): no compiled form for {kind.__name__} (layer {name})")
 
         self._ops = np.array(rows, np.intp).reshape(-1, _F["count"])
+        self._owners = owners
         self._params = np.concatenate(params) if params else np.zeros(1, self.dtype)
         self._packed = np.concatenate(packed) if packed else np.zeros(1, np.float32)
         self._per_thread, self._macs = max(per_thread, 1), max(macs, 1)
@@ -320,6 +330,54 @@ class Predictor:
         self._xpack = np.empty(0, self.dtype)
         self._scratch = np.empty(0, self.dtype)
         self.batch_size = 0
+
+    def profile(self, x, repeats=10, statistic="median"):
+        """Where a call's time goes: [(op name, its layers' types joined by "+", the algorithm of its
+        convolution or None, multiply-adds for the batch, seconds)] in plan order, each op run alone
+        `repeats` times (after one warm-up) with the threads the whole call would use, on the values a
+        whole call left in the buffers; and, last, ("(whole call)", "", None, all the multiply-adds,
+        the whole call's seconds). seconds: the "median" or the "min" of the runs (on a shared machine
+        the min is the op's own cost, the median what it costs amid the load). An op's name is its first
+        layer's; a BatchNorm folded into it and the layers fused with it are among its layers."""
+        import time
+
+        if statistic not in ("median", "min"):
+            raise ValueError(f"Predictor.profile(): statistic must be 'median' or 'min', got {statistic!r}")
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"Predictor.profile(): repeats must be a positive int, got {repeats!r}")
+        reduce = np.median if statistic == "median" else np.min
+
+        y = self(x)  # plans, reserves, checks x, and leaves realistic values in the arena
+        n = x.shape[0]
+        x = np.ascontiguousarray(x)
+        algorithms = dict(self.algorithms)
+        nt = threads_for(max(1, n * self._macs // MIN_WORK_PER_THREAD), MIN_WORK_PER_THREAD)
+
+        def median_time(run):
+            run()
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - start)
+            return float(reduce(times))
+
+        out = np.empty_like(y)
+        spans = {}
+        for r, (name, _) in enumerate(self._owners):
+            spans.setdefault(name, []).append(r)
+        result = []
+        with self._lock:
+            for name, rows in spans.items():
+                layers = self._owners[rows[0]][1]
+                ops = np.ascontiguousarray(self._ops[rows[0]:rows[-1] + 1])
+                seconds = median_time(lambda: _kernels.predict(
+                    out.reshape(-1), x.reshape(-1), ops, self._params, self._packed, TIERS.index(self.isa),
+                    self._arena, n * self._largest, self._scratch, self._per_thread, self._xpack, n, nt))
+                result.append((name, "+".join(type(m).__name__ for m in layers), algorithms.get(name),
+                               n * sum(_op_macs(self._ops[r]) for r in rows), seconds))
+        result.append(("(whole call)", "", None, n * self._macs, median_time(lambda: self(x))))
+        return result
 
     @staticmethod
     def _pool_columns(row, layer, shape):
@@ -342,6 +400,17 @@ class Predictor:
             if self._threads(n) * self._per_thread > self._scratch.size:
                 self._scratch = np.empty(self._threads(n) * self._per_thread, self.dtype)
             self.batch_size = n
+
+
+def _op_macs(row):
+    """The multiply-adds of one image through a convolution or linear op row (0 for the others), as
+    im2col + GEMM counts them (Winograd does fewer multiplies; see conv_algorithm)."""
+    if row[_F["kind"]] == _F["OP_CONV"]:
+        return int(row[_F["O"]] * row[_F["Ho"]] * row[_F["Wo"]] * row[_F["C"]] // row[_F["G"]] * row[_F["kh"]]
+                   * row[_F["kw"]])
+    if row[_F["kind"]] == _F["OP_LINEAR"]:
+        return int(row[_F["C"]] * row[_F["O"]])
+    return 0
 
 
 def _snapshot(layer):

@@ -50,7 +50,7 @@ cdef inline Py_ssize_t pack_panels(const cyconv_gemm *g, float *packed, const fl
 # OpenBLAS behind scipy.linalg.cython_blas is kept at one thread: every kernel
 # checks, and sets it back to 1 if someone changed it. (Setting and restoring
 # it around each call is worse: OpenBLAS starts and stops its workers each time.)
-# The hook is a C pointer found once by cyconv._threads (via threadpoolctl), so
+# The hook is a C pointer found once by cyconv.kernels.threads (via threadpoolctl), so
 # the check costs nanoseconds.
 
 ctypedef int (*blas_get_fn)() noexcept nogil
@@ -134,10 +134,10 @@ cdef inline void col2im_image(floating *img, const floating *cols, Py_ssize_t co
 
 
 # How many items each thread took in the last dynamically scheduled loop of a
-# convolution (images forward, chunks of images backward): cyconv._threads reads
+# convolution (images forward, chunks of images backward): cyconv.kernels.threads reads
 # it to notice threads that do not get their cores. Each thread writes its own
 # entry; a call that overlapped another (two Python threads) reads a split that
-# does not add up to its items, which cyconv._threads leaves out.
+# does not add up to its items, which cyconv.kernels.threads leaves out.
 cdef enum:
     MAX_TRACKED_THREADS = 256
 cdef Py_ssize_t _work_split[MAX_TRACKED_THREADS]

@@ -16,11 +16,14 @@ Every function has a NumPy twin of the same name and signature in
 
 import math
 import os
+import threading
+import time
 
 import numpy as np
 
 from ..kernels import _kernels
-from ..kernels.threads import record_work_split, threads_for
+from ..kernels.isa import get_isa
+from ..kernels.threads import get_num_threads, record_work_split, threads_for
 
 __all__ = [
     "conv2d", "conv2d_backward", "im2col", "col2im", "max_pool2d", "max_pool2d_backward",
@@ -30,7 +33,7 @@ __all__ = [
     "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "softmax", "softmax_backward", "log_softmax",
     "log_softmax_backward", "dropout", "dropout_backward", "batch_norm", "batch_norm_backward", "linear",
     "linear_backward", "softmax_cross_entropy", "sgd_update", "adam_update", "conv_algorithm",
-    "set_conv_algorithm", "get_conv_algorithm", "ALGORITHMS",
+    "set_conv_algorithm", "get_conv_algorithm", "measure_candidates", "measured_conv_algorithms", "ALGORITHMS",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -161,10 +164,13 @@ def _conv_geometry(fn, x, weight, stride, padding):
 #               every 7x7 (the stem): csrc/direct.c gathers the GEMM's columns from the input a
 #               band of output rows at a time (float32; float64 and the gradients stay on im2col)
 #   "auto"      conv_algorithm()'s choice for the shape (the default)
+#   "measure"   the fastest of measure_candidates() on this machine, timed once per (direction, shape,
+#               batch, dtype, tier, thread count) and kept for the process (cuDNN's benchmark mode)
 # CYCONV_CONV_ALGO (read at import) or set_conv_algorithm() overrides "auto" everywhere, e.g. to
-# run a whole model on im2col; an algorithm asked for a layer it cannot run raises ValueError.
+# run a whole model on im2col or on measured choices; an algorithm asked for a layer it cannot run
+# raises ValueError.
 
-ALGORITHMS = ("auto", "im2col", "winograd", "direct")
+ALGORITHMS = ("auto", "im2col", "winograd", "direct", "measure")
 _WINOGRAD_TILES = {3: (2, 4, 6), 5: (2, 4)}  # kernel size -> output tiles csrc/winograd.c has
 _NAMES = ALGORITHMS + ("winograd2", "winograd4", "winograd6")
 
@@ -185,7 +191,8 @@ def get_conv_algorithm():
 
 class set_conv_algorithm:
     """Make every algorithm="auto" convolution run `algorithm` ("auto" restores the per-shape
-    choice); also a context manager that restores the previous setting on exit:
+    choice, "measure" times the candidates of each new shape once: see conv2d); also a context
+    manager that restores the previous setting on exit:
 
         with cyconv.functional.set_conv_algorithm("im2col"):
             model(x)
@@ -279,29 +286,126 @@ def _check_algorithm(fn, algorithm, C, kernel, stride, padding, dilation, groups
     return algorithm
 
 
-def _resolve_algorithm(fn, algorithm, x, weight, stride, padding, dilation, groups):
+def _resolve_algorithm(fn, algorithm, x, weight, stride, padding, dilation, groups, direction="forward"):
     """The algorithm a conv2d (or its backward) on these checked arguments runs: "im2col",
     "direct", or "winograd<m>"."""
     C, O, (H, W), (kh, kw) = x.shape[1], weight.shape[0], x.shape[2:], weight.shape[2:]
     return resolve_conv_algorithm(fn, algorithm, C, O, H, W, (kh, kw), stride, padding, dilation, groups,
-                                  x.shape[0], x.dtype)
+                                  x.shape[0], x.dtype, direction=direction)
 
 
-def resolve_conv_algorithm(fn, algorithm, C, O, H, W, kernel, stride, padding, dilation, groups, batch, dtype):
+def resolve_conv_algorithm(fn, algorithm, C, O, H, W, kernel, stride, padding, dilation, groups, batch, dtype, *,
+                           direction="forward", measure_batch=1):
     """What a convolution asked to run `algorithm` runs on this shape, after CYCONV_CONV_ALGO /
     set_conv_algorithm and conv_algorithm()'s choice: "im2col", "direct", or "winograd<m>". batch
-    None: a predictor's layer, whose filters are transformed once, so the batch does not matter."""
+    None: a predictor's layer, whose filters are transformed once, so the batch does not matter
+    (but for "measure", which times the compiled layer at measure_batch images). direction
+    ("forward" or "backward": conv2d_backward's) is what "measure" times."""
     kh, kw = kernel
     algorithm = _check_algorithm(fn, algorithm, C, (kh, kw), stride, padding, dilation, groups)
     if algorithm == "auto" and _override != "auto":
         algorithm = _check_algorithm(f"{fn}() with CYCONV_CONV_ALGO / set_conv_algorithm", _override, C,
                                      (kh, kw), stride, padding, dilation, groups)
+    if algorithm == "measure":
+        if batch is None:
+            direction, batch = "predict", measure_batch
+        return _measured_choice(direction, C, O, H, W, (kh, kw), stride, padding, dilation, groups, batch, dtype)
     if algorithm in ("auto", "winograd"):
         chosen = conv_algorithm(C, O, H, W, kh, kw, stride, padding, dilation, groups, batch=batch, dtype=dtype)
         if algorithm == "auto":
             return chosen
         return chosen if chosen.startswith("winograd") else ("winograd2" if kh == 5 else "winograd4")
     return algorithm
+
+
+# ---------------------------------------------------------------------------
+# The measured choice (algorithm="measure"). Each candidate the layer admits runs on random data of the
+# layer's shape: one warm-up, then three rounds taking the candidates in turn (so a burst of load on a
+# shared machine hits all of them), and the lowest median wins. "forward" times conv2d, "backward"
+# conv2d_backward (the input and parameter gradients: a layer may pick differently for each), "predict"
+# the layer compiled alone (cyconv.compile, at the predictor's batch). The key holds everything the
+# timing depends on, so a thread-count or tier change measures again. Every candidate gives the same
+# bits for any thread count, so a run is deterministic given the choices; two processes may choose
+# differently on a noisy machine (their results then differ within the algorithms' tolerances).
+
+_measured = {}  # key -> (chosen algorithm, {candidate: median seconds})
+_measure_lock = threading.RLock()
+_MEASURE_ROUNDS = 3
+
+
+def measure_candidates(C, kernel, stride=1, padding=0, dilation=1, groups=1, dtype=np.float32,
+                       direction="forward"):
+    """The algorithms algorithm="measure" times for a layer: those its shape admits that run code of
+    their own. "im2col" always; "winograd2" and "winograd4" (and "winograd2" for 5x5) for 3x3 / 5x5
+    stride-1 undilated ungrouped layers (F(6x6) only when asked by name: its error is 3x F(4x4)'s,
+    tests/test_winograd.py); "direct" for depthwise layers, and in the forward for the float32
+    ungrouped layers csrc/direct.c takes (1x1 stride 1 unpadded is im2col's own path already, and
+    direct's backward is im2col's)."""
+    fn = "measure_candidates"
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (_pair(v, n, fn, m) for v, n, m in (
+        (kernel, "kernel_size", 1), (stride, "stride", 1), (padding, "padding", 0), (dilation, "dilation", 1)))
+    if direction not in ("forward", "backward", "predict"):
+        raise ValueError(f"{fn}(): direction must be 'forward', 'backward' or 'predict', got {direction!r}")
+    candidates = ["im2col"]
+    if kh == kw and (sh, sw, dh, dw, groups) == (1, 1, 1, 1, 1):
+        candidates += [f"winograd{m}" for m in _WINOGRAD_TILES.get(kh, ()) if m != 6]
+    if groups == C and groups > 1:
+        candidates.append("direct")
+    elif (direction != "backward" and np.dtype(dtype) == np.float32 and _direct_takes(kh, kw, sh, sw, dh, dw, groups)
+          and (kh, kw, sh, sw, ph, pw) != (1, 1, 1, 1, 0, 0)):
+        candidates.append("direct")
+    return candidates
+
+
+def measured_conv_algorithms():
+    """{(direction, C, O, H, W, kernel, stride, padding, dilation, groups, batch, dtype, isa, threads):
+    (the algorithm chosen, {candidate: median seconds})}: what algorithm="measure" has timed in this
+    process (a copy)."""
+    with _measure_lock:
+        return {k: (a, dict(t)) for k, (a, t) in _measured.items()}
+
+
+def _measured_choice(direction, C, O, H, W, kernel, stride, padding, dilation, groups, batch, dtype):
+    dtype = np.dtype(dtype)
+    key = (direction, C, O, H, W, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation), groups, batch,
+           dtype.name, get_isa(), get_num_threads())
+    with _measure_lock:
+        if key not in _measured:
+            candidates = measure_candidates(C, kernel, stride, padding, dilation, groups, dtype, direction)
+            times = {}
+            if len(candidates) > 1 and batch > 0:
+                runs = [_candidate_run(direction, a, C, O, H, W, kernel, stride, padding, dilation, groups, batch,
+                                       dtype) for a in candidates]
+                samples = [[] for _ in candidates]
+                for r in range(_MEASURE_ROUNDS + 1):
+                    for run, sample in zip(runs, samples):
+                        start = time.perf_counter()
+                        run()
+                        if r:  # round 0 warms up (first-touch pages, packed weights, caches)
+                            sample.append(time.perf_counter() - start)
+                times = {a: float(np.median(t)) for a, t in zip(candidates, samples)}
+            _measured[key] = (min(candidates, key=lambda a: times.get(a, 0.0)), times)
+        return _measured[key][0]
+
+
+def _candidate_run(direction, algorithm, C, O, H, W, kernel, stride, padding, dilation, groups, batch, dtype):
+    """A callable running one candidate on random data of the layer's shape."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, C, H, W)).astype(dtype)
+    w = (rng.standard_normal((O, C // groups, *kernel)) / math.sqrt(C // groups * kernel[0] * kernel[1])).astype(dtype)
+    b = np.zeros(O, dtype)
+    if direction == "forward":
+        return lambda: conv2d(x, w, b, stride, padding, dilation, groups, algorithm=algorithm)
+    if direction == "backward":
+        y = conv2d(x, w, b, stride, padding, dilation, groups, algorithm="im2col")
+        g = rng.standard_normal(y.shape).astype(dtype)
+        return lambda: conv2d_backward(g, x, w, stride, padding, dilation, groups, algorithm=algorithm)
+    from . import nn
+    from .predictor import compile as compile_model
+
+    layer = nn.Conv2d(C, O, kernel, stride, padding, dilation, groups, dtype=dtype, rng=rng, algorithm=algorithm)
+    predictor = compile_model(layer, batch_size=batch, input_shape=(C, H, W))
+    return lambda: predictor(x)
 
 
 def _winograd_conv2d(x, weight, bias, geom, m):
@@ -349,9 +453,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, algo
 
     algorithm: "auto" (conv_algorithm()'s choice for the shape, or the CYCONV_CONV_ALGO /
     set_conv_algorithm() override), "im2col", "winograd" (3x3 and 5x5, stride 1, dilation 1,
-    groups 1; "winograd2"/"winograd4"/"winograd6" force the tile) or "direct" (depthwise, and
+    groups 1; "winograd2"/"winograd4"/"winograd6" force the tile), "direct" (depthwise, and
     with groups 1 and dilation 1: every 1x1, every strided layer and every 7x7; no im2col buffer,
-    float32; float64 runs im2col); one that cannot run the shape raises ValueError. Winograd's float32
+    float32; float64 runs im2col) or "measure" (the fastest of measure_candidates() for this shape,
+    batch, dtype, tier and thread count, timed on the first call and kept for the process, as
+    cuDNN's benchmark mode; measured_conv_algorithms() lists the choices); one that cannot run the
+    shape raises ValueError. Winograd's float32
     results are less accurate than im2col's (tests/test_winograd.py has the table).
 
     groups splits the channels into that many independent convolutions (C and O divisible by
@@ -580,7 +687,8 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     (C-contiguous, the right shape and dtype; either may be None) and returns them;
     with accumulate=True they are added into them, as a module adds into `.grad`.
 
-    algorithm as in conv2d (the forward's choice, for the same arguments). With Winograd only the
+    algorithm as in conv2d (the forward's choice, for the same arguments; "measure" times the
+    backward's candidates apart from the forward's, so the two may differ). With Winograd only the
     input gradient is computed by it (the forward on grad_y with the flipped, transposed filters);
     the weight and bias gradients stay on im2col's kernel. "direct" has a backward of its own for
     depthwise layers only: its strided, padded and 7x7 layers run im2col's backward.
@@ -597,7 +705,7 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     N, C, H, W, O, kh, kw, sh, sw, ph, pw, Ho, Wo = geom
     if grad_y.shape != (N, O, Ho, Wo):
         raise ValueError(f"{fn}(): grad_y must have shape {(N, O, Ho, Wo)} (the output of conv2d), got {grad_y.shape}")
-    algorithm = _resolve_algorithm(fn, algorithm, x, weight, (sh, sw), (ph, pw), dilation, groups)
+    algorithm = _resolve_algorithm(fn, algorithm, x, weight, (sh, sw), (ph, pw), dilation, groups, "backward")
     if algorithm.startswith("winograd"):
         _, grad_weight, grad_bias = conv2d_backward(grad_y, x, weight, stride, padding, grad_input=False, out=out,
                                                     accumulate=accumulate, algorithm="im2col")
@@ -634,7 +742,7 @@ def _grouped_conv2d_backward(fn, grad_y, x, weight, stride, padding, dilation, g
         raise ValueError(f"{fn}(): grad_y must have shape {(N, O, Ho, Wo)} (the output of conv2d), got {grad_y.shape}")
     grad_x = np.empty(x.shape, x.dtype) if grad_input else None
     grad_weight, grad_bias = _gradient_outputs(fn, out, accumulate, weight.shape, O, x.dtype, [x, weight, grad_y])
-    algorithm = _resolve_algorithm(fn, algorithm, x, weight, (sh, sw), (ph, pw), dilation, groups)
+    algorithm = _resolve_algorithm(fn, algorithm, x, weight, (sh, sw), (ph, pw), dilation, groups, "backward")
     if N == 0:
         if not accumulate:
             grad_weight.fill(0)

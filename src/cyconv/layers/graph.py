@@ -217,8 +217,12 @@ def _relu_max(act, pool):
 
 
 def _plain(conv):
-    """A convolution the fused training kernel takes: no groups, no dilation."""
-    return conv.groups == 1 and conv.dilation == (1, 1)
+    """A convolution the fused training kernel takes: no groups, no dilation, and im2col's algorithm:
+    "im2col", or "auto" unless CYCONV_CONV_ALGO / set_conv_algorithm names another when the model is
+    first run (a layer asked for another algorithm, "measure" included, runs unfused, so that the
+    algorithm it names is the one that runs)."""
+    algorithm = F.get_conv_algorithm() if conv.algorithm == "auto" else conv.algorithm
+    return conv.groups == 1 and conv.dilation == (1, 1) and algorithm in ("auto", "im2col")
 
 
 FUSIONS = (

@@ -373,8 +373,10 @@ class Conv2d(Module):
     Parameters: weight (out_channels, in_channels // groups, kh, kw), bias (out_channels,) unless
     bias=False. groups splits the channels into independent convolutions (groups == in_channels:
     depthwise, as in MobileNet); dilation spaces the kernel's taps. algorithm ("auto", "im2col",
-    "winograd", "direct": functional.conv2d's) is checked against the layer's shape here: one that
-    cannot run it raises ValueError.
+    "winograd", "direct", "measure": functional.conv2d's) is checked against the layer's shape here:
+    one that cannot run it raises ValueError. "measure" times the candidates the shape admits on the
+    first forward (and, apart, the first backward) of each batch shape and keeps the fastest; a
+    predictor compiled from the layer times them compiled.
 
     Shape:
         (N, in_channels, H, W) -> (N, out_channels, Ho, Wo),

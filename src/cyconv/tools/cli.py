@@ -52,6 +52,7 @@ from ..deploy import predictor as predictor_module
 from ..kernels.isa import get_isa
 from ..kernels.threads import set_num_threads
 from ..layers import graph
+from ..layers.functional import get_conv_algorithm
 from ..layers.models import MODELS, build_model, conv_algorithms, default_input, summary
 from ..training import distributed
 from ..training.checkpoint import load_model
@@ -724,7 +725,8 @@ def _cmd_summary(args) -> int:
     print(summary(model, input_shape=(channels, size, size)))
     rows = conv_algorithms(model, (channels, size, size))
     if rows:  # which convolution algorithm each layer runs here (cyconv.functional.conv_algorithm)
-        print(f"Convolution algorithms ({get_isa()}; training at batch 64 / compiled): "
+        measured = ", measured on this machine" if get_conv_algorithm() == "measure" else ""
+        print(f"Convolution algorithms ({get_isa()}{measured}; training at batch 64 / compiled): "
               + ", ".join(f"{name} {a}" + ("" if a == b else f" / {b}") for name, a, b in rows))
     return 0
 
