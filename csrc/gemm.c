@@ -23,8 +23,11 @@
  *     avx512   10 x 32: 20 zmm accumulators of 32 registers
  *
  * gemm_block_ref is the statement of what each computes (and the generic
- * kernel's edge). Also here: the direct weight gradient of stride-1
- * convolutions over large planes, per tier.
+ * kernel's edge). Each tier's row kernel (gemm_rows_f32: A read in place) is
+ * its block kernel's body with one row, so a row alone is computed exactly as
+ * inside a block. Also here: the direct weight gradient of stride-1
+ * convolutions over large planes, written once over simd.h's float vector and
+ * compiled per tier by instantiate.h (the template body at the end).
  */
 #ifndef real
 
@@ -49,17 +52,6 @@ static void gemm_block_ref(ptrdiff_t MR, ptrdiff_t K, const float *ap, const flo
             if (bias) s += bias[i];
             c[i * ldc + j] = accumulate ? c[i * ldc + j] + s : s;
         }
-    }
-}
-
-/* One row of gemm_block_ref (no bias): the generic kernel's right edge for a single row. */
-static void gemm_row_ref(ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t nr,
-                         int accumulate)
-{
-    for (ptrdiff_t j = 0; j < nr; j++) {
-        float s = 0.0f;
-        for (ptrdiff_t k = 0; k < K; k++) s += a[k] * b[k * ldb + j];
-        c[j] = accumulate ? c[j] + s : s;
     }
 }
 
@@ -89,7 +81,7 @@ static inline v4f load4(const float *p)
 #define GEN_REP(X) X(0) X(1) X(2) X(3) X(4) X(5)
 #define GEN_DECL(i) v4f c##i##0 = {0, 0, 0, 0}, c##i##1 = {0, 0, 0, 0};
 #define GEN_FMA(i)                   \
-    {                                \
+    if (i < rows) {                  \
         float a = ap[i];             \
         c##i##0 += a * b0;           \
         c##i##1 += a * b1;           \
@@ -104,44 +96,38 @@ static inline v4f load4(const float *p)
         memcpy(row + 4, &v1, sizeof v1);                                      \
     }
 
-GEMM_CONTRACT_ATTR static void gemm_block_generic(ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb,
-                                                  float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr,
-                                                  const float *bias, int accumulate)
+/* The block, and (rows == 1, as == 1) a row of A read in place: a compile-time
+ * `rows` and `as` (A's step per k) in each inlined copy, so a row alone is computed
+ * with the very operations of that row inside a block (see gemm_rows_f32). */
+GEMM_CONTRACT_ATTR static inline __attribute__((always_inline)) void
+gemm_block_generic_body(int rows, ptrdiff_t as, ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb,
+                        float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, const float *bias, int accumulate)
 {
     GEMM_CONTRACT_BODY
     if (nr < 8) { /* the right edge: at most 7 columns of N */
-        gemm_block_ref(GEMM_GENERIC_MR, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+        gemm_block_ref(as, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
         return;
     }
     GEN_REP(GEN_DECL)
-    for (ptrdiff_t k = 0; k < K; k++, ap += GEMM_GENERIC_MR, b += ldb) {
+    for (ptrdiff_t k = 0; k < K; k++, ap += as, b += ldb) {
         v4f b0 = load4(b), b1 = load4(b + 4);
         GEN_REP(GEN_FMA)
     }
     GEN_REP(GEN_STORE)
 }
 
-/* One row of the block: c (nr) = a (K) @ b (K, nr) [+ c], each element computed exactly as the
- * generic block computes it (the same vector or edge code, the same operations in the same order),
- * so a row alone equals that row inside a block: see gemm_rows_f32. */
+GEMM_CONTRACT_ATTR static void gemm_block_generic(ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb,
+                                                  float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr,
+                                                  const float *bias, int accumulate)
+{
+    gemm_block_generic_body(GEMM_GENERIC_MR, GEMM_GENERIC_MR, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+}
+
+/* One row of the block: c (nr) = a (K) @ b (K, nr) [+ c]. */
 GEMM_CONTRACT_ATTR static void gemm_row_generic(ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb,
                                                 float *c, ptrdiff_t nr, int accumulate)
 {
-    GEMM_CONTRACT_BODY
-    if (nr < 8) {
-        gemm_row_ref(K, a, b, ldb, c, nr, accumulate);
-        return;
-    }
-    v4f c0 = {0, 0, 0, 0}, c1 = {0, 0, 0, 0};
-    for (ptrdiff_t k = 0; k < K; k++, b += ldb) {
-        v4f b0 = load4(b), b1 = load4(b + 4);
-        float x = a[k];
-        c0 += x * b0;
-        c1 += x * b1;
-    }
-    if (accumulate) c0 += load4(c), c1 += load4(c + 4);
-    memcpy(c, &c0, sizeof c0);
-    memcpy(c + 4, &c1, sizeof c1);
+    gemm_block_generic_body(1, 1, K, a, b, ldb, c, 0, 1, nr, NULL, accumulate);
 }
 
 #if CYCONV_X86
@@ -156,7 +142,7 @@ GEMM_CONTRACT_ATTR static void gemm_row_generic(ptrdiff_t K, const float *a, con
 #define AVX2_REP(X) X(0) X(1) X(2) X(3) X(4) X(5)
 #define AVX2_DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps();
 #define AVX2_FMA(i)                                            \
-    {                                                          \
+    if (i < rows) {                                            \
         __m256 a = _mm256_broadcast_ss(ap + i);                \
         c##i##0 = _mm256_fmadd_ps(a, b0, c##i##0);             \
         if (wide) c##i##1 = _mm256_fmadd_ps(a, b1, c##i##1);   \
@@ -187,14 +173,15 @@ GEMM_CONTRACT_ATTR static void gemm_row_generic(ptrdiff_t K, const float *a, con
     }
 
 CYCONV_TARGET_AVX2 static inline __attribute__((always_inline)) void
-gemm_block_avx2_body(int masked, int wide, ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb,
-                     float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, const float *bias, int accumulate)
+gemm_block_avx2_body(int masked, int wide, int rows, ptrdiff_t as, ptrdiff_t K, const float *ap, const float *b,
+                     ptrdiff_t ldb, float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, const float *bias,
+                     int accumulate)
 {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr), lane);
     __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr - 8), lane);
     AVX2_REP(AVX2_DECL)
-    for (ptrdiff_t k = 0; k < K; k++, ap += GEMM_AVX2_MR, b += ldb) {
+    for (ptrdiff_t k = 0; k < K; k++, ap += as, b += ldb) {
         __m256 b0, b1 = _mm256_setzero_ps();
         if (masked) {
             b0 = _mm256_maskload_ps(b, m0);
@@ -213,61 +200,23 @@ CYCONV_TARGET_AVX2 static void gemm_block_avx2(ptrdiff_t K, const float *ap, con
                                                const float *bias, int accumulate)
 {
     if (nr == 16)
-        gemm_block_avx2_body(0, 1, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+        gemm_block_avx2_body(0, 1, GEMM_AVX2_MR, GEMM_AVX2_MR, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
     else if (nr > 8)
-        gemm_block_avx2_body(1, 1, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+        gemm_block_avx2_body(1, 1, GEMM_AVX2_MR, GEMM_AVX2_MR, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
     else
-        gemm_block_avx2_body(1, 0, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+        gemm_block_avx2_body(1, 0, GEMM_AVX2_MR, GEMM_AVX2_MR, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
 }
 
-CYCONV_TARGET_AVX2 static inline __attribute__((always_inline)) void
-gemm_row_avx2_body(int masked, int wide, ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb, float *c,
-                   ptrdiff_t nr, int accumulate)
-{
-    // one row of gemm_block_avx2_body, the same operations per element
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr), lane);
-    __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr - 8), lane);
-    __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps();
-    for (ptrdiff_t k = 0; k < K; k++, b += ldb) {
-        __m256 b0, b1 = _mm256_setzero_ps();
-        if (masked) {
-            b0 = _mm256_maskload_ps(b, m0);
-            if (wide) b1 = _mm256_maskload_ps(b + 8, m1);
-        } else {
-            b0 = _mm256_loadu_ps(b);
-            b1 = _mm256_loadu_ps(b + 8);
-        }
-        __m256 x = _mm256_broadcast_ss(a + k);
-        c0 = _mm256_fmadd_ps(x, b0, c0);
-        if (wide) c1 = _mm256_fmadd_ps(x, b1, c1);
-    }
-    if (masked) {
-        if (accumulate) {
-            c0 = _mm256_add_ps(c0, _mm256_maskload_ps(c, m0));
-            if (wide) c1 = _mm256_add_ps(c1, _mm256_maskload_ps(c + 8, m1));
-        }
-        _mm256_maskstore_ps(c, m0, c0);
-        if (wide) _mm256_maskstore_ps(c + 8, m1, c1);
-    } else {
-        if (accumulate) {
-            c0 = _mm256_add_ps(c0, _mm256_loadu_ps(c));
-            c1 = _mm256_add_ps(c1, _mm256_loadu_ps(c + 8));
-        }
-        _mm256_storeu_ps(c, c0);
-        _mm256_storeu_ps(c + 8, c1);
-    }
-}
-
+/* One row of the block, A read in place (as gemm_row_generic). */
 CYCONV_TARGET_AVX2 static void gemm_row_avx2(ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb, float *c,
                                              ptrdiff_t nr, int accumulate)
 {
     if (nr == 16)
-        gemm_row_avx2_body(0, 1, K, a, b, ldb, c, nr, accumulate);
+        gemm_block_avx2_body(0, 1, 1, 1, K, a, b, ldb, c, 0, 1, nr, NULL, accumulate);
     else if (nr > 8)
-        gemm_row_avx2_body(1, 1, K, a, b, ldb, c, nr, accumulate);
+        gemm_block_avx2_body(1, 1, 1, 1, K, a, b, ldb, c, 0, 1, nr, NULL, accumulate);
     else
-        gemm_row_avx2_body(1, 0, K, a, b, ldb, c, nr, accumulate);
+        gemm_block_avx2_body(1, 0, 1, 1, K, a, b, ldb, c, 0, 1, nr, NULL, accumulate);
 }
 
 /* ---- avx512: 10 x 32 ----
@@ -278,7 +227,7 @@ CYCONV_TARGET_AVX2 static void gemm_row_avx2(ptrdiff_t K, const float *a, const 
 #define AVX512_REP(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9)
 #define AVX512_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
 #define AVX512_FMA(i)                                               \
-    {                                                               \
+    if (i < rows) {                                                 \
         __m512 a = _mm512_set1_ps(ap[i]);                           \
         c##i##0 = _mm512_fmadd_ps(a, b0, c##i##0);                  \
         if (wide) c##i##1 = _mm512_fmadd_ps(a, b1, c##i##1);        \
@@ -300,13 +249,13 @@ CYCONV_TARGET_AVX2 static void gemm_row_avx2(ptrdiff_t K, const float *a, const 
     }
 
 CYCONV_TARGET_AVX512 static inline __attribute__((always_inline)) void
-gemm_block_avx512_body(int wide, ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb, float *c,
-                       ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, const float *bias, int accumulate)
+gemm_block_avx512_body(int wide, int rows, ptrdiff_t as, ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb,
+                       float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, const float *bias, int accumulate)
 {
     __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
     __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
     AVX512_REP(AVX512_DECL)
-    for (ptrdiff_t k = 0; k < K; k++, ap += GEMM_AVX512_MR, b += ldb) {
+    for (ptrdiff_t k = 0; k < K; k++, ap += as, b += ldb) {
         __m512 b0 = _mm512_maskz_loadu_ps(m0, b), b1 = _mm512_setzero_ps();
         if (wide) b1 = _mm512_maskz_loadu_ps(m1, b + 16);
         AVX512_REP(AVX512_FMA)
@@ -319,41 +268,19 @@ CYCONV_TARGET_AVX512 static void gemm_block_avx512(ptrdiff_t K, const float *ap,
                                                    const float *bias, int accumulate)
 {
     if (nr > 16)
-        gemm_block_avx512_body(1, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+        gemm_block_avx512_body(1, GEMM_AVX512_MR, GEMM_AVX512_MR, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
     else
-        gemm_block_avx512_body(0, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+        gemm_block_avx512_body(0, GEMM_AVX512_MR, GEMM_AVX512_MR, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
 }
 
-CYCONV_TARGET_AVX512 static inline __attribute__((always_inline)) void
-gemm_row_avx512_body(int wide, ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t nr,
-                     int accumulate)
-{
-    // one row of gemm_block_avx512_body, the same operations per element
-    __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
-    __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
-    __m512 c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps();
-    for (ptrdiff_t k = 0; k < K; k++, b += ldb) {
-        __m512 b0 = _mm512_maskz_loadu_ps(m0, b), b1 = _mm512_setzero_ps();
-        if (wide) b1 = _mm512_maskz_loadu_ps(m1, b + 16);
-        __m512 x = _mm512_set1_ps(a[k]);
-        c0 = _mm512_fmadd_ps(x, b0, c0);
-        if (wide) c1 = _mm512_fmadd_ps(x, b1, c1);
-    }
-    if (accumulate) {
-        c0 = _mm512_add_ps(c0, _mm512_maskz_loadu_ps(m0, c));
-        if (wide) c1 = _mm512_add_ps(c1, _mm512_maskz_loadu_ps(m1, c + 16));
-    }
-    _mm512_mask_storeu_ps(c, m0, c0);
-    if (wide) _mm512_mask_storeu_ps(c + 16, m1, c1);
-}
-
+/* One row of the block, A read in place (as gemm_row_generic). */
 CYCONV_TARGET_AVX512 static void gemm_row_avx512(ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb,
                                                  float *c, ptrdiff_t nr, int accumulate)
 {
     if (nr > 16)
-        gemm_row_avx512_body(1, K, a, b, ldb, c, nr, accumulate);
+        gemm_block_avx512_body(1, 1, 1, K, a, b, ldb, c, 0, 1, nr, NULL, accumulate);
     else
-        gemm_row_avx512_body(0, K, a, b, ldb, c, nr, accumulate);
+        gemm_block_avx512_body(0, 1, 1, K, a, b, ldb, c, 0, 1, nr, NULL, accumulate);
 }
 
 #endif /* CYCONV_X86 */
