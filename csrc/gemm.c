@@ -430,8 +430,8 @@ void FN(conv_weight_grad_direct)(float *dw, const float *dy, const float *xp, pt
         vf xv = VF_LOAD(xrow, ow + j, m);           \
         DWG_REP(DWG_FMA, j)                         \
     }
-#define DWG_DY(i, j) \
-    vf d##i = i < DWG_OB && i < ob ? VF_LOAD(dy0, i * plane + r + ow, m) : VF_ZERO();
+#define DWG_PTR(i, j) const float *dy##i = dy + (o0 + (i < ob ? i : 0)) * plane; /* rows past O: read nothing */
+#define DWG_DY(i, j) vf d##i = VF_LOAD_IF(i < DWG_OB && i < ob, dy##i, r + ow, m);
 #define DWG_STORE(i, j) \
     if (i < DWG_OB && i < ob && j < kw) dw[((o0 + i) * C + c) * kh * kw + ki * kw + j] += VF_SUM(a##i##j);
 #endif
@@ -445,7 +445,7 @@ TIER_FN void FN(conv_weight_grad_direct)(float *dw, const float *dy, const float
     ptrdiff_t plane = Ho * Wo;
     for (ptrdiff_t o0 = 0; o0 < O; o0 += DWG_OB) {
         ptrdiff_t ob = O - o0 < DWG_OB ? O - o0 : DWG_OB;
-        const float *dy0 = dy + o0 * plane;
+        DWG_REP(DWG_PTR, 0)
         for (ptrdiff_t c = 0; c < C; c++) {
             for (ptrdiff_t ki = 0; ki < kh; ki++) {
                 DWG_REP(DWG_DECL, 0) DWG_REP(DWG_DECL, 1) DWG_REP(DWG_DECL, 2)
@@ -485,6 +485,7 @@ TIER_FN void FN(conv_weight_grad_direct)(float *dw, const float *dy, const float
 #undef DWG_DECL
 #undef DWG_FMA
 #undef DWG_TAP
+#undef DWG_PTR
 #undef DWG_DY
 #undef DWG_STORE
 

@@ -17,11 +17,16 @@
  *     VF_LANES(lo, hi)      mask of lanes [lo, hi), clipped to the vector
  *     VF_HEAD(n)            mask of the first n lanes (all of them if n >= VL)
  *     VF_LOAD(p, off, m)    lanes m of p[off .. off + VL), zero elsewhere
+ *     VF_LOAD_IF(c, p, off, m)       VF_LOAD if c, else zeros (avx512: through the mask, no branch)
+ *     VF_AND(a, b)          both masks
  *     VF_STEP(s, n)         where the vector at s of a row of n starts (avx2: n - 8
  *                           for the last one, overlapping its neighbour)
- *     VF_STORE_ROW(p, left, v)       the vector at p, `left` elements before the row ends
+ *     VF_ROW_MASK(left)     the lanes of that vector inside the row, `left` elements
+ *                           before its end (avx2: all of them, a constant)
+ *     VF_STORE_ROW(p, m, v) the vector at p, through VF_ROW_MASK's m
  *     VF_STORE_SEG(p, n, room, v)    n lanes at p; lanes past n may be written too
  *                           where `room` elements follow p, for the next segment to overwrite
+ *     VF_SEG_SPILLS         1 if VF_STORE_SEG may write past n (avx2): segments go in address order
  *
  * Masked-off lanes are never read, so a masked load may start left of a row or
  * end past it; its address is computed in integers (offset_ptr), since such a
@@ -55,17 +60,12 @@ static inline __mmask16 v16_lanes(ptrdiff_t lo, ptrdiff_t hi)
 
 static inline __mmask16 v16_head(ptrdiff_t n)
 {
-    return (__mmask16)(n >= 16 ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1);
+    return v16_lanes(0, n);
 }
 
 CYCONV_TARGET_AVX512 static inline __m512 v16_load(const float *p, ptrdiff_t off, __mmask16 m)
 {
     return _mm512_maskz_loadu_ps(m, offset_ptr(p, off));
-}
-
-CYCONV_TARGET_AVX512 static inline void v16_store_row(float *p, ptrdiff_t left, __m512 v)
-{
-    _mm512_mask_storeu_ps(p, v16_head(left), v);
 }
 
 CYCONV_TARGET_AVX512 static inline void v16_store_seg(float *p, ptrdiff_t n, ptrdiff_t room, __m512 v)
@@ -128,13 +128,17 @@ CYCONV_TARGET_AVX2 static inline float v8_sum(__m256 v)
 #undef VF_LANES
 #undef VF_HEAD
 #undef VF_LOAD
+#undef VF_LOAD_IF
 #undef VF_ADD
 #undef VF_FMA
 #undef VF_SUM
 #undef VF_STEP
+#undef VF_ROW_MASK
+#undef VF_AND
 #undef VF_MIN_ROW
 #undef VF_STORE_ROW
 #undef VF_STORE_SEG
+#undef VF_SEG_SPILLS
 
 #if CYCONV_X86 && defined(REAL_IS_FLOAT) && TIER == CYCONV_ISA_AVX512
 #define VF_TIER 1
@@ -145,13 +149,17 @@ CYCONV_TARGET_AVX2 static inline float v8_sum(__m256 v)
 #define VF_LANES(lo, hi) v16_lanes(lo, hi)
 #define VF_HEAD(n) v16_head(n)
 #define VF_LOAD(p, off, m) v16_load(p, off, m)
+#define VF_LOAD_IF(c, p, off, m) v16_load(p, off, (c) ? (m) : 0)
 #define VF_ADD(a, b) _mm512_add_ps(a, b)
 #define VF_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define VF_SUM(v) _mm512_reduce_add_ps(v)
+#define VF_AND(a, b) ((__mmask16)((a) & (b)))
 #define VF_STEP(s, n) (s)
 #define VF_MIN_ROW 1
-#define VF_STORE_ROW(p, left, v) v16_store_row(p, left, v)
+#define VF_ROW_MASK(left) v16_head(left)
+#define VF_STORE_ROW(p, m, v) _mm512_mask_storeu_ps(p, m, v)
 #define VF_STORE_SEG(p, n, room, v) v16_store_seg(p, n, room, v)
+#define VF_SEG_SPILLS 0
 #elif CYCONV_X86 && defined(REAL_IS_FLOAT) && TIER == CYCONV_ISA_AVX2
 #define VF_TIER 1
 #define VL 8
@@ -161,13 +169,17 @@ CYCONV_TARGET_AVX2 static inline float v8_sum(__m256 v)
 #define VF_LANES(lo, hi) v8_lanes(lo, hi)
 #define VF_HEAD(n) v8_head(n)
 #define VF_LOAD(p, off, m) v8_load(p, off, m)
+#define VF_LOAD_IF(c, p, off, m) ((c) ? v8_load(p, off, m) : _mm256_setzero_ps())
 #define VF_ADD(a, b) _mm256_add_ps(a, b)
 #define VF_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define VF_SUM(v) v8_sum(v)
+#define VF_AND(a, b) _mm256_and_si256(a, b)
 #define VF_STEP(s, n) v8_step(s, n)
 #define VF_MIN_ROW 8
-#define VF_STORE_ROW(p, left, v) ((void)(left), _mm256_storeu_ps(p, v))
+#define VF_ROW_MASK(left) ((void)(left), _mm256_set1_epi32(-1))
+#define VF_STORE_ROW(p, m, v) ((void)(m), _mm256_storeu_ps(p, v))
 #define VF_STORE_SEG(p, n, room, v) v8_store_seg(p, n, room, v)
+#define VF_SEG_SPILLS 1
 #else
 #define VF_TIER 0
 #endif
