@@ -16,11 +16,17 @@
 
 #include "cyconv.h"
 
-/* The bin [*lo, *hi) of output i of n_out over an axis of n_in. */
-static inline void adaptive_bin(ptrdiff_t i, ptrdiff_t n_in, ptrdiff_t n_out, ptrdiff_t *lo, ptrdiff_t *hi)
+/* The bin of output (i, j): input rows [h0, h1) and columns [w0, w1), n elements. */
+typedef struct adaptive_bin {
+    ptrdiff_t h0, h1, w0, w1, n;
+} adaptive_bin;
+
+static inline adaptive_bin adaptive_bin_of(ptrdiff_t i, ptrdiff_t j, ptrdiff_t H, ptrdiff_t W, ptrdiff_t Ho,
+                                           ptrdiff_t Wo)
 {
-    *lo = i * n_in / n_out;
-    *hi = ((i + 1) * n_in + n_out - 1) / n_out;
+    adaptive_bin b = {i * H / Ho, ((i + 1) * H + Ho - 1) / Ho, j * W / Wo, ((j + 1) * W + Wo - 1) / Wo, 0};
+    b.n = (b.h1 - b.h0) * (b.w1 - b.w0);
+    return b;
 }
 
 #define CYCONV_TEMPLATE "adaptive_avgpool.c"
@@ -75,17 +81,13 @@ TIER_FN void FN(adaptive_avg_pool2d_forward)(real *restrict y, const real *restr
         y[0] = (real)(FN(row_sum)(x, H * W) / (double)(H * W));
         return;
     }
-    for (ptrdiff_t i = 0; i < Ho; i++) {
-        ptrdiff_t h0, h1;
-        adaptive_bin(i, H, Ho, &h0, &h1);
+    for (ptrdiff_t i = 0; i < Ho; i++)
         for (ptrdiff_t j = 0; j < Wo; j++) {
-            ptrdiff_t w0, w1;
-            adaptive_bin(j, W, Wo, &w0, &w1);
+            adaptive_bin b = adaptive_bin_of(i, j, H, W, Ho, Wo);
             double s = 0;
-            for (ptrdiff_t h = h0; h < h1; h++) s += FN(row_sum)(x + h * W + w0, w1 - w0);
-            y[i * Wo + j] = (real)(s / (double)((h1 - h0) * (w1 - w0)));
+            for (ptrdiff_t h = b.h0; h < b.h1; h++) s += FN(row_sum)(x + h * W + b.w0, b.w1 - b.w0);
+            y[i * Wo + j] = (real)(s / (double)b.n);
         }
-    }
 }
 
 TIER_FN void FN(adaptive_avg_pool2d_backward)(real *restrict dx, const real *restrict dy, ptrdiff_t H,
@@ -98,17 +100,13 @@ TIER_FN void FN(adaptive_avg_pool2d_backward)(real *restrict dx, const real *res
         return;
     }
     for (ptrdiff_t k = 0; k < H * W; k++) dx[k] = 0;
-    for (ptrdiff_t i = 0; i < Ho; i++) {
-        ptrdiff_t h0, h1;
-        adaptive_bin(i, H, Ho, &h0, &h1);
+    for (ptrdiff_t i = 0; i < Ho; i++)
         for (ptrdiff_t j = 0; j < Wo; j++) {
-            ptrdiff_t w0, w1;
-            adaptive_bin(j, W, Wo, &w0, &w1);
-            real g = (real)((double)dy[i * Wo + j] / (double)((h1 - h0) * (w1 - w0)));
-            for (ptrdiff_t h = h0; h < h1; h++)
-                for (ptrdiff_t w = w0; w < w1; w++) dx[h * W + w] += g;
+            adaptive_bin b = adaptive_bin_of(i, j, H, W, Ho, Wo);
+            real g = (real)((double)dy[i * Wo + j] / (double)b.n);
+            for (ptrdiff_t h = b.h0; h < b.h1; h++)
+                for (ptrdiff_t w = b.w0; w < b.w1; w++) dx[h * W + w] += g;
         }
-    }
 }
 
 #endif

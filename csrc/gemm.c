@@ -23,9 +23,14 @@
  *     avx512   10 x 32: 20 zmm accumulators of 32 registers
  *
  * gemm_block_ref is the statement of what each computes (and the generic
- * kernel's edge). Also here: the direct weight gradient of stride-1
- * convolutions over large planes, per tier.
+ * kernel's edge). Each tier's row kernel (gemm_rows_f32: A read in place) is
+ * its block kernel's body with one row, so a row alone is computed exactly as
+ * inside a block. Also here: the direct weight gradient of stride-1
+ * convolutions over large planes, written once over simd.h's float vector and
+ * compiled per tier by instantiate.h (the template body at the end).
  */
+#ifndef real
+
 #include <string.h>
 
 #include "cyconv.h"
@@ -47,17 +52,6 @@ static void gemm_block_ref(ptrdiff_t MR, ptrdiff_t K, const float *ap, const flo
             if (bias) s += bias[i];
             c[i * ldc + j] = accumulate ? c[i * ldc + j] + s : s;
         }
-    }
-}
-
-/* One row of gemm_block_ref (no bias): the generic kernel's right edge for a single row. */
-static void gemm_row_ref(ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t nr,
-                         int accumulate)
-{
-    for (ptrdiff_t j = 0; j < nr; j++) {
-        float s = 0.0f;
-        for (ptrdiff_t k = 0; k < K; k++) s += a[k] * b[k * ldb + j];
-        c[j] = accumulate ? c[j] + s : s;
     }
 }
 
@@ -87,7 +81,7 @@ static inline v4f load4(const float *p)
 #define GEN_REP(X) X(0) X(1) X(2) X(3) X(4) X(5)
 #define GEN_DECL(i) v4f c##i##0 = {0, 0, 0, 0}, c##i##1 = {0, 0, 0, 0};
 #define GEN_FMA(i)                   \
-    {                                \
+    if (i < rows) {                  \
         float a = ap[i];             \
         c##i##0 += a * b0;           \
         c##i##1 += a * b1;           \
@@ -102,44 +96,38 @@ static inline v4f load4(const float *p)
         memcpy(row + 4, &v1, sizeof v1);                                      \
     }
 
-GEMM_CONTRACT_ATTR static void gemm_block_generic(ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb,
-                                                  float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr,
-                                                  const float *bias, int accumulate)
+/* The block, and (rows == 1, as == 1) a row of A read in place: a compile-time
+ * `rows` and `as` (A's step per k) in each inlined copy, so a row alone is computed
+ * with the very operations of that row inside a block (see gemm_rows_f32). */
+GEMM_CONTRACT_ATTR static inline __attribute__((always_inline)) void
+gemm_block_generic_body(int rows, ptrdiff_t as, ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb,
+                        float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, const float *bias, int accumulate)
 {
     GEMM_CONTRACT_BODY
     if (nr < 8) { /* the right edge: at most 7 columns of N */
-        gemm_block_ref(GEMM_GENERIC_MR, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+        gemm_block_ref(as, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
         return;
     }
     GEN_REP(GEN_DECL)
-    for (ptrdiff_t k = 0; k < K; k++, ap += GEMM_GENERIC_MR, b += ldb) {
+    for (ptrdiff_t k = 0; k < K; k++, ap += as, b += ldb) {
         v4f b0 = load4(b), b1 = load4(b + 4);
         GEN_REP(GEN_FMA)
     }
     GEN_REP(GEN_STORE)
 }
 
-/* One row of the block: c (nr) = a (K) @ b (K, nr) [+ c], each element computed exactly as the
- * generic block computes it (the same vector or edge code, the same operations in the same order),
- * so a row alone equals that row inside a block: see gemm_rows_f32. */
+GEMM_CONTRACT_ATTR static void gemm_block_generic(ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb,
+                                                  float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr,
+                                                  const float *bias, int accumulate)
+{
+    gemm_block_generic_body(GEMM_GENERIC_MR, GEMM_GENERIC_MR, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+}
+
+/* One row of the block: c (nr) = a (K) @ b (K, nr) [+ c]. */
 GEMM_CONTRACT_ATTR static void gemm_row_generic(ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb,
                                                 float *c, ptrdiff_t nr, int accumulate)
 {
-    GEMM_CONTRACT_BODY
-    if (nr < 8) {
-        gemm_row_ref(K, a, b, ldb, c, nr, accumulate);
-        return;
-    }
-    v4f c0 = {0, 0, 0, 0}, c1 = {0, 0, 0, 0};
-    for (ptrdiff_t k = 0; k < K; k++, b += ldb) {
-        v4f b0 = load4(b), b1 = load4(b + 4);
-        float x = a[k];
-        c0 += x * b0;
-        c1 += x * b1;
-    }
-    if (accumulate) c0 += load4(c), c1 += load4(c + 4);
-    memcpy(c, &c0, sizeof c0);
-    memcpy(c + 4, &c1, sizeof c1);
+    gemm_block_generic_body(1, 1, K, a, b, ldb, c, 0, 1, nr, NULL, accumulate);
 }
 
 #if CYCONV_X86
@@ -154,7 +142,7 @@ GEMM_CONTRACT_ATTR static void gemm_row_generic(ptrdiff_t K, const float *a, con
 #define AVX2_REP(X) X(0) X(1) X(2) X(3) X(4) X(5)
 #define AVX2_DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps();
 #define AVX2_FMA(i)                                            \
-    {                                                          \
+    if (i < rows) {                                            \
         __m256 a = _mm256_broadcast_ss(ap + i);                \
         c##i##0 = _mm256_fmadd_ps(a, b0, c##i##0);             \
         if (wide) c##i##1 = _mm256_fmadd_ps(a, b1, c##i##1);   \
@@ -185,14 +173,15 @@ GEMM_CONTRACT_ATTR static void gemm_row_generic(ptrdiff_t K, const float *a, con
     }
 
 CYCONV_TARGET_AVX2 static inline __attribute__((always_inline)) void
-gemm_block_avx2_body(int masked, int wide, ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb,
-                     float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, const float *bias, int accumulate)
+gemm_block_avx2_body(int masked, int wide, int rows, ptrdiff_t as, ptrdiff_t K, const float *ap, const float *b,
+                     ptrdiff_t ldb, float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, const float *bias,
+                     int accumulate)
 {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr), lane);
     __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr - 8), lane);
     AVX2_REP(AVX2_DECL)
-    for (ptrdiff_t k = 0; k < K; k++, ap += GEMM_AVX2_MR, b += ldb) {
+    for (ptrdiff_t k = 0; k < K; k++, ap += as, b += ldb) {
         __m256 b0, b1 = _mm256_setzero_ps();
         if (masked) {
             b0 = _mm256_maskload_ps(b, m0);
@@ -211,61 +200,23 @@ CYCONV_TARGET_AVX2 static void gemm_block_avx2(ptrdiff_t K, const float *ap, con
                                                const float *bias, int accumulate)
 {
     if (nr == 16)
-        gemm_block_avx2_body(0, 1, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+        gemm_block_avx2_body(0, 1, GEMM_AVX2_MR, GEMM_AVX2_MR, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
     else if (nr > 8)
-        gemm_block_avx2_body(1, 1, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+        gemm_block_avx2_body(1, 1, GEMM_AVX2_MR, GEMM_AVX2_MR, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
     else
-        gemm_block_avx2_body(1, 0, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+        gemm_block_avx2_body(1, 0, GEMM_AVX2_MR, GEMM_AVX2_MR, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
 }
 
-CYCONV_TARGET_AVX2 static inline __attribute__((always_inline)) void
-gemm_row_avx2_body(int masked, int wide, ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb, float *c,
-                   ptrdiff_t nr, int accumulate)
-{
-    // one row of gemm_block_avx2_body, the same operations per element
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr), lane);
-    __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr - 8), lane);
-    __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps();
-    for (ptrdiff_t k = 0; k < K; k++, b += ldb) {
-        __m256 b0, b1 = _mm256_setzero_ps();
-        if (masked) {
-            b0 = _mm256_maskload_ps(b, m0);
-            if (wide) b1 = _mm256_maskload_ps(b + 8, m1);
-        } else {
-            b0 = _mm256_loadu_ps(b);
-            b1 = _mm256_loadu_ps(b + 8);
-        }
-        __m256 x = _mm256_broadcast_ss(a + k);
-        c0 = _mm256_fmadd_ps(x, b0, c0);
-        if (wide) c1 = _mm256_fmadd_ps(x, b1, c1);
-    }
-    if (masked) {
-        if (accumulate) {
-            c0 = _mm256_add_ps(c0, _mm256_maskload_ps(c, m0));
-            if (wide) c1 = _mm256_add_ps(c1, _mm256_maskload_ps(c + 8, m1));
-        }
-        _mm256_maskstore_ps(c, m0, c0);
-        if (wide) _mm256_maskstore_ps(c + 8, m1, c1);
-    } else {
-        if (accumulate) {
-            c0 = _mm256_add_ps(c0, _mm256_loadu_ps(c));
-            c1 = _mm256_add_ps(c1, _mm256_loadu_ps(c + 8));
-        }
-        _mm256_storeu_ps(c, c0);
-        _mm256_storeu_ps(c + 8, c1);
-    }
-}
-
+/* One row of the block, A read in place (as gemm_row_generic). */
 CYCONV_TARGET_AVX2 static void gemm_row_avx2(ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb, float *c,
                                              ptrdiff_t nr, int accumulate)
 {
     if (nr == 16)
-        gemm_row_avx2_body(0, 1, K, a, b, ldb, c, nr, accumulate);
+        gemm_block_avx2_body(0, 1, 1, 1, K, a, b, ldb, c, 0, 1, nr, NULL, accumulate);
     else if (nr > 8)
-        gemm_row_avx2_body(1, 1, K, a, b, ldb, c, nr, accumulate);
+        gemm_block_avx2_body(1, 1, 1, 1, K, a, b, ldb, c, 0, 1, nr, NULL, accumulate);
     else
-        gemm_row_avx2_body(1, 0, K, a, b, ldb, c, nr, accumulate);
+        gemm_block_avx2_body(1, 0, 1, 1, K, a, b, ldb, c, 0, 1, nr, NULL, accumulate);
 }
 
 /* ---- avx512: 10 x 32 ----
@@ -276,7 +227,7 @@ CYCONV_TARGET_AVX2 static void gemm_row_avx2(ptrdiff_t K, const float *a, const 
 #define AVX512_REP(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9)
 #define AVX512_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
 #define AVX512_FMA(i)                                               \
-    {                                                               \
+    if (i < rows) {                                                 \
         __m512 a = _mm512_set1_ps(ap[i]);                           \
         c##i##0 = _mm512_fmadd_ps(a, b0, c##i##0);                  \
         if (wide) c##i##1 = _mm512_fmadd_ps(a, b1, c##i##1);        \
@@ -298,13 +249,13 @@ CYCONV_TARGET_AVX2 static void gemm_row_avx2(ptrdiff_t K, const float *a, const 
     }
 
 CYCONV_TARGET_AVX512 static inline __attribute__((always_inline)) void
-gemm_block_avx512_body(int wide, ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb, float *c,
-                       ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, const float *bias, int accumulate)
+gemm_block_avx512_body(int wide, int rows, ptrdiff_t as, ptrdiff_t K, const float *ap, const float *b, ptrdiff_t ldb,
+                       float *c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr, const float *bias, int accumulate)
 {
     __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
     __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
     AVX512_REP(AVX512_DECL)
-    for (ptrdiff_t k = 0; k < K; k++, ap += GEMM_AVX512_MR, b += ldb) {
+    for (ptrdiff_t k = 0; k < K; k++, ap += as, b += ldb) {
         __m512 b0 = _mm512_maskz_loadu_ps(m0, b), b1 = _mm512_setzero_ps();
         if (wide) b1 = _mm512_maskz_loadu_ps(m1, b + 16);
         AVX512_REP(AVX512_FMA)
@@ -317,41 +268,19 @@ CYCONV_TARGET_AVX512 static void gemm_block_avx512(ptrdiff_t K, const float *ap,
                                                    const float *bias, int accumulate)
 {
     if (nr > 16)
-        gemm_block_avx512_body(1, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+        gemm_block_avx512_body(1, GEMM_AVX512_MR, GEMM_AVX512_MR, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
     else
-        gemm_block_avx512_body(0, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
+        gemm_block_avx512_body(0, GEMM_AVX512_MR, GEMM_AVX512_MR, K, ap, b, ldb, c, ldc, mr, nr, bias, accumulate);
 }
 
-CYCONV_TARGET_AVX512 static inline __attribute__((always_inline)) void
-gemm_row_avx512_body(int wide, ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t nr,
-                     int accumulate)
-{
-    // one row of gemm_block_avx512_body, the same operations per element
-    __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
-    __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (1u << (nr - 16)) - 1);
-    __m512 c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps();
-    for (ptrdiff_t k = 0; k < K; k++, b += ldb) {
-        __m512 b0 = _mm512_maskz_loadu_ps(m0, b), b1 = _mm512_setzero_ps();
-        if (wide) b1 = _mm512_maskz_loadu_ps(m1, b + 16);
-        __m512 x = _mm512_set1_ps(a[k]);
-        c0 = _mm512_fmadd_ps(x, b0, c0);
-        if (wide) c1 = _mm512_fmadd_ps(x, b1, c1);
-    }
-    if (accumulate) {
-        c0 = _mm512_add_ps(c0, _mm512_maskz_loadu_ps(m0, c));
-        if (wide) c1 = _mm512_add_ps(c1, _mm512_maskz_loadu_ps(m1, c + 16));
-    }
-    _mm512_mask_storeu_ps(c, m0, c0);
-    if (wide) _mm512_mask_storeu_ps(c + 16, m1, c1);
-}
-
+/* One row of the block, A read in place (as gemm_row_generic). */
 CYCONV_TARGET_AVX512 static void gemm_row_avx512(ptrdiff_t K, const float *a, const float *b, ptrdiff_t ldb,
                                                  float *c, ptrdiff_t nr, int accumulate)
 {
     if (nr > 16)
-        gemm_row_avx512_body(1, K, a, b, ldb, c, nr, accumulate);
+        gemm_block_avx512_body(1, 1, 1, K, a, b, ldb, c, 0, 1, nr, NULL, accumulate);
     else
-        gemm_row_avx512_body(0, K, a, b, ldb, c, nr, accumulate);
+        gemm_block_avx512_body(0, 1, 1, K, a, b, ldb, c, 0, 1, nr, NULL, accumulate);
 }
 
 #endif /* CYCONV_X86 */
@@ -452,12 +381,92 @@ void gemm_rows_f32(const cyconv_gemm *g, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, 
  * over the whole plane, vectorised along ow, and reduces them once. Worth it
  * where the plane is large and the channels few (LeNet's conv1: 3x faster than
  * im2row + packing + GEMM, which spend most of their time moving 25 x 784 values
- * around); conv_weight_grad_direct_fits() says where, per tier. */
+ * around); conv_weight_grad_direct_fits() says where, per tier. Its loops are
+ * written once (the template body below) over simd.h's float vector. */
 
-static void conv_weight_grad_direct_generic(float *dw, const float *dy, const float *xp, ptrdiff_t O,
-                                            ptrdiff_t C, ptrdiff_t Hp, ptrdiff_t Wp, ptrdiff_t kh,
-                                            ptrdiff_t kw, ptrdiff_t Ho, ptrdiff_t Wo)
+int conv_weight_grad_direct_fits(ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t kw, ptrdiff_t Ho, ptrdiff_t Wo)
 {
+    // stride 1, at most 6 taps per row (the accumulators below), at least 32
+    // vectors per plane (the reduction at the end stays small) and at least 3/4
+    // of the lanes used. The generic tier keeps im2row + GEMM.
+    int isa = cyconv_isa_now();
+    ptrdiff_t lanes = isa == CYCONV_ISA_AVX512 ? 16 : isa == CYCONV_ISA_AVX2 ? 8 : 0;
+    if (lanes == 0) return 0;
+    ptrdiff_t vectors = Ho * ((Wo + lanes - 1) / lanes);
+    return sh == 1 && sw == 1 && kw <= 6 && vectors >= 32 && 4 * Ho * Wo >= 3 * lanes * vectors;
+}
+
+#define CYCONV_TEMPLATE "gemm.c"
+#include "instantiate.h"
+
+#elif defined(CYCONV_DISPATCH_PASS)
+
+#ifdef REAL_IS_FLOAT
+void FN(conv_weight_grad_direct)(float *dw, const float *dy, const float *xp, ptrdiff_t O, ptrdiff_t C,
+                                 ptrdiff_t Hp, ptrdiff_t Wp, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t Ho,
+                                 ptrdiff_t Wo)
+{
+    TIERED(conv_weight_grad_direct)(dw, dy, xp, O, C, Hp, Wp, kh, kw, Ho, Wo);
+}
+#endif
+
+#else /* template body, per tier: the direct weight gradient (float only) */
+#ifdef REAL_IS_FLOAT
+
+#include "simd.h"
+
+#if VF_TIER
+/* DWG_OB output channels x kw (<= 6) taps of accumulators, plus DWG_OB vectors of dy
+ * and one of x: 4 x 6 + 5 of avx512's 32 registers, 2 x 6 + 3 of avx2's 16. The
+ * accumulators are named variables (GCC spills an array of vectors); rows i >= DWG_OB
+ * are compile-time dead. */
+#define DWG_OB (VL == 16 ? 4 : 2)
+#define DWG_REP(X, j) X(0, j) X(1, j) X(2, j) X(3, j)
+#define DWG_DECL(i, j) vf a##i##j = VF_ZERO();
+#define DWG_FMA(i, j) \
+    if (i < DWG_OB) a##i##j = VF_FMA(d##i, xv, a##i##j);
+#define DWG_TAP(j)                                  \
+    if (j < kw) {                                   \
+        vf xv = VF_LOAD(xrow, ow + j, m);           \
+        DWG_REP(DWG_FMA, j)                         \
+    }
+#define DWG_PTR(i, j) const float *dy##i = dy + (o0 + (i < ob ? i : 0)) * plane; /* rows past O: read nothing */
+#define DWG_DY(i, j) vf d##i = VF_LOAD_IF(i < DWG_OB && i < ob, dy##i, r + ow, m);
+#define DWG_STORE(i, j) \
+    if (i < DWG_OB && i < ob && j < kw) dw[((o0 + i) * C + c) * kh * kw + ki * kw + j] += VF_SUM(a##i##j);
+#endif
+
+TIER_FN void FN(conv_weight_grad_direct)(float *dw, const float *dy, const float *xp, ptrdiff_t O, ptrdiff_t C,
+                                         ptrdiff_t Hp, ptrdiff_t Wp, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t Ho,
+                                         ptrdiff_t Wo)
+{
+    // dy is (O, Ho, Wo), xp (C, Hp, Wp); dw (O, C, kh, kw) is added into
+#if VF_TIER
+    ptrdiff_t plane = Ho * Wo;
+    for (ptrdiff_t o0 = 0; o0 < O; o0 += DWG_OB) {
+        ptrdiff_t ob = O - o0 < DWG_OB ? O - o0 : DWG_OB;
+        DWG_REP(DWG_PTR, 0)
+        for (ptrdiff_t c = 0; c < C; c++) {
+            for (ptrdiff_t ki = 0; ki < kh; ki++) {
+                DWG_REP(DWG_DECL, 0) DWG_REP(DWG_DECL, 1) DWG_REP(DWG_DECL, 2)
+                DWG_REP(DWG_DECL, 3) DWG_REP(DWG_DECL, 4) DWG_REP(DWG_DECL, 5)
+                for (ptrdiff_t oh = 0; oh < Ho; oh++) {
+                    const float *xrow = xp + (c * Hp + oh + ki) * Wp;
+                    ptrdiff_t r = oh * Wo;
+                    for (ptrdiff_t ow = 0; ow < Wo; ow += VL) {
+                        /* the lanes past the row read 0 from both operands */
+                        vmask m = VF_HEAD(Wo - ow);
+                        DWG_REP(DWG_DY, 0)
+                        DWG_TAP(0) DWG_TAP(1) DWG_TAP(2) DWG_TAP(3) DWG_TAP(4) DWG_TAP(5)
+                    }
+                }
+                DWG_REP(DWG_STORE, 0) DWG_REP(DWG_STORE, 1) DWG_REP(DWG_STORE, 2)
+                DWG_REP(DWG_STORE, 3) DWG_REP(DWG_STORE, 4) DWG_REP(DWG_STORE, 5)
+            }
+        }
+    }
+#else
+    /* the statement of what the vector loops compute (fits() sends the generic tier to im2row + GEMM) */
     for (ptrdiff_t o = 0; o < O; o++)
         for (ptrdiff_t c = 0; c < C; c++)
             for (ptrdiff_t ki = 0; ki < kh; ki++)
@@ -468,126 +477,17 @@ static void conv_weight_grad_direct_generic(float *dw, const float *dy, const fl
                             s += dy[(o * Ho + oh) * Wo + ow] * xp[(c * Hp + oh + ki) * Wp + ow + kj];
                     dw[((o * C + c) * kh + ki) * kw + kj] += s;
                 }
+#endif
 }
 
-#if CYCONV_X86
+#undef DWG_OB
+#undef DWG_REP
+#undef DWG_DECL
+#undef DWG_FMA
+#undef DWG_TAP
+#undef DWG_PTR
+#undef DWG_DY
+#undef DWG_STORE
 
-/* AVX2: 2 output channels x kw (<= 6) taps = 12 accumulators of 16 registers. */
-#define DW8_REP2(X, j) X(0, j) X(1, j)
-#define DW8_DECL(i, j) __m256 a##i##j = _mm256_setzero_ps();
-#define DW8_FMA(i, j) a##i##j = _mm256_fmadd_ps(d##i, xv, a##i##j);
-#define DW8_TAP(j)                                                  \
-    if (j < kw) {                                                   \
-        __m256 xv = _mm256_maskload_ps(xrow + ow + j, m);           \
-        DW8_REP2(DW8_FMA, j)                                        \
-    }
-#define DW8_STORE(i, j) \
-    if (i < ob && j < kw) dw[((o0 + i) * C + c) * kh * kw + ki * kw + j] += hsum8(a##i##j);
-
-CYCONV_TARGET_AVX2 static inline float hsum8(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
-CYCONV_TARGET_AVX2 static void conv_weight_grad_direct_avx2(float *dw, const float *dy, const float *xp,
-                                                            ptrdiff_t O, ptrdiff_t C, ptrdiff_t Hp,
-                                                            ptrdiff_t Wp, ptrdiff_t kh, ptrdiff_t kw,
-                                                            ptrdiff_t Ho, ptrdiff_t Wo)
-{
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    ptrdiff_t plane = Ho * Wo;
-    (void)Hp;
-    for (ptrdiff_t o0 = 0; o0 < O; o0 += 2) {
-        ptrdiff_t ob = O - o0 < 2 ? O - o0 : 2;
-        const float *dy0 = dy + o0 * plane, *dy1 = ob > 1 ? dy0 + plane : dy0;
-        for (ptrdiff_t c = 0; c < C; c++) {
-            for (ptrdiff_t ki = 0; ki < kh; ki++) {
-                DW8_REP2(DW8_DECL, 0) DW8_REP2(DW8_DECL, 1) DW8_REP2(DW8_DECL, 2)
-                DW8_REP2(DW8_DECL, 3) DW8_REP2(DW8_DECL, 4) DW8_REP2(DW8_DECL, 5)
-                for (ptrdiff_t oh = 0; oh < Ho; oh++) {
-                    const float *xrow = xp + (c * Hp + oh + ki) * Wp;
-                    ptrdiff_t r = oh * Wo;
-                    for (ptrdiff_t ow = 0; ow < Wo; ow += 8) {
-                        /* the lanes past the row read 0 from both operands */
-                        __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(Wo - ow < 8 ? Wo - ow : 8)), lane);
-                        __m256 d0 = _mm256_maskload_ps(dy0 + r + ow, m);
-                        __m256 d1 = ob > 1 ? _mm256_maskload_ps(dy1 + r + ow, m) : _mm256_setzero_ps();
-                        DW8_TAP(0) DW8_TAP(1) DW8_TAP(2) DW8_TAP(3) DW8_TAP(4) DW8_TAP(5)
-                    }
-                }
-                DW8_REP2(DW8_STORE, 0) DW8_REP2(DW8_STORE, 1) DW8_REP2(DW8_STORE, 2)
-                DW8_REP2(DW8_STORE, 3) DW8_REP2(DW8_STORE, 4) DW8_REP2(DW8_STORE, 5)
-            }
-        }
-    }
-}
-
-/* AVX-512: 4 output channels x kw (<= 6) taps = 24 accumulators of 32 registers. */
-#define DW16_REP4(X, j) X(0, j) X(1, j) X(2, j) X(3, j)
-#define DW16_DECL(i, j) __m512 a##i##j = _mm512_setzero_ps();
-#define DW16_FMA(i, j) a##i##j = _mm512_fmadd_ps(d##i, xv, a##i##j);
-#define DW16_TAP(j)                                                 \
-    if (j < kw) {                                                   \
-        __m512 xv = _mm512_maskz_loadu_ps(m, xrow + ow + j);        \
-        DW16_REP4(DW16_FMA, j)                                      \
-    }
-#define DW16_STORE(i, j) \
-    if (i < ob && j < kw) dw[((o0 + i) * C + c) * kh * kw + ki * kw + j] += _mm512_reduce_add_ps(a##i##j);
-
-CYCONV_TARGET_AVX512 static void conv_weight_grad_direct_avx512(float *dw, const float *dy, const float *xp,
-                                                                ptrdiff_t O, ptrdiff_t C, ptrdiff_t Hp,
-                                                                ptrdiff_t Wp, ptrdiff_t kh, ptrdiff_t kw,
-                                                                ptrdiff_t Ho, ptrdiff_t Wo)
-{
-    ptrdiff_t plane = Ho * Wo;
-    for (ptrdiff_t o0 = 0; o0 < O; o0 += 4) {
-        ptrdiff_t ob = O - o0 < 4 ? O - o0 : 4;
-        /* rows past O read nothing (mask 0) from a valid address */
-        const float *dy0 = dy + o0 * plane;
-        const float *dy1 = ob > 1 ? dy0 + plane : dy0, *dy2 = ob > 2 ? dy0 + 2 * plane : dy0;
-        const float *dy3 = ob > 3 ? dy0 + 3 * plane : dy0;
-        for (ptrdiff_t c = 0; c < C; c++) {
-            for (ptrdiff_t ki = 0; ki < kh; ki++) {
-                DW16_REP4(DW16_DECL, 0) DW16_REP4(DW16_DECL, 1) DW16_REP4(DW16_DECL, 2)
-                DW16_REP4(DW16_DECL, 3) DW16_REP4(DW16_DECL, 4) DW16_REP4(DW16_DECL, 5)
-                for (ptrdiff_t oh = 0; oh < Ho; oh++) {
-                    const float *xrow = xp + (c * Hp + oh + ki) * Wp;
-                    ptrdiff_t r = oh * Wo;
-                    for (ptrdiff_t ow = 0; ow < Wo; ow += 16) {
-                        __mmask16 m = (__mmask16)(Wo - ow >= 16 ? 0xFFFF : (1u << (Wo - ow)) - 1);
-                        __m512 d0 = _mm512_maskz_loadu_ps(m, dy0 + r + ow);
-                        __m512 d1 = _mm512_maskz_loadu_ps(ob > 1 ? m : 0, dy1 + r + ow);
-                        __m512 d2 = _mm512_maskz_loadu_ps(ob > 2 ? m : 0, dy2 + r + ow);
-                        __m512 d3 = _mm512_maskz_loadu_ps(ob > 3 ? m : 0, dy3 + r + ow);
-                        DW16_TAP(0) DW16_TAP(1) DW16_TAP(2) DW16_TAP(3) DW16_TAP(4) DW16_TAP(5)
-                    }
-                }
-                DW16_REP4(DW16_STORE, 0) DW16_REP4(DW16_STORE, 1) DW16_REP4(DW16_STORE, 2)
-                DW16_REP4(DW16_STORE, 3) DW16_REP4(DW16_STORE, 4) DW16_REP4(DW16_STORE, 5)
-            }
-        }
-    }
-}
-
-#endif /* CYCONV_X86 */
-
-int conv_weight_grad_direct_fits(ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t kw, ptrdiff_t Ho, ptrdiff_t Wo)
-{
-    // stride 1, at most 6 taps per row (the accumulators above), at least 32
-    // vectors per plane (the reduction at the end stays small) and at least 3/4
-    // of the lanes used. The generic tier keeps im2row + GEMM.
-    int isa = cyconv_isa_now();
-    ptrdiff_t lanes = isa == CYCONV_ISA_AVX512 ? 16 : isa == CYCONV_ISA_AVX2 ? 8 : 0;
-    if (lanes == 0) return 0;
-    ptrdiff_t vectors = Ho * ((Wo + lanes - 1) / lanes);
-    return sh == 1 && sw == 1 && kw <= 6 && vectors >= 32 && 4 * Ho * Wo >= 3 * lanes * vectors;
-}
-
-void conv_weight_grad_direct_f32(float *dw, const float *dy, const float *xp, ptrdiff_t O, ptrdiff_t C,
-                                 ptrdiff_t Hp, ptrdiff_t Wp, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t Ho,
-                                 ptrdiff_t Wo)
-{
-    DISPATCH(conv_weight_grad_direct)(dw, dy, xp, O, C, Hp, Wp, kh, kw, Ho, Wo);
-}
+#endif /* REAL_IS_FLOAT */
+#endif

@@ -9,230 +9,24 @@
  * im2row is its transpose (the weight gradient's operand, see im2row below).
  *
  * The template body at the end is the statement of what they compute, written
- * once for a generic `real` and compiled per type and ISA tier by instantiate.h;
- * for float, each x86 tier has row kernels for the common unit-stride case:
- * one (masked) vector load and store per row segment instead of thousands of
- * short memcpy calls (4-5x faster on LeNet's conv2).
+ * once for a generic `real` and compiled per type and ISA tier by instantiate.h.
+ * For float on the x86 tiers, the common unit-stride cases also have vector
+ * loops (*_vec): one (masked) vector load and store per row segment instead of
+ * thousands of short memcpy calls (4-5x faster on LeNet's conv2). They are
+ * written once over simd.h's float vector, so what differs per tier is only
+ * that vector's few operations (16 lanes and masked stores on avx512, 8 lanes
+ * and whole stores on avx2), and the rows they take (avx2: >= 8 pixels).
  *
  * Masked-off lanes are never read, so a masked load may start left of a row or
- * end past it; its address is computed in integers (offset_ptr), since such a
- * pointer would be undefined in C.
+ * end past it; its address is computed in integers (simd.h's offset_ptr),
+ * since such a pointer would be undefined in C. No other pointer is formed past
+ * a buffer either.
  */
 #ifndef real
 
 #include <string.h>
 
 #include "cyconv.h"
-
-#if CYCONV_X86
-#include <immintrin.h>
-
-static inline const float *offset_ptr(const float *p, ptrdiff_t n)
-{
-    return (const float *)((uintptr_t)p + (uintptr_t)(n * (ptrdiff_t)sizeof(float)));
-}
-
-/* ---- AVX-512: 16 lanes, masked loads and stores ---- */
-
-/* Lanes [lo, hi) of a 16-lane vector, clipped to [0, 16). */
-static inline __mmask16 lanes16(ptrdiff_t lo, ptrdiff_t hi)
-{
-    if (lo < 0) lo = 0;
-    if (hi > 16) hi = 16;
-    if (hi <= lo) return 0;
-    return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
-}
-
-/* im2col, stride 1 along the width: each output row segment (up to 16 pixels)
- * is one masked load and one masked store, the mask supplying the padding zeros. */
-CYCONV_TARGET_AVX512 static void im2col_w1_avx512(float *cols, ptrdiff_t col_ld, const float *img,
-                                                  ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
-                                                  ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t ph, ptrdiff_t pw,
-                                                  ptrdiff_t Ho, ptrdiff_t Wo)
-{
-    for (ptrdiff_t c = 0; c < C; c++) {
-        for (ptrdiff_t ki = 0; ki < kh; ki++) {
-            for (ptrdiff_t kj = 0; kj < kw; kj++) {
-                float *row = cols + ((c * kh + ki) * kw + kj) * col_ld;
-                ptrdiff_t shift = kj - pw; /* input column of output column ow is ow + shift */
-                for (ptrdiff_t oh = 0; oh < Ho; oh++) {
-                    ptrdiff_t ih = oh * sh - ph + ki;
-                    int inside = ih >= 0 && ih < H;
-                    const float *src = img + (c * H + (inside ? ih : 0)) * W;
-                    for (ptrdiff_t ow = 0; ow < Wo; ow += 16) {
-                        __mmask16 store = lanes16(0, Wo - ow);
-                        __mmask16 load = inside ? store & lanes16(-shift - ow, W - shift - ow) : 0;
-                        __m512 v = _mm512_maskz_loadu_ps(load, offset_ptr(src, ow + shift));
-                        _mm512_mask_storeu_ps(row + oh * Wo + ow, store, v);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/* col2im, stride 1, written as a gather: each input row segment sums its
- * kh*kw contributions in a register and is stored once (the scatter form
- * re-reads and re-writes every pixel kh*kw times). */
-CYCONV_TARGET_AVX512 static void col2im_s1_avx512(float *img, const float *cols, ptrdiff_t col_ld,
-                                                  ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
-                                                  ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho,
-                                                  ptrdiff_t Wo)
-{
-    for (ptrdiff_t c = 0; c < C; c++) {
-        for (ptrdiff_t ih = 0; ih < H; ih++) {
-            for (ptrdiff_t iw = 0; iw < W; iw += 16) {
-                __m512 acc = _mm512_setzero_ps();
-                for (ptrdiff_t ki = 0; ki < kh; ki++) {
-                    ptrdiff_t oh = ih + ph - ki;
-                    if (oh < 0 || oh >= Ho) continue;
-                    for (ptrdiff_t kj = 0; kj < kw; kj++) {
-                        const float *row = cols + ((c * kh + ki) * kw + kj) * col_ld + oh * Wo;
-                        ptrdiff_t shift = pw - kj; /* output column of input column iw is iw + shift */
-                        __mmask16 m = lanes16(0, W - iw) & lanes16(-shift - iw, Wo - shift - iw);
-                        acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, offset_ptr(row, iw + shift)));
-                    }
-                }
-                _mm512_mask_storeu_ps(img + (c * H + ih) * W + iw, lanes16(0, W - iw), acc);
-            }
-        }
-    }
-}
-
-/* im2row for kernels up to 16 wide: each (output pixel, channel, kernel row)
- * is one masked load and store of kw floats. */
-CYCONV_TARGET_AVX512 static void im2row_avx512(float *rows, const float *img, ptrdiff_t C, ptrdiff_t H,
-                                               ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
-                                               ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho,
-                                               ptrdiff_t Wo)
-{
-    ptrdiff_t K = C * kh * kw;
-    __mmask16 store = lanes16(0, kw);
-    for (ptrdiff_t oh = 0; oh < Ho; oh++) {
-        for (ptrdiff_t ow = 0; ow < Wo; ow++) {
-            float *row = rows + (oh * Wo + ow) * K;
-            ptrdiff_t iw0 = ow * sw - pw;
-            __mmask16 load = store & lanes16(-iw0, W - iw0);
-            for (ptrdiff_t ki = 0; ki < kh; ki++) {
-                ptrdiff_t ih = oh * sh - ph + ki;
-                int inside = ih >= 0 && ih < H;
-                for (ptrdiff_t c = 0; c < C; c++) {
-                    const float *src = img + (c * H + (inside ? ih : 0)) * W;
-                    __m512 v = _mm512_maskz_loadu_ps(inside ? load : 0, offset_ptr(src, iw0));
-                    _mm512_mask_storeu_ps(row + (c * kh + ki) * kw, store, v);
-                }
-            }
-        }
-    }
-}
-
-/* ---- AVX2: 8 lanes. Masked loads are cheap, masked stores are not (microcoded
- * on AMD), so rows are stored whole: a row's last vector overlaps the one before
- * it (the same values written twice), and a store that runs past a segment is
- * overwritten by the next segment's (stores go in address order). ---- */
-
-/* The maskload mask of lanes [lo, hi) of an 8-lane vector. */
-CYCONV_TARGET_AVX2 static inline __m256i lanes8(ptrdiff_t lo, ptrdiff_t hi)
-{
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    lo = lo < 0 ? 0 : lo > 8 ? 8 : lo;
-    hi = hi < 0 ? 0 : hi > 8 ? 8 : hi;
-    return _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int)lo - 1)),
-                            _mm256_cmpgt_epi32(_mm256_set1_epi32((int)hi), lane));
-}
-
-/* The start of the step-of-8 vector s of a row of n >= 8: the last one is
- * moved left to end at n, overlapping its neighbour, so no store is partial. */
-static inline ptrdiff_t step8(ptrdiff_t s, ptrdiff_t n)
-{
-    return s + 8 <= n ? s : n - 8;
-}
-
-/* im2col, stride 1 along the width, output rows of at least 8 pixels. */
-CYCONV_TARGET_AVX2 static void im2col_w1_avx2(float *cols, ptrdiff_t col_ld, const float *img,
-                                              ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
-                                              ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t ph, ptrdiff_t pw,
-                                              ptrdiff_t Ho, ptrdiff_t Wo)
-{
-    for (ptrdiff_t c = 0; c < C; c++) {
-        for (ptrdiff_t ki = 0; ki < kh; ki++) {
-            for (ptrdiff_t kj = 0; kj < kw; kj++) {
-                float *row = cols + ((c * kh + ki) * kw + kj) * col_ld;
-                ptrdiff_t shift = kj - pw;
-                for (ptrdiff_t oh = 0; oh < Ho; oh++) {
-                    ptrdiff_t ih = oh * sh - ph + ki;
-                    int inside = ih >= 0 && ih < H;
-                    const float *src = img + (c * H + (inside ? ih : 0)) * W;
-                    for (ptrdiff_t s = 0; s < Wo; s += 8) {
-                        ptrdiff_t ow = step8(s, Wo);
-                        __m256 v = _mm256_setzero_ps();
-                        if (inside) v = _mm256_maskload_ps(offset_ptr(src, ow + shift), lanes8(-shift - ow, W - shift - ow));
-                        _mm256_storeu_ps(row + oh * Wo + ow, v);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/* col2im, stride 1, input rows of at least 8 pixels: the gather form of col2im_s1_avx512. */
-CYCONV_TARGET_AVX2 static void col2im_s1_avx2(float *img, const float *cols, ptrdiff_t col_ld,
-                                              ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
-                                              ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho,
-                                              ptrdiff_t Wo)
-{
-    for (ptrdiff_t c = 0; c < C; c++) {
-        for (ptrdiff_t ih = 0; ih < H; ih++) {
-            for (ptrdiff_t s = 0; s < W; s += 8) {
-                ptrdiff_t iw = step8(s, W);
-                __m256 acc = _mm256_setzero_ps();
-                for (ptrdiff_t ki = 0; ki < kh; ki++) {
-                    ptrdiff_t oh = ih + ph - ki;
-                    if (oh < 0 || oh >= Ho) continue;
-                    for (ptrdiff_t kj = 0; kj < kw; kj++) {
-                        const float *row = cols + ((c * kh + ki) * kw + kj) * col_ld + oh * Wo;
-                        ptrdiff_t shift = pw - kj;
-                        __m256 v = _mm256_maskload_ps(offset_ptr(row, iw + shift), lanes8(-shift - iw, Wo - shift - iw));
-                        acc = _mm256_add_ps(acc, v);
-                    }
-                }
-                _mm256_storeu_ps(img + (c * H + ih) * W + iw, acc);
-            }
-        }
-    }
-}
-
-/* im2row for kernels up to 8 wide: one masked load of kw floats per (output
- * pixel, channel, kernel row), stored as a whole vector whose tail the next
- * segment overwrites; only stores that would pass the end of `rows` are masked. */
-CYCONV_TARGET_AVX2 static void im2row_avx2(float *rows, const float *img, ptrdiff_t C, ptrdiff_t H,
-                                           ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh,
-                                           ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho,
-                                           ptrdiff_t Wo)
-{
-    ptrdiff_t K = C * kh * kw;
-    const float *end = rows + Ho * Wo * K;
-    __m256i store = lanes8(0, kw);
-    for (ptrdiff_t oh = 0; oh < Ho; oh++) {
-        for (ptrdiff_t ow = 0; ow < Wo; ow++) {
-            float *dst = rows + (oh * Wo + ow) * K;
-            ptrdiff_t iw0 = ow * sw - pw;
-            __m256i load = _mm256_and_si256(store, lanes8(-iw0, W - iw0));
-            for (ptrdiff_t c = 0; c < C; c++) {
-                for (ptrdiff_t ki = 0; ki < kh; ki++, dst += kw) {
-                    ptrdiff_t ih = oh * sh - ph + ki;
-                    __m256 v = _mm256_setzero_ps();
-                    if (ih >= 0 && ih < H) v = _mm256_maskload_ps(offset_ptr(img + (c * H + ih) * W, iw0), load);
-                    if (end - dst >= 8) /* not dst + 8 <= end: that pointer may lie past the buffer */
-                        _mm256_storeu_ps(dst, v);
-                    else
-                        _mm256_maskstore_ps(dst, store, v);
-                }
-            }
-        }
-    }
-}
-#endif /* CYCONV_X86 */
 
 void pad_image_f32(float *padded, const float *img, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
                    ptrdiff_t ph, ptrdiff_t pw)
@@ -322,19 +116,108 @@ void FN(im2row)(float *rows, const float *img, ptrdiff_t C, ptrdiff_t H, ptrdiff
 
 #else /* template body, per tier */
 
+#include "simd.h"
+
+#if VF_TIER
+/* The row loops stay out of line (noinline): inlined into im2col and col2im
+ * beside the plain loops, GCC's avx512 copies ran ~15-20% slower. */
+
+/* im2col, stride 1 along the width: each output row segment is one masked load
+ * and one store, the mask supplying the padding zeros. Rows of >= VF_MIN_ROW. */
+TIER_FN __attribute__((noinline)) void FN(im2col_w1_vec)(float *cols, ptrdiff_t col_ld, const float *img,
+                                                         ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
+                                                         ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t ph, ptrdiff_t pw,
+                                                         ptrdiff_t Ho, ptrdiff_t Wo)
+{
+    for (ptrdiff_t c = 0; c < C; c++) {
+        for (ptrdiff_t ki = 0; ki < kh; ki++) {
+            for (ptrdiff_t kj = 0; kj < kw; kj++) {
+                float *row = cols + ((c * kh + ki) * kw + kj) * col_ld;
+                ptrdiff_t shift = kj - pw; /* input column of output column ow is ow + shift */
+                for (ptrdiff_t oh = 0; oh < Ho; oh++) {
+                    ptrdiff_t ih = oh * sh - ph + ki;
+                    int inside = ih >= 0 && ih < H;
+                    const float *src = img + (c * H + (inside ? ih : 0)) * W;
+                    for (ptrdiff_t s = 0; s < Wo; s += VL) {
+                        ptrdiff_t ow = VF_STEP(s, Wo);
+                        vmask store = VF_ROW_MASK(Wo - ow);
+                        vmask load = VF_AND(store, VF_LANES(-shift - ow, W - shift - ow));
+                        VF_STORE_ROW(row + oh * Wo + ow, store, VF_LOAD_IF(inside, src, ow + shift, load));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* col2im, stride 1, written as a gather: each input row segment sums its kh*kw
+ * contributions in a register, in the scatter loops' order (ki, then kj, from 0),
+ * and is stored once (the scatter form re-reads and re-writes every pixel kh*kw
+ * times). Rows of >= VF_MIN_ROW. */
+TIER_FN __attribute__((noinline)) void FN(col2im_s1_vec)(float *img, const float *cols, ptrdiff_t col_ld,
+                                                         ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
+                                                         ptrdiff_t kw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho,
+                                                         ptrdiff_t Wo)
+{
+    for (ptrdiff_t c = 0; c < C; c++) {
+        for (ptrdiff_t ih = 0; ih < H; ih++) {
+            for (ptrdiff_t s = 0; s < W; s += VL) {
+                ptrdiff_t iw = VF_STEP(s, W);
+                vf acc = VF_ZERO();
+                for (ptrdiff_t ki = 0; ki < kh; ki++) {
+                    ptrdiff_t oh = ih + ph - ki;
+                    if (oh < 0 || oh >= Ho) continue;
+                    for (ptrdiff_t kj = 0; kj < kw; kj++) {
+                        const float *row = cols + ((c * kh + ki) * kw + kj) * col_ld + oh * Wo;
+                        ptrdiff_t shift = pw - kj; /* output column of input column iw is iw + shift */
+                        acc = VF_ADD(acc, VF_LOAD(row, iw + shift, VF_LANES(-shift - iw, Wo - shift - iw)));
+                    }
+                }
+                VF_STORE_ROW(img + (c * H + ih) * W + iw, VF_ROW_MASK(W - iw), acc);
+            }
+        }
+    }
+}
+
+/* im2row for kernels up to VL wide: one masked load of kw floats per (output
+ * pixel, channel, kernel row). A tier whose stores write past the kw floats
+ * (VF_SEG_SPILLS: avx2) stores a pixel's segments in address order, channel by
+ * channel, so the next segment overwrites the spill; avx512 stores exactly kw
+ * floats and goes kernel row by kernel row (row ki of every channel: measured
+ * 20-30% faster there than channel by channel). */
+TIER_FN void FN(im2row_vec)(float *rows, const float *img, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
+                            ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho,
+                            ptrdiff_t Wo)
+{
+    ptrdiff_t K = C * kh * kw, size = Ho * Wo * K;
+    ptrdiff_t n_outer = VF_SEG_SPILLS ? C : kh, n_inner = VF_SEG_SPILLS ? kh : C;
+    for (ptrdiff_t oh = 0; oh < Ho; oh++) {
+        for (ptrdiff_t ow = 0; ow < Wo; ow++) {
+            ptrdiff_t pixel = (oh * Wo + ow) * K; /* where the pixel's segments start in rows */
+            ptrdiff_t iw0 = ow * sw - pw;
+            vmask load = VF_LANES(-iw0, W - iw0 < kw ? W - iw0 : kw);
+            for (ptrdiff_t i = 0; i < n_outer; i++) {
+                for (ptrdiff_t j = 0; j < n_inner; j++) {
+                    ptrdiff_t c = VF_SEG_SPILLS ? i : j, ki = VF_SEG_SPILLS ? j : i;
+                    ptrdiff_t ih = oh * sh - ph + ki, at = pixel + (c * kh + ki) * kw;
+                    int inside = ih >= 0 && ih < H;
+                    vf v = VF_LOAD_IF(inside, img + (c * H + (inside ? ih : 0)) * W, iw0, load);
+                    VF_STORE_SEG(rows + at, kw, size - at, v);
+                }
+            }
+        }
+    }
+}
+#endif /* VF_TIER */
+
 TIER_FN void FN(im2col)(real *cols, ptrdiff_t col_ld, const real *img, ptrdiff_t C, ptrdiff_t H,
                         ptrdiff_t W, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,
                         ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo)
 {
     // img is (C,H,W); cols is (C*kh*kw, Ho*Wo) with row stride col_ld
-#if defined(REAL_IS_FLOAT) && TIER == CYCONV_ISA_AVX512
-    if (sw == 1) {
-        im2col_w1_avx512(cols, col_ld, img, C, H, W, kh, kw, sh, ph, pw, Ho, Wo);
-        return;
-    }
-#elif defined(REAL_IS_FLOAT) && TIER == CYCONV_ISA_AVX2
-    if (sw == 1 && Wo >= 8) {
-        im2col_w1_avx2(cols, col_ld, img, C, H, W, kh, kw, sh, ph, pw, Ho, Wo);
+#if VF_TIER
+    if (sw == 1 && Wo >= VF_MIN_ROW) {
+        FN(im2col_w1_vec)(cols, col_ld, img, C, H, W, kh, kw, sh, ph, pw, Ho, Wo);
         return;
     }
 #endif
@@ -370,14 +253,9 @@ TIER_FN void FN(col2im)(real *img, const real *cols, ptrdiff_t col_ld, ptrdiff_t
                         ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Ho, ptrdiff_t Wo)
 {
     // cols is (C*kh*kw, Ho*Wo) with row stride col_ld; img is (C,H,W), overwritten
-#if defined(REAL_IS_FLOAT) && TIER == CYCONV_ISA_AVX512
-    if (sh == 1 && sw == 1) {
-        col2im_s1_avx512(img, cols, col_ld, C, H, W, kh, kw, ph, pw, Ho, Wo);
-        return;
-    }
-#elif defined(REAL_IS_FLOAT) && TIER == CYCONV_ISA_AVX2
-    if (sh == 1 && sw == 1 && W >= 8) {
-        col2im_s1_avx2(img, cols, col_ld, C, H, W, kh, kw, ph, pw, Ho, Wo);
+#if VF_TIER
+    if (sh == 1 && sw == 1 && W >= VF_MIN_ROW) {
+        FN(col2im_s1_vec)(img, cols, col_ld, C, H, W, kh, kw, ph, pw, Ho, Wo);
         return;
     }
 #endif
@@ -409,14 +287,9 @@ TIER_FN void FN(im2row)(float *rows, const float *img, ptrdiff_t C, ptrdiff_t H,
     // rows is (Ho*Wo, C*kh*kw): the transpose of im2col's columns. Row (oh, ow)
     // is the receptive field of that output, so the weight gradient
     // dW (O, C*kh*kw) = dy (O, Ho*Wo) @ rows is a GEMM whose B is read in place.
-#if TIER == CYCONV_ISA_AVX512
-    if (kw <= 16) {
-        im2row_avx512(rows, img, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo);
-        return;
-    }
-#elif TIER == CYCONV_ISA_AVX2
-    if (kw <= 8) {
-        im2row_avx2(rows, img, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo);
+#if VF_TIER
+    if (kw <= VL) {
+        FN(im2row_vec)(rows, img, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo);
         return;
     }
 #endif

@@ -131,6 +131,46 @@ static void check_im2row(void)
                     }
 }
 
+/* The direct weight gradient (float only), on whatever tier runs: dw (O,C,k,k) += dy (O,Ho,Wo) correlated
+ * with the padded image, stride 1, kernels up to 6 wide (what conv_weight_grad_direct_fits() admits), any
+ * number of output channels against the tier's block of them, rows shorter and longer than a vector. */
+static void check_weight_grad_direct(void)
+{
+    static const ptrdiff_t sizes[][2] = {{1, 1}, {5, 7}, {8, 8}, {13, 17}, {28, 28}, {9, 40}};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+        for (ptrdiff_t O = 1; O <= 5; O += 2)
+            for (ptrdiff_t C = 1; C <= 3; C += 2)
+                for (ptrdiff_t k = 1; k <= 6; k++)
+                    for (ptrdiff_t pad = 0; pad <= 2; pad++) {
+                        ptrdiff_t H = sizes[s][0], W = sizes[s][1], Hp = H + 2 * pad, Wp = W + 2 * pad;
+                        if (Hp < k || Wp < k) continue;
+                        ptrdiff_t Ho = Hp - k + 1, Wo = Wp - k + 1, n = O * C * k * k;
+                        char shape[96];
+                        snprintf(shape, sizeof shape, "O %td C %td H %td W %td k %td pad %td", O, C, H, W, k, pad);
+                        float *img = alloc((size_t)(C * H * W), sizeof *img), *xp = alloc((size_t)(C * Hp * Wp), 4);
+                        float *dy = alloc((size_t)(O * Ho * Wo), sizeof *dy), *dw = alloc((size_t)n, sizeof *dw);
+                        double *want = alloc((size_t)n, sizeof *want);
+                        for (ptrdiff_t i = 0; i < C * H * W; i++) img[i] = (float)uniform();
+                        for (ptrdiff_t i = 0; i < O * Ho * Wo; i++) dy[i] = (float)uniform();
+                        for (ptrdiff_t i = 0; i < n; i++) want[i] = dw[i] = (float)uniform();
+                        pad_image_f32(xp, img, C, H, W, pad, pad);
+                        for (ptrdiff_t o = 0; o < O; o++)
+                            for (ptrdiff_t c = 0; c < C; c++)
+                                for (ptrdiff_t i = 0; i < k * k; i++)
+                                    for (ptrdiff_t oh = 0; oh < Ho; oh++)
+                                        for (ptrdiff_t ow = 0; ow < Wo; ow++)
+                                            want[(o * C + c) * k * k + i] +=
+                                                (double)dy[(o * Ho + oh) * Wo + ow] *
+                                                xp[(c * Hp + oh + i / k) * Wp + ow + i % k];
+                        conv_weight_grad_direct_f32(dw, dy, xp, O, C, Hp, Wp, k, k, Ho, Wo);
+                        for (ptrdiff_t i = 0; i < n; i++)
+                            if (fabs(dw[i] - want[i]) > 1e-6 * (double)(Ho * Wo + 1))
+                                fail("conv_weight_grad_direct", "float32", shape, i, dw[i], want[i]);
+                        checked += n;
+                        free(img), free(xp), free(dy), free(dw), free(want);
+                    }
+}
+
 /* gemm is float only: every tier's micro-kernel, whatever tier runs. */
 static void check_gemm(void)
 {
@@ -242,6 +282,7 @@ int main(void)
         check_all_f32();
         check_all_f64();
         check_im2row();
+        check_weight_grad_direct();
         check_direct();
     }
     tier = CYCONV_ISA_GENERIC;
