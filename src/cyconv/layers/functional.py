@@ -401,7 +401,7 @@ def _candidate_run(direction, algorithm, C, O, H, W, kernel, stride, padding, di
         g = rng.standard_normal(y.shape).astype(dtype)
         return lambda: conv2d_backward(g, x, w, stride, padding, dilation, groups, algorithm=algorithm)
     from . import nn
-    from .predictor import compile as compile_model
+    from ..deploy.predictor import compile as compile_model
 
     layer = nn.Conv2d(C, O, kernel, stride, padding, dilation, groups, dtype=dtype, rng=rng, algorithm=algorithm)
     predictor = compile_model(layer, batch_size=batch, input_shape=(C, H, W))
