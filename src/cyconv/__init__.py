@@ -72,8 +72,10 @@ class _Aliases(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.__spec__ = module.__spec__.loader_state  # ... so give it back its own (reload, pickle, -m)
 
 
+# First on the path: a file left at an old name (say a stale _kernels*.so of an in-place build from before the
+# folders) must not load as a second copy of a module with its own globals.
 if not any(isinstance(finder, _Aliases) for finder in sys.meta_path):  # importlib.reload(cyconv): once
-    sys.meta_path.append(_Aliases())
+    sys.meta_path.insert(0, _Aliases())
 
 
 def __getattr__(name):
