@@ -542,19 +542,22 @@ def _grouped_conv_geometry(fn, x, weight, stride, padding, dilation, groups):
     return (N, C, H, W, O, G, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)
 
 
+def _conv_bias(fn, bias, O, dtype):
+    """bias checked against O out_channels, C-contiguous; an empty array for None."""
+    if bias is None:
+        return np.empty(0, dtype)
+    bias = _float_array(bias, "bias", fn, ndim=1, dtype=dtype)
+    if bias.shape[0] != O:
+        raise ValueError(f"{fn}(): bias must have shape ({O},) for {O} out_channels, got {bias.shape}")
+    return bias
+
+
 def _grouped_conv_arguments(fn, x, weight, bias, stride, padding, dilation, groups):
     """As _conv_arguments, with the geometry of _grouped_conv_geometry."""
     x = _float_array(x, "x", fn, ndim=4)
     weight = _float_array(weight, "weight", fn, ndim=4, dtype=x.dtype)
     geom = _grouped_conv_geometry(fn, x, weight, stride, padding, dilation, groups)
-    O = geom[4]
-    if bias is None:
-        bias = np.empty(0, x.dtype)
-    else:
-        bias = _float_array(bias, "bias", fn, ndim=1, dtype=x.dtype)
-        if bias.shape[0] != O:
-            raise ValueError(f"{fn}(): bias must have shape ({O},) for {O} out_channels, got {bias.shape}")
-    return x, weight, bias, geom
+    return x, weight, _conv_bias(fn, bias, geom[4], x.dtype), geom
 
 
 def _conv2d(x, weight, bias, geom):
@@ -583,14 +586,7 @@ def _conv_arguments(fn, x, weight, bias, stride, padding):
     x = _float_array(x, "x", fn, ndim=4)
     weight = _float_array(weight, "weight", fn, ndim=4, dtype=x.dtype)
     geom = _conv_geometry(fn, x, weight, stride, padding)
-    O = geom[4]
-    if bias is None:
-        bias = np.empty(0, x.dtype)
-    else:
-        bias = _float_array(bias, "bias", fn, ndim=1, dtype=x.dtype)
-        if bias.shape[0] != O:
-            raise ValueError(f"{fn}(): bias must have shape ({O},) for {O} out_channels, got {bias.shape}")
-    return x, weight, bias, geom
+    return x, weight, _conv_bias(fn, bias, geom[4], x.dtype), geom
 
 
 def _conv_threads(geom):
