@@ -24,7 +24,11 @@
  *     avx2     8 floats, masked store at the row's end (dw_dot: FMA)
  *     avx512   16 floats, masked store at the row's end (dw_dot: FMA)
  *
- * The loops around them (the row cache, the taps of each row) are written once.
+ * The loops around them (the row cache, the taps of each row) are written once. A plane small
+ * enough (up to 28x28 for 3x3; MobileNetV2's 14x14 and 7x7 layers) is instead copied whole, padded
+ * and split into phase planes, so that one dw_row over the flattened plane computes every output
+ * of the forward at once (dw_plane_forward): the row cache's per-row setup cost more than the
+ * arithmetic of a 7- or 14-wide row.
  * The input gradient is the transposed convolution: per input row and column
  * phase r (iw = q*sw + r), the taps that reach it read the cached output-gradient
  * row at q + a fixed shift, so it is dw_row again. Each output element sums its
@@ -68,6 +72,10 @@
 #define DW256_STORE(t) _mm256_storeu_ps(lanes + 16 * t, s##t);
 
 static inline ptrdiff_t dw_round_up(ptrdiff_t n, ptrdiff_t m) { return (n + m - 1) / m * m; }
+
+/* n / s for n >= 0, without a division at strides 1 and 2 (a division costs as much as a 7x7
+ * plane's row) */
+static inline ptrdiff_t dw_div(ptrdiff_t n, ptrdiff_t s) { return s == 1 ? n : s == 2 ? n >> 1 : n / s; }
 
 /* Outputs [*lo, *hi) of an axis of n_out outputs whose tap at offset `off`
  * (input index = out*stride + off) falls inside [0, n_in). */
@@ -247,6 +255,26 @@ TIER_FN void FN(depthwise_conv2d_backward_weight_loops)(real *restrict dweight, 
 typedef real FN(dwvec) __attribute__((vector_size(16)));
 #define DWG_HALF ((ptrdiff_t)(16 / sizeof(real))) /* lanes of one generic vector */
 
+/* dst[i] = src[i], i < n, for short rows: 16-byte moves the compiler inlines (a call to libc's
+ * memcpy costs as much as copying a 7-wide row) */
+TIER_FN inline void FN(dw_copy)(real *restrict dst, const real *restrict src, ptrdiff_t n)
+{
+    /* the empty asm hides i's progression from the compiler, which would otherwise turn each loop
+     * back into that call */
+    if (n < DWG_HALF) {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            __asm__("" : "+r"(i));
+            dst[i] = src[i];
+        }
+        return;
+    }
+    for (ptrdiff_t i = 0; i < n - DWG_HALF; i += DWG_HALF) {
+        __asm__("" : "+r"(i));
+        memcpy(dst + i, src + i, 16);
+    }
+    memcpy(dst + n - DWG_HALF, src + n - DWG_HALF, 16); /* the last 16 bytes, overlapping the loop's */
+}
+
 TIER_FN inline __attribute__((always_inline)) void
 FN(dw_row_generic_body)(real *restrict y, const real *const *p, const real *w, ptrdiff_t ntaps, real b,
                         ptrdiff_t n, int add)
@@ -395,13 +423,14 @@ TIER_FN void FN(dw_flush)(double *acc, real *lanes, ptrdiff_t ntaps)
 }
 
 /* A plane's rows, zero-padded by `pad` on the left and split into `phases` phases of plen
- * elements (element f*plen + q is padded column q*phases + f, zero outside the row), in
+ * elements (element f*pstride + q is padded column q*phases + f, zero outside the row; pstride
+ * is plen here, the phase plane's size in dw_plane below), in
  * `mask + 1` slots (a power of two at least the rows one output row reads, so consecutive
  * rows never share a slot and no division is needed); tag[slot]: the row it holds. */
 typedef struct {
     real *buf;
     const real *plane;
-    ptrdiff_t n_rows, n_cols, pad, phases, plen, mask;
+    ptrdiff_t n_rows, n_cols, pad, phases, plen, pstride, mask;
     ptrdiff_t tag[32];
 } FN(dw_cache);
 
@@ -414,37 +443,39 @@ TIER_FN inline int FN(dw_cache_init)(FN(dw_cache) *c, real *buf, const real *pla
     ptrdiff_t slots = 1;
     while (slots < span) slots *= 2;
     if (slots > 32 || (slots + 1) * phases * plen + extra > DW_CACHE) return 0;
-    *c = (FN(dw_cache)){buf, plane, n_rows, n_cols, pad, phases, plen, slots - 1, {0}};
+    *c = (FN(dw_cache)){buf, plane, n_rows, n_cols, pad, phases, plen, plen, slots - 1, {0}};
     for (ptrdiff_t s = 0; s < slots; s++) c->tag[s] = PTRDIFF_MIN;
     memset(buf, 0, (size_t)((slots + 1) * phases * plen) * sizeof(real));
     return 1;
 }
 
-TIER_FN void FN(dw_fill)(const FN(dw_cache) *c, real *restrict dst, ptrdiff_t r)
+TIER_FN inline void FN(dw_fill)(const FN(dw_cache) *c, real *restrict dst, ptrdiff_t r)
 {
-    // the image columns of row r into their phases (the padding around them is zero already)
-    ptrdiff_t P = c->phases, plen = c->plen, pad = c->pad, n = c->n_cols;
+    // the image columns of row r into their phases, the first plen columns of each (the padding
+    // around them is zero already)
+    ptrdiff_t P = c->phases, plen = c->plen, ps = c->pstride, pad = c->pad, n = c->n_cols;
     const real *src = c->plane + r * n;
+    if (P == 1) { /* stride 1: columns [0, n) at pad on, those before plen */
+        FN(dw_copy)(dst + pad, src, (n + pad < plen ? n + pad : plen) - pad);
+        return;
+    }
     if (P == 2) {
         /* stride 2, one loop over column pairs (a de-interleave the compiler vectorises): column
          * 2q is element q + pad/2 of phase pad % 2, column 2q + 1 element q + (pad+1)/2 of the other */
-        real *de = dst + (pad % 2) * plen + pad / 2, *dd = dst + (1 - pad % 2) * plen + (pad + 1) / 2;
+        real *de = dst + (pad % 2) * ps + pad / 2, *dd = dst + (1 - pad % 2) * ps + (pad + 1) / 2;
         ptrdiff_t pairs = n / 2, room = plen - (pad + 1) / 2;
         pairs = pairs < room ? pairs : room;
         for (ptrdiff_t q = 0; q < pairs; q++) de[q] = src[2 * q], dd[q] = src[2 * q + 1];
-        if (n % 2 && n / 2 < plen - pad / 2) de[n / 2] = src[n - 1];
+        if (pairs < (n + 1) / 2 && pairs + pad / 2 < plen) de[pairs] = src[2 * pairs]; /* n odd, or clipped */
         return;
     }
     for (ptrdiff_t f = 0; f < P; f++) {
         /* q in [lo, hi): padded column q*P + f is image column q*P + f - pad in [0, n) */
         ptrdiff_t lo = pad - f <= 0 ? 0 : (pad - f + P - 1) / P, hi = (n + pad - f + P - 1) / P;
         hi = hi < plen ? hi : plen;
-        real *d = dst + f * plen;
+        real *d = dst + f * ps;
         const real *s = src + lo * P + f - pad;
-        if (P == 1)
-            memcpy(d + lo, s, (size_t)(hi > lo ? hi - lo : 0) * sizeof(real));
-        else
-            for (ptrdiff_t q = 0; q < hi - lo; q++) d[lo + q] = s[q * P];
+        for (ptrdiff_t q = 0; q < hi - lo; q++) d[lo + q] = s[q * P];
     }
 }
 
@@ -486,6 +517,56 @@ TIER_FN inline void FN(dw_input_taps)(const real **p, FN(dw_cache) *c, const ptr
     }
 }
 
+/* Small planes (MobileNetV2's 28x28 to 7x7), forward: there the row cache's work per row (a
+ * fill, the taps' pointers, a dw_row of one or two vectors) costs more than the row's arithmetic.
+ * Instead the plane is copied once, zero-padded and split into sh x sw phase planes of Hq x Wq
+ * (phase (a, b) holds padded rows a, a + sh, ... and columns b, b + sw, ...), and flattened:
+ * output (oh, ow)'s tap (ki, kj) is then element oh*Wq + ow + off[t] of the copy, one fixed shift
+ * per tap, so ONE dw_row over the Ho*Wq flattened outputs computes the whole plane (7x7: 4 vectors
+ * of 16 instead of 7 rows). Each output row's Wq - Wo last columns read across the row's end and
+ * are dropped when the rows are copied out. The same taps in the same order: the same bits as the
+ * row cache. 0 if the plane does not fit in DW_CACHE (then the row cache runs): up to 28x28, and
+ * 56x56 at stride 2, for 3x3. */
+TIER_FN int FN(dw_plane_forward)(real *restrict y, real *restrict buf, const real *restrict x,
+                                 const real *restrict w, real b, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
+                                 ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw,
+                                 ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t Ho, ptrdiff_t Wo)
+{
+    // x is (H,W), w is (kh,kw); y (Ho,Wo) is overwritten; buf is DW_CACHE elements of scratch
+    ptrdiff_t Hq = Ho + dw_div((kh - 1) * dh, sh), Wq = Wo + dw_div((kw - 1) * dw, sw);
+    ptrdiff_t n = Ho * Wq, pl = Hq * Wq;
+    /* dw_row reads each tap up to 16 past n: the last phase plane's last tap up to its end + that */
+    ptrdiff_t size = dw_round_up(sh * sw * pl + Wq - Wo + 16, 16);
+    if (kh * kw > DW_MAX_TAPS || size + n > DW_CACHE) return 0;
+    real *yt = buf + size; /* the flattened outputs */
+    for (ptrdiff_t i = 0; i < size; i += 16) { /* 64-byte stores inline (not libc's memset: 10 ns) */
+        __asm__("" : "+r"(i));
+        memset(buf + i, 0, 16 * sizeof(real));
+    }
+    /* dw_fill's columns, pw-padded, into phases pl apart, the first Wq of each */
+    FN(dw_cache) c; /* dw_fill's fields (the tags, 256 bytes to clear, are not used) */
+    c.plane = x, c.n_cols = W, c.pad = pw, c.phases = sw, c.plen = Wq, c.pstride = pl;
+    /* padded row R = r + ph is row i = R / sh of row phase a = R % sh (no division per row: it
+     * costs more than a 7-wide row's copy); likewise the taps' rows and columns below */
+    for (ptrdiff_t r = 0, i = dw_div(ph, sh), a = ph - i * sh; r < H && i < Hq; r++) {
+        FN(dw_fill)(&c, buf + a * sw * pl + i * Wq, r);
+        if (++a == sh) a = 0, i++;
+    }
+    const real *p[DW_MAX_TAPS];
+    ptrdiff_t col[DW_MAX_TAPS]; /* tap kj's column phase * pl + column */
+    for (ptrdiff_t kj = 0, f = 0, q = 0; kj < kw; kj++) {
+        col[kj] = f * pl + q;
+        for (f += dw; f >= sw; f -= sw) q++;
+    }
+    for (ptrdiff_t ki = 0, a = 0, i = 0; ki < kh; ki++) {
+        for (ptrdiff_t kj = 0; kj < kw; kj++) p[ki * kw + kj] = buf + a * sw * pl + i * Wq + col[kj];
+        for (a += dh; a >= sh; a -= sh) i++;
+    }
+    FN(dw_row)(yt, p, w, kh * kw, b, n, 0);
+    for (ptrdiff_t oh = 0; oh < Ho; oh++) FN(dw_copy)(y + oh * Wo, yt + oh * Wq, Wo);
+    return 1;
+}
+
 TIER_FN void FN(depthwise_conv2d_forward)(real *restrict y, const real *restrict x, const real *restrict w,
                                           const real *bias, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
                                           ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw,
@@ -496,11 +577,12 @@ TIER_FN void FN(depthwise_conv2d_forward)(real *restrict y, const real *restrict
     FN(dw_cache) c;
     ptrdiff_t off[DW_MAX_TAPS];
     const real *p[DW_MAX_TAPS];
+    real b = bias ? *bias : 0;
+    if (FN(dw_plane_forward)(y, buf, x, w, b, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)) return;
     if (!FN(dw_input_cache)(&c, off, buf, x, H, W, kh, kw, sw, pw, dh, dw, Wo, 0)) {
         FN(depthwise_conv2d_forward_loops)(y, x, w, bias, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo);
         return;
     }
-    real b = bias ? *bias : 0;
     for (ptrdiff_t oh = 0; oh < Ho; oh++) {
         FN(dw_input_taps)(p, &c, off, oh * sh - ph, kh, kw, dh);
         FN(dw_row)(y + oh * Wo, p, w, kh * kw, b, Wo, 0);
