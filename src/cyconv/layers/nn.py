@@ -665,7 +665,37 @@ class Tanh(Module):
         return F.tanh_backward(grad_output, y) if input_grad else None
 
 
-class Softmax(Module):
+class _OverClasses(Module):
+    """A function over the classes of (N, K) scores and its backward from the output alone (softmax,
+    log-softmax): `_forward` and `_backward` name the functional pair."""
+
+    _forward = _backward = None
+
+    def __init__(self, dim=1):
+        super().__init__()
+        if dim not in (1, -1):
+            raise ValueError(f"{type(self).__name__}(): dim must be 1 (the classes of (N, K) scores), got {dim!r}")
+        self.dim = 1
+
+    def output_shape(self, shape):
+        if len(shape) != 1:
+            raise ValueError(f"needs (N, K) scores, the input is {shape} per image")
+        return shape
+
+    def forward(self, x):
+        y = type(self)._forward(x)
+        self._save(y)
+        return y
+
+    def backward(self, grad_output, *, input_grad=True):
+        (y,) = self._saved_for_backward()
+        return type(self)._backward(grad_output, y) if input_grad else None
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class Softmax(_OverClasses):
     """softmax over the classes of (N, K) scores: `functional.softmax`. Training usually wants
     `functional.softmax_cross_entropy` on the scores instead (one stable pass); this layer is for
     models that end in probabilities (an ONNX file ending in Softmax, say).
@@ -673,58 +703,16 @@ class Softmax(Module):
     Shape: (N, K) -> (N, K).
     """
 
-    def __init__(self, dim=1):
-        super().__init__()
-        if dim not in (1, -1):
-            raise ValueError(f"Softmax(): dim must be 1 (the classes of (N, K) scores), got {dim!r}")
-        self.dim = 1
-
-    def output_shape(self, shape):
-        if len(shape) != 1:
-            raise ValueError(f"needs (N, K) scores, the input is {shape} per image")
-        return shape
-
-    def forward(self, x):
-        y = F.softmax(x)
-        self._save(y)
-        return y
-
-    def backward(self, grad_output, *, input_grad=True):
-        (y,) = self._saved_for_backward()
-        return F.softmax_backward(grad_output, y) if input_grad else None
-
-    def extra_repr(self):
-        return f"dim={self.dim}"
+    _forward, _backward = staticmethod(F.softmax), staticmethod(F.softmax_backward)
 
 
-class LogSoftmax(Module):
+class LogSoftmax(_OverClasses):
     """log(softmax) over the classes of (N, K) scores: `functional.log_softmax`.
 
     Shape: (N, K) -> (N, K).
     """
 
-    def __init__(self, dim=1):
-        super().__init__()
-        if dim not in (1, -1):
-            raise ValueError(f"LogSoftmax(): dim must be 1 (the classes of (N, K) scores), got {dim!r}")
-        self.dim = 1
-
-    def output_shape(self, shape):
-        if len(shape) != 1:
-            raise ValueError(f"needs (N, K) scores, the input is {shape} per image")
-        return shape
-
-    def forward(self, x):
-        y = F.log_softmax(x)
-        self._save(y)
-        return y
-
-    def backward(self, grad_output, *, input_grad=True):
-        (y,) = self._saved_for_backward()
-        return F.log_softmax_backward(grad_output, y) if input_grad else None
-
-    def extra_repr(self):
-        return f"dim={self.dim}"
+    _forward, _backward = staticmethod(F.log_softmax), staticmethod(F.log_softmax_backward)
 
 
 class Dropout(Module):
